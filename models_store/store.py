@@ -1,0 +1,141 @@
+"""The model store: content-addressed blobs plus one immutable JSON record per version.
+
+Keys::
+
+    objects/sha256/<ab>/<digest>          artifact bytes, stored once per digest
+    models/<name>/model.json              what the model is (architecture, strategy, recipe)
+    models/<name>/versions/<n:08d>.json   one version: parent, artifacts, manifest, metrics
+
+A version becomes visible only when its record is created, after every blob it names
+has been written; the record is created with ``write_new``, so a crash mid-publish
+leaves at most unreferenced blobs, never a half-written version.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+from models_store.backends import Backend
+
+
+class StoreError(Exception):
+    code = "store_error"
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ModelExists(StoreError):
+    code = "model_exists"
+
+
+class UnknownModel(StoreError):
+    code = "model_not_found"
+
+
+class UnknownVersion(StoreError):
+    code = "version_not_found"
+
+
+class VersionConflict(StoreError):
+    code = "version_conflict"
+
+
+class BlobCorrupt(StoreError):
+    code = "blob_corrupt"
+
+
+def _blob_key(digest: str) -> str:
+    return f"objects/sha256/{digest[:2]}/{digest}"
+
+
+def _dumps(record: dict) -> bytes:
+    return json.dumps(record, indent=1, sort_keys=True).encode()
+
+
+class ModelStore:
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    # -- blobs --------------------------------------------------------------
+    def put_blob(self, data: bytes) -> str:
+        """Store ``data`` once under its sha256; return the digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        if not self.backend.exists(_blob_key(digest)):
+            self.backend.write_new(_blob_key(digest), data)
+        return digest
+
+    def get_blob(self, digest: str) -> bytes:
+        try:
+            data = self.backend.read(_blob_key(digest))
+        except FileNotFoundError:
+            raise StoreError(f"artifact {digest} is missing from the store") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BlobCorrupt(f"artifact {digest} does not match its digest")
+        return data
+
+    def has_blob(self, digest: str) -> bool:
+        return self.backend.exists(_blob_key(digest))
+
+    # -- models -------------------------------------------------------------
+    def create_model(self, name: str, spec: dict) -> None:
+        if not self.backend.write_new(f"models/{name}/model.json", _dumps(spec)):
+            raise ModelExists(f"model {name!r} already exists")
+
+    def model_spec(self, name: str) -> dict:
+        try:
+            return json.loads(self.backend.read(f"models/{name}/model.json"))
+        except FileNotFoundError:
+            raise UnknownModel(f"model {name!r} does not exist") from None
+
+    def model_names(self) -> list[str]:
+        return [n for n in self.backend.list("models") if self.backend.exists(f"models/{n}/model.json")]
+
+    # -- versions -----------------------------------------------------------
+    def version_numbers(self, name: str) -> list[int]:
+        self.model_spec(name)
+        return sorted(int(f.split(".")[0]) for f in self.backend.list(f"models/{name}/versions") if f.endswith(".json"))
+
+    def latest_number(self, name: str) -> int | None:
+        numbers = self.version_numbers(name)
+        return numbers[-1] if numbers else None
+
+    def version(self, name: str, number: int | str = "latest") -> dict:
+        """The record of version ``number`` (an int, or ``"latest"``)."""
+        if number == "latest":
+            number = self.latest_number(name)
+            if number is None:
+                raise UnknownVersion(f"model {name!r} has no versions yet")
+        try:
+            raw = self.backend.read(f"models/{name}/versions/{int(number):08d}.json")
+        except FileNotFoundError:
+            self.model_spec(name)
+            raise UnknownVersion(f"model {name!r} has no version {number}") from None
+        record = json.loads(raw)
+        record["record_sha256"] = hashlib.sha256(raw).hexdigest()
+        return record
+
+    def publish(self, name: str, record: dict, *, parent: int | None) -> dict:
+        """Publish ``record`` as version ``parent + 1`` (1 if no parent); return it.
+
+        Every digest in ``record["artifacts"]`` must already be stored. If another
+        publisher got to ``parent + 1`` first, :class:`VersionConflict` is raised: the
+        record was derived from ``parent`` and would silently drop that version's work.
+        """
+        self.model_spec(name)
+        missing = [d for d in record["artifacts"].values() if not self.has_blob(d)]
+        if missing:
+            raise StoreError(f"cannot publish: artifacts {missing[:3]} are not stored")
+        number = 1 if parent is None else parent + 1
+        full = dict(
+            record,
+            model=name,
+            version=number,
+            parent=parent,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        )
+        if not self.backend.write_new(f"models/{name}/versions/{number:08d}.json", _dumps(full)):
+            raise VersionConflict(f"model {name!r} already has version {number}; re-derive from it")
+        return self.version(name, number)

@@ -1,0 +1,1 @@
+"""Lethe workers: the unlearning engine (plain library) and, later, thin Celery tasks."""

@@ -1,0 +1,336 @@
+"""The engine's front door: import datasets, train models, unlearn owners exactly.
+
+Every step publishes an immutable version to the model store; see ``models_store``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models_store import ModelStore, UnknownModel, UnknownVersion, open_backend
+from workers.engine import nets, sisa, sources
+from workers.engine.digests import ids_digest
+from workers.engine.errors import DatasetError, DatasetExists, ModelError, ModelNotFound, VersionNotFound
+from workers.engine.ledger import Dataset, DatasetInfo, DatasetStore, check_name
+from workers.engine.training import DeviceData, TrainConfig, make_deterministic
+
+SOURCES = ("fashion-mnist", "digits", "npz")
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("LETHE_DATA_DIR", "lethe-data"))
+
+
+def _ids_blob(ids: np.ndarray) -> bytes:
+    # Sorted little-endian int64: the blob's sha256 is the slice's manifest digest.
+    return np.sort(np.asarray(ids, dtype=np.int64)).astype("<i8").tobytes()
+
+
+class Engine:
+    """Datasets under ``<data_dir>/datasets``; models in the store at ``store_url``
+    (default ``<data_dir>/models_store``)."""
+
+    def __init__(self, data_dir=None, *, store_url=None, device=None, progress=None):
+        self.data_dir = Path(data_dir or default_data_dir())
+        self.datasets = DatasetStore(self.data_dir / "datasets")
+        self.store = ModelStore(open_backend(store_url or self.data_dir / "models_store"))
+        self.device = torch.device(device) if device else nets.default_device()
+        self.progress = progress or (lambda msg: None)
+        make_deterministic()
+
+    # -- datasets -----------------------------------------------------------
+    def import_dataset(
+        self,
+        name: str,
+        source: str,
+        *,
+        seed: int = 0,
+        path: str | os.PathLike | bytes | None = None,
+        owners: int | None = None,
+        zipf_a: float = 0.75,
+    ) -> DatasetInfo:
+        """Import ``source`` as dataset ``name``; public sets get Zipf-skewed owners from ``seed``."""
+        check_name(name)
+        if self.datasets.exists(name):
+            raise DatasetExists(f"dataset {name!r} already exists")
+        if source == "fashion-mnist":
+            raw = sources.load_fashion_mnist(path, self.data_dir / "cache")
+        elif source == "digits":
+            raw = sources.load_digits(seed=seed)
+        elif source == "npz":
+            if path is None:
+                raise DatasetError("an npz import needs the file")
+            raw = sources.load_npz(path)
+        else:
+            raise DatasetError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+        source_info = dict(raw.source)
+        owner_ids = raw.owner_ids
+        if owner_ids is None:
+            owner_ids = sources.assign_owners(len(raw.x), seed=seed, n_owners=owners, zipf_a=zipf_a)
+            source_info["owners"] = {"assigned": "zipf", "zipf_a": zipf_a, "seed": seed, "count": int(len(set(owner_ids)))}
+        self.progress(f"importing {len(raw.x)} samples into {name!r}")
+        ds = self.datasets.create(
+            name,
+            x=raw.x,
+            y=raw.y,
+            owner_ids=owner_ids,
+            x_test=raw.x_test,
+            y_test=raw.y_test,
+            num_classes=raw.num_classes,
+            input_shape=raw.input_shape,
+            x_scale=raw.x_scale,
+            source=source_info,
+        )
+        return ds.info()
+
+    def dataset(self, name: str) -> Dataset:
+        return self.datasets.open(name)
+
+    # -- training -----------------------------------------------------------
+    def train(
+        self,
+        name: str,
+        *,
+        dataset: str,
+        architecture: str = "cnn",
+        strategy: sisa.Strategy = sisa.Strategy(),
+        config: TrainConfig = TrainConfig(),
+    ) -> dict:
+        """Train model ``name`` on ``dataset`` and publish version 1."""
+        check_name(name, "model")
+        ds = self.dataset(dataset)
+        info = ds.info()
+        if architecture not in nets.ARCHITECTURES:
+            raise ModelError(f"unknown architecture {architecture!r}; choose one of {', '.join(nets.ARCHITECTURES)}")
+        try:
+            nets.build(architecture, info.input_shape, info.num_classes, seed=0)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+        try:
+            slices = sisa.partition(ds.owner_map(), strategy.shards, strategy.slices)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+        spec = {
+            "name": name,
+            "dataset": dataset,
+            "architecture": architecture,
+            "strategy": strategy.to_dict(),
+            "recipe": config.to_dict(),
+            "input_shape": info.input_shape,
+            "num_classes": info.num_classes,
+        }
+        self._create_or_resume(name, spec)
+        started = time.perf_counter()
+        data = self._device_data(ds)
+        steps = {}
+        for shard in range(strategy.shards):
+            self.progress(f"training shard {shard + 1}/{strategy.shards}")
+            steps[shard] = self._train_shard(spec, shard, slices[shard], data, 0, None)
+        return self._publish(
+            name, spec, ds, steps, parent=None, kind="train", started=started,
+            status={s: ("trained", 0) for s in steps},
+        )
+
+    def _create_or_resume(self, name: str, spec: dict) -> None:
+        try:
+            existing = self.store.model_spec(name)
+        except UnknownModel:
+            self.store.create_model(name, spec)
+            return
+        # A crashed training run may be resumed with the same spec; anything else clashes.
+        if existing != spec or self.store.version_numbers(name):
+            raise ModelError(f"model {name!r} already exists")
+
+    def _device_data(self, ds: Dataset) -> DeviceData:
+        arrays = ds.load_arrays()
+        return DeviceData(arrays.sample_ids, arrays.x, arrays.y, ds.info().x_scale, self.device)
+
+    def _train_shard(self, spec, shard, slice_ids, data, start_slice, start_checkpoint) -> list[sisa.SliceStep]:
+        ckpts = sisa.train_constituent(
+            architecture=spec["architecture"],
+            input_shape=spec["input_shape"],
+            num_classes=spec["num_classes"],
+            cfg=TrainConfig(**spec["recipe"]),
+            shard=shard,
+            slice_ids=slice_ids,
+            data=data,
+            start_slice=start_slice,
+            start_checkpoint=start_checkpoint,
+            progress=self.progress,
+        )
+        return [sisa.SliceStep(ids, c) for ids, c in zip(slice_ids[start_slice:], ckpts)]
+
+    # -- unlearning ---------------------------------------------------------
+    def unlearn(
+        self,
+        name: str,
+        owner_ids: list[str],
+        *,
+        requests: list[str] | None = None,
+        mode: str = "sisa",
+    ) -> dict | None:
+        """Erase the owners' raw samples, then retrain the model without them; publish.
+
+        ``mode="sisa"`` retrains only the touched shards from the checkpoint before their
+        earliest touched slice; ``mode="full"`` retrains every shard from scratch (the
+        reference). Several owners are one retraining pass. The model is brought in line
+        with the dataset, so samples erased earlier (a crashed run, another model's
+        request) are removed too. Returns the new version, or None when there was
+        nothing to remove (``sisa`` mode only).
+        """
+        if mode not in ("sisa", "full"):
+            raise ModelError(f"unlearning mode must be 'sisa' or 'full', got {mode!r}")
+        spec = self._spec(name)
+        ds = self.dataset(spec["dataset"])
+        if owner_ids:
+            ds.erase_owners(owner_ids, reference=",".join(requests or []) or None)
+        parent = self.version(name)
+        parent_slices = self.slice_ids(parent)
+        remaining = ds.load_arrays().sample_ids
+        trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
+        removed = np.setdiff1d(trained_on, remaining)
+        if mode == "sisa" and not len(removed):
+            return None
+        started = time.perf_counter()
+        if mode == "sisa":
+            touched = sisa.first_touched_slices(parent_slices, removed)
+        else:
+            touched = {s: 0 for s in range(len(parent_slices))}
+        data = self._device_data(ds)
+        steps, status = {}, {}
+        for shard, slices in enumerate(parent_slices):
+            old = parent["constituents"][shard]["slices"]
+            if shard not in touched:
+                steps[shard] = [sisa.SliceStep(ids, self.store.get_blob(s["checkpoint"])) for ids, s in zip(slices, old)]
+                status[shard] = ("reused", None)
+                continue
+            r = touched[shard]
+            kept = [np.setdiff1d(ids, removed) for ids in slices]
+            self.progress(f"retraining shard {shard + 1}/{len(parent_slices)} from slice {r + 1}")
+            start = self.store.get_blob(old[r - 1]["checkpoint"]) if r > 0 else None
+            head = [sisa.SliceStep(ids, self.store.get_blob(s["checkpoint"])) for ids, s in zip(kept[:r], old[:r])]
+            steps[shard] = head + self._train_shard(spec, shard, kept, data, r, start)
+            status[shard] = ("retrained", r)
+        removal = self._removal_record(ds, removed, requests)
+        return self._publish(
+            name, spec, ds, steps, parent=parent["version"], kind="unlearn" if mode == "sisa" else "full_retrain",
+            started=started, status=status, removal=removal,
+        )
+
+    def retrain_full(self, name: str) -> dict:
+        """Retrain every shard from scratch on the data the dataset holds now (the reference)."""
+        return self.unlearn(name, [], mode="full")
+
+    def _removal_record(self, ds: Dataset, removed: np.ndarray, requests: list[str] | None) -> dict:
+        owners, refs = [], list(requests or [])
+        for e in ds.erasures():
+            if np.isin(np.asarray(e.sample_ids, dtype=np.int64), removed).any():
+                owners.append({"owner_id": e.owner_id, "sample_count": len(e.sample_ids), "digest": e.digest})
+                refs.extend(r for r in (e.reference or "").split(",") if r)
+        return {
+            "owners": owners,
+            "requests": sorted(set(refs)),
+            "sample_count": int(len(removed)),
+            "sample_ids_digest": ids_digest(removed),
+        }
+
+    # -- versions -----------------------------------------------------------
+    def _spec(self, name: str) -> dict:
+        try:
+            return self.store.model_spec(name)
+        except UnknownModel as exc:
+            raise ModelNotFound(exc.detail) from None
+
+    def version(self, name: str, number: int | str = "latest") -> dict:
+        self._spec(name)
+        try:
+            return self.store.version(name, number)
+        except UnknownVersion as exc:
+            raise VersionNotFound(exc.detail) from None
+
+    def slice_ids(self, record: dict) -> list[list[np.ndarray]]:
+        """The sample ids each constituent trained on, slice by slice, read back from the store."""
+        return [
+            [np.frombuffer(self.store.get_blob(s["sample_ids"]), dtype="<i8").astype(np.int64) for s in c["slices"]]
+            for c in record["constituents"]
+        ]
+
+    def load(self, name: str, number: int | str = "latest") -> sisa.Ensemble:
+        """The published version as an ensemble that predicts exactly as when published."""
+        record = self.version(name, number)
+        models = [
+            sisa.load_constituent(self.store.get_blob(c["weights"]), self.device)
+            for c in record["constituents"]
+            if c["n_samples"] > 0  # a shard emptied by erasures has nothing to say
+        ]
+        return sisa.Ensemble(models, record["strategy"]["aggregation"])
+
+    def test_tensors(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+        test = ds.load_test()
+        if test is None:
+            return None
+        x, y = test
+        scale = np.float32(ds.info().x_scale)
+        return torch.as_tensor(x.astype(np.float32) * scale).to(self.device), torch.as_tensor(y).to(self.device)
+
+    def _publish(self, name, spec, ds, steps, *, parent, kind, started, status, removal=None) -> dict:
+        constituents, artifacts = [], {}
+        for shard in sorted(steps):
+            slices_out = []
+            for r, step in enumerate(steps[shard]):
+                ids_key = self.store.put_blob(_ids_blob(step.sample_ids))
+                ckpt_key = self.store.put_blob(step.checkpoint)
+                artifacts[f"shard{shard}.slice{r}.sample_ids"] = ids_key
+                artifacts[f"shard{shard}.slice{r}.checkpoint"] = ckpt_key
+                slices_out.append({"sample_ids": ids_key, "n_samples": int(len(step.sample_ids)), "checkpoint": ckpt_key})
+            all_ids = np.concatenate([s.sample_ids for s in steps[shard]])
+            state, from_slice = status[shard]
+            constituents.append({
+                "shard": shard,
+                "status": state,
+                "retrained_from_slice": from_slice,
+                "n_samples": int(len(all_ids)),
+                "manifest_digest": ids_digest(all_ids),
+                "weights": slices_out[-1]["checkpoint"],
+                "slices": slices_out,
+            })
+        every_id = np.concatenate([np.concatenate([s.sample_ids for s in steps[k]]) for k in steps])
+        wall = time.perf_counter() - started
+        record = {
+            "kind": kind,
+            "dataset": spec["dataset"],
+            "architecture": spec["architecture"],
+            "strategy": spec["strategy"],
+            "recipe": spec["recipe"],
+            "device": self.device.type,
+            "constituents": constituents,
+            "n_samples": int(len(every_id)),
+            "manifest_digest": ids_digest(every_id),
+            "artifacts": artifacts,
+            "removed": removal or {"owners": [], "requests": [], "sample_count": 0},
+            "metrics": {
+                "wall_seconds": round(wall, 3),
+                "retrained_shards": [c["shard"] for c in constituents if c["status"] != "reused"],
+                "reused_shards": [c["shard"] for c in constituents if c["status"] == "reused"],
+            },
+        }
+        ensemble = sisa.Ensemble(
+            [
+                sisa.load_constituent(steps[c["shard"]][-1].checkpoint, self.device)
+                for c in constituents
+                if c["n_samples"] > 0
+            ],
+            spec["strategy"]["aggregation"],
+        )
+        test = self.test_tensors(ds)
+        record["metrics"]["test_accuracy"] = None if test is None else round(ensemble.accuracy(*test), 6)
+        published = self.store.publish(name, record, parent=parent)
+        self.progress(
+            f"published {name} v{published['version']}: test accuracy {record['metrics']['test_accuracy']}, "
+            f"{wall:.1f}s, retrained shards {record['metrics']['retrained_shards']}"
+        )
+        return published

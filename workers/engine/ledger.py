@@ -1,0 +1,346 @@
+"""Dataset store with a per-sample, owner-keyed ledger.
+
+Layout of one dataset ``<root>/<name>/``:
+
+- ``ledger.sqlite``: ``samples(sample_id, owner_id, label)`` indexed by ``owner_id``,
+  ``erasures`` (ids and digests of what was erased, never raw data) and ``meta``.
+- ``arrays-<generation>.npz``: the raw training rows (``sample_id``, ``x``, ``y``),
+  sorted by sample id. Erasure writes a new generation without the owner's rows,
+  switches the ledger to it in one transaction and deletes the old file.
+- ``test.npz``: held-out evaluation rows; they belong to no owner and are never trained on.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from workers.engine.digests import ids_digest
+from workers.engine.errors import DatasetError, DatasetExists, DatasetNotFound, OwnerNotFound
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE samples (
+    sample_id INTEGER PRIMARY KEY,
+    owner_id TEXT NOT NULL,
+    label INTEGER NOT NULL
+);
+CREATE INDEX ix_samples_owner_id ON samples(owner_id);
+CREATE TABLE erasures (
+    erasure_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner_id TEXT NOT NULL,
+    sample_ids TEXT NOT NULL,
+    sample_count INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    reference TEXT,
+    erased_at TEXT NOT NULL
+);
+CREATE INDEX ix_erasures_owner_id ON erasures(owner_id);
+"""
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_name(name: str, what: str = "dataset") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise DatasetError(
+            f"invalid {what} name {name!r}: use 1-64 characters of a-z, 0-9, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What one owner's erasure removed: ids and a digest, never the raw rows."""
+
+    owner_id: str
+    sample_ids: list[int]
+    digest: str
+    erased_at: str
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """The training rows currently held, sorted by sample id."""
+
+    sample_ids: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    source: dict
+    num_classes: int
+    input_shape: list[int]
+    x_scale: float
+    n_samples: int
+    n_owners: int
+    n_test: int
+    created_at: str
+    extra: dict = field(default_factory=dict)
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Dataset:
+    """One imported dataset: its ledger and its raw arrays."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = path.name
+        if not (path / "ledger.sqlite").exists():
+            raise DatasetNotFound(f"dataset {self.name!r} does not exist")
+
+    # -- ledger -------------------------------------------------------------
+    @contextmanager
+    def _db(self):
+        con = sqlite3.connect(self.path / "ledger.sqlite", timeout=30, isolation_level=None)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def _exclusive(self):
+        """Serialise writers across processes (erasures rewrite the arrays)."""
+        with open(self.path / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _meta(self, con, key: str):
+        row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def info(self) -> DatasetInfo:
+        with self._db() as con:
+            meta = self._meta(con, "info")
+            n_samples, n_owners = con.execute(
+                "SELECT COUNT(*), COUNT(DISTINCT owner_id) FROM samples"
+            ).fetchone()
+        return DatasetInfo(name=self.name, n_samples=n_samples, n_owners=n_owners, **meta)
+
+    def owner_sample_ids(self, owner_id: str) -> np.ndarray:
+        """The owner's remaining sample ids, through the ``owner_id`` index."""
+        with self._db() as con:
+            rows = con.execute(
+                "SELECT sample_id FROM samples WHERE owner_id = ? ORDER BY sample_id", (owner_id,)
+            ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def owner_query_plan(self) -> str:
+        with self._db() as con:
+            rows = con.execute(
+                "EXPLAIN QUERY PLAN SELECT sample_id FROM samples WHERE owner_id = ?", ("x",)
+            ).fetchall()
+        return " ".join(str(r[-1]) for r in rows)
+
+    def knows_owner(self, owner_id: str) -> bool:
+        """True if the owner holds samples here now or had some erased."""
+        with self._db() as con:
+            return bool(
+                con.execute("SELECT 1 FROM samples WHERE owner_id = ? LIMIT 1", (owner_id,)).fetchone()
+                or con.execute("SELECT 1 FROM erasures WHERE owner_id = ? LIMIT 1", (owner_id,)).fetchone()
+            )
+
+    def owners(self, *, limit: int = 100, after: str | None = None) -> list[tuple[str, int]]:
+        """Owner ids with their sample counts, ordered by owner id; page with ``after``."""
+        with self._db() as con:
+            rows = con.execute(
+                "SELECT owner_id, COUNT(*) FROM samples WHERE owner_id > ? "
+                "GROUP BY owner_id ORDER BY owner_id LIMIT ?",
+                (after or "", limit),
+            ).fetchall()
+        return [(o, int(c)) for o, c in rows]
+
+    def owner_map(self) -> dict[int, str]:
+        """sample id -> owner id for every remaining sample (used to partition shards)."""
+        with self._db() as con:
+            return dict(con.execute("SELECT sample_id, owner_id FROM samples").fetchall())
+
+    def erasures(self, owner_id: str | None = None) -> list[Erasure]:
+        sql = "SELECT owner_id, sample_ids, digest, erased_at, reference FROM erasures"
+        args: tuple = ()
+        if owner_id is not None:
+            sql += " WHERE owner_id = ?"
+            args = (owner_id,)
+        with self._db() as con:
+            rows = con.execute(sql + " ORDER BY erasure_id", args).fetchall()
+        return [Erasure(o, json.loads(ids), d, t, r) for o, ids, d, t, r in rows]
+
+    # -- arrays -------------------------------------------------------------
+    def load_arrays(self) -> Arrays:
+        with self._db() as con:
+            fname = self._meta(con, "arrays_file")
+        with np.load(self.path / fname) as data:
+            return Arrays(data["sample_id"], data["x"], data["y"])
+
+    def load_test(self) -> tuple[np.ndarray, np.ndarray] | None:
+        test = self.path / "test.npz"
+        if not test.exists():
+            return None
+        with np.load(test) as data:
+            return data["x"], data["y"]
+
+    def erase_owners(self, owner_ids: list[str], *, reference: str | None = None) -> list[Erasure]:
+        """Physically remove the owners' raw rows; return what was erased (ids + digest).
+
+        Owners the ledger never knew raise :class:`OwnerNotFound`; owners already erased
+        return their earlier erasure, so a retried request does no harm.
+        """
+        owner_ids = list(dict.fromkeys(owner_ids))
+        if not owner_ids:
+            raise DatasetError("no owner ids given")
+        with self._exclusive():
+            unknown = [o for o in owner_ids if not self.knows_owner(o)]
+            if unknown:
+                raise OwnerNotFound(f"dataset {self.name!r} has no owner {unknown[0]!r}")
+            to_erase = {o: self.owner_sample_ids(o) for o in owner_ids}
+            to_erase = {o: ids for o, ids in to_erase.items() if len(ids)}
+            if to_erase:
+                self._rewrite_without(to_erase, reference)
+        done = []
+        for o in owner_ids:
+            done.extend(self.erasures(o))
+        return done
+
+    def _rewrite_without(self, to_erase: dict[str, np.ndarray], reference: str | None) -> None:
+        arrays = self.load_arrays()
+        gone = np.concatenate(list(to_erase.values()))
+        keep = ~np.isin(arrays.sample_ids, gone)
+        with self._db() as con:
+            old = self._meta(con, "arrays_file")
+            generation = int(old.split("-")[1].split(".")[0]) + 1
+        new = f"arrays-{generation:06d}.npz"
+        _atomic_savez(
+            self.path / new,
+            sample_id=arrays.sample_ids[keep],
+            x=arrays.x[keep],
+            y=arrays.y[keep],
+        )
+        now = utcnow()
+        with self._db() as con:
+            con.execute("BEGIN IMMEDIATE")
+            for owner_id, ids in to_erase.items():
+                con.execute("DELETE FROM samples WHERE owner_id = ?", (owner_id,))
+                con.execute(
+                    "INSERT INTO erasures (owner_id, sample_ids, sample_count, digest, reference, erased_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (owner_id, json.dumps([int(i) for i in ids]), len(ids), ids_digest(ids), reference, now),
+                )
+            con.execute("UPDATE meta SET value = ? WHERE key = 'arrays_file'", (json.dumps(new),))
+            con.execute("COMMIT")
+        self.remove_stale_arrays()
+
+    def remove_stale_arrays(self) -> None:
+        """Delete array generations the ledger no longer points to (raw data must not linger)."""
+        with self._db() as con:
+            current = self._meta(con, "arrays_file")
+        for f in self.path.glob("arrays-*.npz"):
+            if f.name != current:
+                f.unlink(missing_ok=True)
+        for f in self.path.glob(".arrays-*.tmp"):
+            f.unlink(missing_ok=True)
+
+
+class DatasetStore:
+    """All datasets under one root directory."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def open(self, name: str) -> Dataset:
+        check_name(name)
+        ds = Dataset(self.root / name)
+        ds.remove_stale_arrays()
+        return ds
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name / "ledger.sqlite").exists()
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if (p / "ledger.sqlite").exists())
+
+    def create(
+        self,
+        name: str,
+        *,
+        x: np.ndarray,
+        y: np.ndarray,
+        owner_ids: np.ndarray,
+        x_test: np.ndarray | None,
+        y_test: np.ndarray | None,
+        num_classes: int,
+        input_shape: list[int],
+        x_scale: float,
+        source: dict,
+    ) -> Dataset:
+        """Write a new dataset atomically: it appears whole or not at all."""
+        check_name(name)
+        if self.exists(name):
+            raise DatasetExists(f"dataset {name!r} already exists")
+        n = len(x)
+        if n == 0:
+            raise DatasetError("the dataset is empty")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
+        try:
+            sample_ids = np.arange(n, dtype=np.int64)
+            _atomic_savez(tmp / "arrays-000000.npz", sample_id=sample_ids, x=x, y=y.astype(np.int64))
+            if x_test is not None and y_test is not None and len(x_test):
+                _atomic_savez(tmp / "test.npz", x=x_test, y=y_test.astype(np.int64))
+            info = dict(
+                source=source,
+                num_classes=int(num_classes),
+                input_shape=[int(d) for d in input_shape],
+                x_scale=float(x_scale),
+                n_test=0 if x_test is None else int(len(x_test)),
+                created_at=utcnow(),
+            )
+            con = sqlite3.connect(tmp / "ledger.sqlite")
+            with con:
+                con.executescript(SCHEMA)
+                con.execute("INSERT INTO meta VALUES ('info', ?)", (json.dumps(info),))
+                con.execute("INSERT INTO meta VALUES ('arrays_file', ?)", (json.dumps("arrays-000000.npz"),))
+                con.executemany(
+                    "INSERT INTO samples VALUES (?, ?, ?)",
+                    zip(sample_ids.tolist(), [str(o) for o in owner_ids], y.astype(np.int64).tolist()),
+                )
+            con.close()
+            os.rename(tmp, self.root / name)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if self.exists(name):
+                raise DatasetExists(f"dataset {name!r} already exists") from exc
+            raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Dataset(self.root / name)

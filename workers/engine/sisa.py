@@ -1,0 +1,195 @@
+"""SISA (Bourtoule et al.): Sharded, Isolated, Sliced, Aggregated training.
+
+The training data is split into S shards, and each shard into R slices. One
+constituent model per shard trains slice by slice: step r trains on slices 0..r and
+saves a checkpoint. To unlearn, a touched shard restarts from the checkpoint before
+its earliest touched slice, on its data minus the erased samples; every other
+constituent is reused as it is.
+
+Shards and slices are cut along owners (all of an owner's samples land in one shard
+and one slice), so deleting one owner retrains one constituent from one slice.
+A monolithic model is the case S = R = 1.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from workers.engine import checkpoints, nets
+from workers.engine.digests import ids_digest
+from workers.engine.training import (
+    DeviceData,
+    TrainConfig,
+    derive_seed,
+    make_optimizer,
+    predict_proba,
+    train_epochs,
+)
+
+AGGREGATIONS = ("mean_softmax", "vote")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    kind: str = "sisa"  # "sisa" | "monolithic"
+    shards: int = 1
+    slices: int = 1
+    aggregation: str = "mean_softmax"
+
+    def __post_init__(self):
+        if self.kind not in ("sisa", "monolithic"):
+            raise ValueError(f"strategy kind must be 'sisa' or 'monolithic', got {self.kind!r}")
+        if self.kind == "monolithic" and (self.shards, self.slices) != (1, 1):
+            raise ValueError("a monolithic model has exactly one shard and one slice")
+        if self.shards < 1 or self.slices < 1:
+            raise ValueError("shards and slices must be >= 1")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "shards": self.shards, "slices": self.slices, "aggregation": self.aggregation}
+
+
+def _balanced_groups(sizes: dict[str, int], k: int) -> list[list[str]]:
+    """Split keys into ``k`` groups of near-equal total size (largest first, to the lightest)."""
+    heap = [(0, i) for i in range(k)]
+    groups: list[list[str]] = [[] for _ in range(k)]
+    for key in sorted(sizes, key=lambda o: (-sizes[o], o)):
+        load, i = heapq.heappop(heap)
+        groups[i].append(key)
+        heapq.heappush(heap, (load + sizes[key], i))
+    return groups
+
+
+def partition(owner_of: dict[int, str], shards: int, slices: int) -> list[list[np.ndarray]]:
+    """Sample ids per shard per slice, cut along owners, balanced by sample count.
+
+    Deterministic: the same ledger gives the same partition.
+    """
+    by_owner: dict[str, list[int]] = {}
+    for sample_id, owner in owner_of.items():
+        by_owner.setdefault(owner, []).append(sample_id)
+    if len(by_owner) < shards * slices:
+        raise ValueError(
+            f"cannot cut {len(owner_of)} samples of {len(by_owner)} owners into {shards} shards x "
+            f"{slices} slices: SISA here needs at least shards x slices = {shards * slices} owners"
+        )
+    sizes = {o: len(ids) for o, ids in by_owner.items()}
+    result = []
+    for shard_owners in _balanced_groups(sizes, shards):
+        slice_owners = _balanced_groups({o: sizes[o] for o in shard_owners}, slices)
+        result.append(
+            [np.sort(np.array([i for o in group for i in by_owner[o]], dtype=np.int64)) for group in slice_owners]
+        )
+    return result
+
+
+@dataclass
+class SliceStep:
+    """One slice of a constituent: its sample ids and the checkpoint after training on 0..r."""
+
+    sample_ids: np.ndarray
+    checkpoint: bytes
+
+
+def train_constituent(
+    *,
+    architecture: str,
+    input_shape: list[int],
+    num_classes: int,
+    cfg: TrainConfig,
+    shard: int,
+    slice_ids: list[np.ndarray],
+    data: DeviceData,
+    start_slice: int = 0,
+    start_checkpoint: bytes | None = None,
+    progress: Progress | None = None,
+) -> list[bytes]:
+    """Train shard ``shard`` from slice ``start_slice`` to the last; return the new checkpoints.
+
+    ``start_checkpoint`` is the checkpoint after slice ``start_slice - 1`` (None when
+    starting from scratch). Seeds depend only on (seed, shard, slice), so retraining
+    from a checkpoint gives exactly what training from scratch on the same slices gives.
+    """
+    model = nets.build(architecture, input_shape, num_classes, seed=derive_seed(cfg.seed, shard, "init"))
+    model.to(data.device)
+    optimizer = make_optimizer(model, cfg)
+    if start_checkpoint is not None:
+        ckpt = checkpoints.loads(start_checkpoint)
+        model.load_state_dict(ckpt.model_state)
+        optimizer.load_state_dict(ckpt.optim_state)
+    out = []
+    for r in range(start_slice, len(slice_ids)):
+        seen = np.concatenate(slice_ids[: r + 1])
+        if len(seen):
+            loss = train_epochs(model, optimizer, data, data.rows(seen), cfg, seed=derive_seed(cfg.seed, shard, r))
+        else:
+            loss = float("nan")
+        if progress:
+            progress(f"shard {shard + 1} slice {r + 1}/{len(slice_ids)}: {len(seen)} samples, loss {loss:.4f}")
+        info = {
+            "architecture": architecture,
+            "input_shape": input_shape,
+            "num_classes": num_classes,
+            "shard": shard,
+            "slice": r,
+            "samples_seen": int(len(seen)),
+            "manifest_digest": ids_digest(seen),
+            "recipe": cfg.to_dict(),
+        }
+        out.append(checkpoints.dumps(model, optimizer, info))
+    return out
+
+
+def first_touched_slices(slice_ids: list[list[np.ndarray]], removed: np.ndarray) -> dict[int, int]:
+    """shard -> earliest slice that holds any removed sample id (untouched shards absent)."""
+    touched = {}
+    for shard, slices in enumerate(slice_ids):
+        for r, ids in enumerate(slices):
+            if np.isin(ids, removed).any():
+                touched[shard] = r
+                break
+    return touched
+
+
+class Ensemble:
+    """Constituent models that predict together by mean softmax (default) or majority vote.
+
+    Mean softmax is the default: it returns class probabilities (what the predict API
+    and the verification metrics need), uses each constituent's confidence and has no
+    ties; vote returns the vote shares.
+    """
+
+    def __init__(self, models: list[torch.nn.Module], aggregation: str = "mean_softmax"):
+        if not models:
+            raise ValueError("an ensemble needs at least one constituent")
+        self.models = models
+        self.aggregation = aggregation
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([predict_proba(m, x) for m in self.models])
+        if self.aggregation == "mean_softmax":
+            return probs.mean(0)
+        votes = torch.nn.functional.one_hot(probs.argmax(2), probs.shape[2]).float()
+        return votes.mean(0)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict_proba(x).argmax(1)
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        if len(x) == 0:
+            return float("nan")
+        return (self.predict(x) == y).float().mean().item()
+
+
+def load_constituent(data: bytes, device) -> torch.nn.Module:
+    ckpt = checkpoints.loads(data)
+    info = ckpt.info
+    model = nets.build(info["architecture"], info["input_shape"], info["num_classes"], seed=0)
+    model.load_state_dict(ckpt.model_state)
+    return model.to(device).eval()
