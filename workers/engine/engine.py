@@ -13,7 +13,7 @@ import torch
 
 from models_store import ModelStore, UnknownModel, UnknownVersion, open_backend
 from workers.engine import nets, sisa, sources
-from workers.engine.digests import ids_digest
+from workers.engine.digests import ids_digest, sha256_bytes
 from workers.engine.errors import DatasetError, DatasetExists, ModelError, ModelNotFound, VersionNotFound
 from workers.engine.ledger import Dataset, DatasetInfo, DatasetStore, check_name
 from workers.engine.training import DeviceData, TrainConfig, make_deterministic
@@ -327,7 +327,13 @@ class Engine:
             spec["strategy"]["aggregation"],
         )
         test = self.test_tensors(ds)
-        record["metrics"]["test_accuracy"] = None if test is None else round(ensemble.accuracy(*test), 6)
+        if test is not None:
+            predicted = ensemble.predict(test[0]).cpu().numpy().astype("<i8")
+            record["metrics"]["test_accuracy"] = round(float((predicted == test[1].cpu().numpy()).mean()), 6)
+            # Lets anyone check that a reloaded version still predicts what it did at publish.
+            record["metrics"]["test_predictions_sha256"] = sha256_bytes(predicted.tobytes())
+        else:
+            record["metrics"]["test_accuracy"] = None
         published = self.store.publish(name, record, parent=parent)
         self.progress(
             f"published {name} v{published['version']}: test accuracy {record['metrics']['test_accuracy']}, "

@@ -1,0 +1,1 @@
+"""Lethe's application layer: the command line now, the HTTP API later."""

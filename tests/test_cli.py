@@ -1,0 +1,50 @@
+"""The ``lethe`` command line, end to end on digits."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from app.cli import main
+
+
+def run(tmp_path, *args, capsys):
+    code = main(["--data-dir", str(tmp_path / "data"), "--quiet", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_import_train_unlearn_list_and_show(tmp_path, capsys):
+    assert run(tmp_path, "import", "digits", "--source", "digits", capsys=capsys)[0] == 0
+    code, out, _ = run(tmp_path, "--json", "owners", "digits", "--limit", "2", capsys=capsys)
+    owner = json.loads(out)[0]["owner_id"]
+    code, out, _ = run(tmp_path, "train", "m", "--dataset", "digits", "--shards", "2", "--slices", "2",
+                       "--epochs", "2", capsys=capsys)
+    assert code == 0 and "published m v1" in out
+    code, out, _ = run(tmp_path, "unlearn", "m", "--owner", owner, "--request", "r-1", capsys=capsys)
+    assert code == 0 and "published m v2" in out
+    code, out, _ = run(tmp_path, "versions", "m", capsys=capsys)
+    assert out.splitlines()[0].startswith("v1\t") and out.splitlines()[1].startswith("v2\t")
+    code, out, _ = run(tmp_path, "--json", "show", "m", "2", capsys=capsys)
+    shown = json.loads(out)
+    assert shown["parent"] == 1 and shown["lineage"] == [2, 1]
+    assert shown["removed"]["owners"][0]["owner_id"] == owner
+    assert shown["removed"]["requests"] == ["r-1"]
+    code, out, _ = run(tmp_path, "show", "m", capsys=capsys)
+    assert "manifest digest " + shown["manifest_digest"] in out
+
+
+def test_errors_exit_2_with_a_machine_readable_code(tmp_path, capsys):
+    run(tmp_path, "import", "digits", "--source", "digits", capsys=capsys)
+    code, _, err = run(tmp_path, "train", "m", "--dataset", "digits", "--shards", "500", capsys=capsys)
+    assert code == 2 and "[invalid_model]" in err
+    code, _, err = run(tmp_path, "unlearn", "nope", "--owner", "x", capsys=capsys)
+    assert code == 2 and "[model_not_found]" in err
+    code, _, err = run(tmp_path, "import", "u", "--source", "npz", "--path", str(tmp_path / "missing.npz"),
+                       capsys=capsys)
+    assert code == 2 and "[invalid_dataset]" in err
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "lethe"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "unlearn" in out.stdout

@@ -1,0 +1,151 @@
+"""The owner-keyed data ledger: import, owner look-up, erasure, bad input."""
+import io
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_idx
+from workers.engine.digests import ids_digest
+from workers.engine.errors import DatasetError, DatasetExists, OwnerNotFound
+from workers.engine.sources import assign_owners
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_digits_import_records_every_sample_with_an_owner(digits_engine):
+    ds = digits_engine.dataset("digits")
+    info = ds.info()
+    arrays = ds.load_arrays()
+    assert info.n_samples == len(arrays.sample_ids) == 1437
+    assert info.n_test == 360
+    assert sum(c for _, c in ds.owners(limit=10_000)) == info.n_samples
+    assert info.source["owners"]["assigned"] == "zipf"
+
+
+def test_assigned_owners_are_skewed_and_reproducible():
+    owners = assign_owners(6000, seed=3)
+    counts = np.sort(np.unique(owners, return_counts=True)[1])[::-1]
+    assert len(counts) == 300
+    assert counts[0] > 5 * np.median(counts)  # a few owners hold many samples
+    assert counts.min() >= 1
+    assert (assign_owners(6000, seed=3) == owners).all()
+    assert not (assign_owners(6000, seed=4) == owners).all()
+
+
+def test_owner_lookup_uses_the_owner_index(digits_engine):
+    plan = digits_engine.dataset("digits").owner_query_plan()
+    assert "ix_samples_owner_id" in plan
+    assert "SCAN" not in plan
+
+
+def test_owner_lookup_returns_exactly_the_owners_samples(digits_engine):
+    ds = digits_engine.dataset("digits")
+    owner, count = ds.owners(limit=1)[0]
+    ids = ds.owner_sample_ids(owner)
+    assert len(ids) == count
+    owner_map = ds.owner_map()
+    assert {i for i, o in owner_map.items() if o == owner} == set(ids.tolist())
+
+
+def test_erasure_physically_removes_the_rows_and_returns_ids_and_digest(digits_engine):
+    ds = digits_engine.dataset("digits")
+    owner, _ = ds.owners(limit=1)[0]
+    ids = ds.owner_sample_ids(owner)
+    before = ds.load_arrays()
+
+    [erasure] = ds.erase_owners([owner], reference="req-1")
+
+    assert erasure.sample_ids == ids.tolist()
+    assert erasure.digest == ids_digest(ids)
+    assert erasure.reference == "req-1"
+    assert len(ds.owner_sample_ids(owner)) == 0
+    after = ds.load_arrays()
+    assert not np.isin(after.sample_ids, ids).any()
+    assert len(after.sample_ids) == len(before.sample_ids) - len(ids)
+    # No array file left on disk still holds the erased rows.
+    files = list(ds.path.glob("arrays-*.npz"))
+    assert len(files) == 1
+    with np.load(files[0]) as data:
+        assert not np.isin(data["sample_id"], ids).any()
+        assert len(data["x"]) == len(after.x)
+
+
+def test_erasing_again_returns_the_same_receipt(digits_engine):
+    ds = digits_engine.dataset("digits")
+    owner, _ = ds.owners(limit=1)[0]
+    first = ds.erase_owners([owner])
+    assert ds.erase_owners([owner]) == first
+
+
+def test_unknown_owner_is_refused(digits_engine):
+    with pytest.raises(OwnerNotFound) as err:
+        digits_engine.dataset("digits").erase_owners(["nobody"])
+    assert err.value.code == "owner_not_found"
+
+
+def test_npz_upload_keeps_its_owner_ids(engine, tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "up.npz"
+    path.write_bytes(_npz_bytes(x=rng.random((30, 5)), y=rng.integers(0, 3, 30), owner_id=np.repeat(["ann", "bob", "cy"], 10)))
+    info = engine.import_dataset("up", "npz", path=path)
+    assert info.n_owners == 3 and info.num_classes == 3 and info.input_shape == [5]
+    assert len(engine.dataset("up").owner_sample_ids("bob")) == 10
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (dict(x=np.zeros((4, 3)), y=np.zeros(4, int)), "missing"),
+        (dict(x=np.zeros((4, 3)), y=np.zeros(3, int), owner_id=np.arange(4)), "one label per row"),
+        (dict(x=np.zeros((4, 3)), y=-np.ones(4, int), owner_id=np.arange(4)), "non-negative"),
+        (dict(x=np.zeros((4, 3)), y=np.zeros(4, int), owner_id=np.arange(3)), "owner_id"),
+        (dict(x=np.full((4, 3), np.nan), y=np.zeros(4, int), owner_id=np.arange(4)), "finite"),
+        (dict(x=np.zeros((0, 3)), y=np.zeros(0, int), owner_id=np.arange(0)), "at least one row"),
+    ],
+)
+def test_malformed_npz_gets_a_clear_error(engine, arrays, message):
+    with pytest.raises(DatasetError, match=message):
+        engine.import_dataset("bad", "npz", path=_npz_bytes(**arrays))
+    assert not engine.datasets.exists("bad")
+
+
+def test_a_file_that_is_not_npz_is_refused(engine):
+    with pytest.raises(DatasetError, match="not a readable .npz"):
+        engine.import_dataset("bad", "npz", path=b"this is not a zip archive")
+
+
+def test_empty_dataset_is_refused(engine):
+    with pytest.raises(DatasetError, match="empty"):
+        engine.datasets.create("empty", x=np.zeros((0, 2)), y=np.zeros(0), owner_ids=np.array([]),
+                               x_test=None, y_test=None, num_classes=2, input_shape=[2], x_scale=1.0, source={})
+
+
+def test_duplicate_and_badly_named_datasets_are_refused(digits_engine):
+    with pytest.raises(DatasetExists):
+        digits_engine.import_dataset("digits", "digits")
+    with pytest.raises(DatasetError, match="invalid dataset name"):
+        digits_engine.import_dataset("../escape", "digits")
+    with pytest.raises(DatasetError, match="unknown source"):
+        digits_engine.import_dataset("x", "cifar")
+
+
+def test_fashion_mnist_loads_through_torchvision_from_idx_files(engine, tmp_path):
+    src = tmp_path / "fmnist"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    write_idx(src / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (40, 28, 28)))
+    write_idx(src / "train-labels-idx1-ubyte.gz", np.arange(40) % 10)
+    write_idx(src / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28)))
+    write_idx(src / "t10k-labels-idx1-ubyte.gz", np.arange(10))
+    info = engine.import_dataset("fm", "fashion-mnist", path=src, seed=1)
+    assert (info.n_samples, info.n_test, info.input_shape) == (40, 10, [1, 28, 28])
+    assert (engine.dataset("fm").load_arrays().y == np.arange(40) % 10).all()
+
+
+def test_missing_fashion_mnist_files_give_a_clear_error(engine, tmp_path):
+    with pytest.raises(DatasetError, match="dataset-fashion-mnist"):
+        engine.import_dataset("fm", "fashion-mnist", path=tmp_path)
