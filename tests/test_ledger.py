@@ -149,3 +149,26 @@ def test_fashion_mnist_loads_through_torchvision_from_idx_files(engine, tmp_path
 def test_missing_fashion_mnist_files_give_a_clear_error(engine, tmp_path):
     with pytest.raises(DatasetError, match="dataset-fashion-mnist"):
         engine.import_dataset("fm", "fashion-mnist", path=tmp_path)
+
+
+def test_raw_rows_left_by_a_crash_mid_erasure_are_removed_on_next_open(digits_engine, monkeypatch):
+    from workers.engine.ledger import Dataset
+
+    ds = digits_engine.dataset("digits")
+    owner, _ = ds.owners(limit=1)[0]
+    ids = ds.owner_sample_ids(owner)
+
+    def crash(self):
+        raise OSError("killed after the ledger switched, before the old file was deleted")
+
+    monkeypatch.setattr(Dataset, "_remove_stale_arrays", crash)
+    with pytest.raises(OSError):
+        ds.erase_owners([owner])
+    monkeypatch.undo()
+    assert len(list(ds.path.glob("arrays-*.npz"))) == 2  # the old generation still holds the rows
+
+    reopened = digits_engine.dataset("digits")
+    [remaining] = list(reopened.path.glob("arrays-*.npz"))
+    with np.load(remaining) as data:
+        assert not np.isin(data["sample_id"], ids).any()
+    assert reopened.erasures(owner)[0].sample_ids == ids.tolist()

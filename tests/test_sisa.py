@@ -186,3 +186,13 @@ def test_bad_strategy_and_architecture_are_refused(digits_engine):
         Strategy("monolithic", 2, 1)
     with pytest.raises(ModelError, match="unknown architecture"):
         digits_engine.train("x", dataset="digits", architecture="vit", config=FAST)
+
+
+def test_unchanged_constituents_are_stored_once(sisa_engine):
+    objects = sisa_engine.data_dir / "models_store" / "objects"
+    before = {p.name for p in objects.rglob("*") if p.is_file()}
+    v2 = sisa_engine.unlearn("m", [_owner_in_last_slice(sisa_engine)])
+    added = {p.name for p in objects.rglob("*") if p.is_file()} - before
+    # Only shard 1's retrained slice is new (checkpoint, shorter id list) and its test outputs.
+    touched = v2["constituents"][1]
+    assert added == {touched["slices"][1]["checkpoint"], touched["slices"][1]["sample_ids"], touched["test_probs"]}

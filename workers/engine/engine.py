@@ -16,7 +16,7 @@ from workers.engine import nets, sisa, sources
 from workers.engine.digests import ids_digest, sha256_bytes
 from workers.engine.errors import DatasetError, DatasetExists, ModelError, ModelNotFound, VersionNotFound
 from workers.engine.ledger import Dataset, DatasetInfo, DatasetStore, check_name
-from workers.engine.training import DeviceData, TrainConfig, make_deterministic
+from workers.engine.training import DeviceData, TrainConfig, make_deterministic, predict_proba
 
 SOURCES = ("fashion-mnist", "digits", "npz")
 
@@ -101,6 +101,7 @@ class Engine:
         config: TrainConfig = TrainConfig(),
     ) -> dict:
         """Train model ``name`` on ``dataset`` and publish version 1."""
+        started = time.perf_counter()
         check_name(name, "model")
         ds = self.dataset(dataset)
         info = ds.info()
@@ -124,7 +125,6 @@ class Engine:
             "num_classes": info.num_classes,
         }
         self._create_or_resume(name, spec)
-        started = time.perf_counter()
         data = self._device_data(ds)
         steps = {}
         for shard in range(strategy.shards):
@@ -184,6 +184,7 @@ class Engine:
         """
         if mode not in ("sisa", "full"):
             raise ModelError(f"unlearning mode must be 'sisa' or 'full', got {mode!r}")
+        started = time.perf_counter()
         spec = self._spec(name)
         ds = self.dataset(spec["dataset"])
         if owner_ids:
@@ -195,7 +196,6 @@ class Engine:
         removed = np.setdiff1d(trained_on, remaining)
         if mode == "sisa" and not len(removed):
             return None
-        started = time.perf_counter()
         if mode == "sisa":
             touched = sisa.first_touched_slices(parent_slices, removed)
         else:
@@ -217,7 +217,7 @@ class Engine:
             status[shard] = ("retrained", r)
         removal = self._removal_record(ds, removed, requests)
         return self._publish(
-            name, spec, ds, steps, parent=parent["version"], kind="unlearn" if mode == "sisa" else "full_retrain",
+            name, spec, ds, steps, parent=parent, kind="unlearn" if mode == "sisa" else "full_retrain",
             started=started, status=status, removal=removal,
         )
 
@@ -278,7 +278,14 @@ class Engine:
         return torch.as_tensor(x.astype(np.float32) * scale).to(self.device), torch.as_tensor(y).to(self.device)
 
     def _publish(self, name, spec, ds, steps, *, parent, kind, started, status, removal=None) -> dict:
-        constituents, artifacts = [], {}
+        """Store the constituents' artifacts, evaluate, and publish one version record.
+
+        ``parent`` is the parent's record (None for version 1). Each constituent's
+        test-set probabilities are stored too, so a reused constituent is not evaluated
+        again: its weights and the test set are the same bytes as before.
+        """
+        test = self.test_tensors(ds)
+        constituents, artifacts, probs = [], {}, []
         for shard in sorted(steps):
             slices_out = []
             for r, step in enumerate(steps[shard]):
@@ -289,7 +296,7 @@ class Engine:
                 slices_out.append({"sample_ids": ids_key, "n_samples": int(len(step.sample_ids)), "checkpoint": ckpt_key})
             all_ids = np.concatenate([s.sample_ids for s in steps[shard]])
             state, from_slice = status[shard]
-            constituents.append({
+            constituent = {
                 "shard": shard,
                 "status": state,
                 "retrained_from_slice": from_slice,
@@ -297,7 +304,28 @@ class Engine:
                 "manifest_digest": ids_digest(all_ids),
                 "weights": slices_out[-1]["checkpoint"],
                 "slices": slices_out,
-            })
+                "test_probs": None,
+            }
+            if test is not None and len(all_ids):
+                cached = parent["constituents"][shard].get("test_probs") if state == "reused" else None
+                if cached:
+                    p = np.frombuffer(self.store.get_blob(cached), dtype="<f4").reshape(len(test[1]), -1).copy()
+                else:
+                    model = sisa.load_constituent(steps[shard][-1].checkpoint, self.device)
+                    p = predict_proba(model, test[0]).cpu().numpy().astype("<f4")
+                    cached = self.store.put_blob(p.tobytes())
+                artifacts[f"shard{shard}.test_probs"] = constituent["test_probs"] = cached
+                probs.append(torch.as_tensor(p))
+            constituents.append(constituent)
+        metrics = {}
+        if probs:
+            predicted = sisa.aggregate(torch.stack(probs), spec["strategy"]["aggregation"]).argmax(1).numpy()
+            predicted = predicted.astype("<i8")
+            metrics["test_accuracy"] = round(float((predicted == test[1].cpu().numpy()).mean()), 6)
+            # Lets anyone check that a reloaded version still predicts what it did at publish.
+            metrics["test_predictions_sha256"] = sha256_bytes(predicted.tobytes())
+        else:
+            metrics["test_accuracy"] = None
         every_id = np.concatenate([np.concatenate([s.sample_ids for s in steps[k]]) for k in steps])
         wall = time.perf_counter() - started
         record = {
@@ -313,30 +341,15 @@ class Engine:
             "artifacts": artifacts,
             "removed": removal or {"owners": [], "requests": [], "sample_count": 0},
             "metrics": {
+                **metrics,
                 "wall_seconds": round(wall, 3),
                 "retrained_shards": [c["shard"] for c in constituents if c["status"] != "reused"],
                 "reused_shards": [c["shard"] for c in constituents if c["status"] == "reused"],
             },
         }
-        ensemble = sisa.Ensemble(
-            [
-                sisa.load_constituent(steps[c["shard"]][-1].checkpoint, self.device)
-                for c in constituents
-                if c["n_samples"] > 0
-            ],
-            spec["strategy"]["aggregation"],
-        )
-        test = self.test_tensors(ds)
-        if test is not None:
-            predicted = ensemble.predict(test[0]).cpu().numpy().astype("<i8")
-            record["metrics"]["test_accuracy"] = round(float((predicted == test[1].cpu().numpy()).mean()), 6)
-            # Lets anyone check that a reloaded version still predicts what it did at publish.
-            record["metrics"]["test_predictions_sha256"] = sha256_bytes(predicted.tobytes())
-        else:
-            record["metrics"]["test_accuracy"] = None
-        published = self.store.publish(name, record, parent=parent)
+        published = self.store.publish(name, record, parent=None if parent is None else parent["version"])
         self.progress(
-            f"published {name} v{published['version']}: test accuracy {record['metrics']['test_accuracy']}, "
+            f"published {name} v{published['version']}: test accuracy {metrics['test_accuracy']}, "
             f"{wall:.1f}s, retrained shards {record['metrics']['retrained_shards']}"
         )
         return published

@@ -197,10 +197,15 @@ class Dataset:
 
     # -- arrays -------------------------------------------------------------
     def load_arrays(self) -> Arrays:
-        with self._db() as con:
-            fname = self._meta(con, "arrays_file")
-        with np.load(self.path / fname) as data:
-            return Arrays(data["sample_id"], data["x"], data["y"])
+        for _ in range(5):
+            with self._db() as con:
+                fname = self._meta(con, "arrays_file")
+            try:
+                with np.load(self.path / fname) as data:
+                    return Arrays(data["sample_id"], data["x"], data["y"])
+            except FileNotFoundError:
+                continue  # an erasure switched generations between the two reads
+        raise DatasetError(f"dataset {self.name!r}: its arrays file is missing")
 
     def load_test(self) -> tuple[np.ndarray, np.ndarray] | None:
         test = self.path / "test.npz"
@@ -257,10 +262,15 @@ class Dataset:
                 )
             con.execute("UPDATE meta SET value = ? WHERE key = 'arrays_file'", (json.dumps(new),))
             con.execute("COMMIT")
-        self.remove_stale_arrays()
+        self._remove_stale_arrays()
 
     def remove_stale_arrays(self) -> None:
         """Delete array generations the ledger no longer points to (raw data must not linger)."""
+        with self._exclusive():
+            self._remove_stale_arrays()
+
+    def _remove_stale_arrays(self) -> None:
+        # Callers hold the lock: an erasure's next generation is "stale" until it commits.
         with self._db() as con:
             current = self._meta(con, "arrays_file")
         for f in self.path.glob("arrays-*.npz"):

@@ -157,6 +157,14 @@ def first_touched_slices(slice_ids: list[list[np.ndarray]], removed: np.ndarray)
     return touched
 
 
+def aggregate(probs: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """Combine constituent probabilities (constituents x rows x classes) into one row each."""
+    if aggregation == "mean_softmax":
+        return probs.mean(0)
+    votes = torch.nn.functional.one_hot(probs.argmax(2), probs.shape[2]).float()
+    return votes.mean(0)
+
+
 class Ensemble:
     """Constituent models that predict together by mean softmax (default) or majority vote.
 
@@ -172,11 +180,7 @@ class Ensemble:
         self.aggregation = aggregation
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([predict_proba(m, x) for m in self.models])
-        if self.aggregation == "mean_softmax":
-            return probs.mean(0)
-        votes = torch.nn.functional.one_hot(probs.argmax(2), probs.shape[2]).float()
-        return votes.mean(0)
+        return aggregate(torch.stack([predict_proba(m, x) for m in self.models]), self.aggregation)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict_proba(x).argmax(1)
