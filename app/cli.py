@@ -107,6 +107,23 @@ def cmd_show(args):
     _print(args, v, _details(v) + "\nlineage: " + " <- ".join(f"v{n}" for n in lineage))
 
 
+def cmd_verify(args):
+    number = args.version if args.version == "latest" else int(args.version)
+    report = _engine(args).verify(args.model, number)
+    lines = [f"{report['model']} v{report['version']}: {'OK' if report['ok'] else 'FAILED'}"]
+    lines += [f"  problem: {p}" for p in report["problems"]]
+    if report["ok"]:
+        lines.append(f"  manifest digest {report['manifest_digest']} recomputed from the stored sample ids")
+        erased = report["erased_owners_in_manifest"]
+        lines.append(
+            "  trained on no erased sample" if not erased else
+            "  trained on samples erased since: " + ", ".join(f"{e['owner_id']} ({e['samples']})" for e in erased)
+        )
+    _print(args, report, "\n".join(lines))
+    if not report["ok"]:
+        raise SystemExit(1)
+
+
 def cmd_demo(args):
     """The main job on embedded defaults: digits, a SISA model, one owner forgotten."""
     from workers.engine.sisa import Strategy
@@ -130,6 +147,7 @@ def cmd_demo(args):
     print(_details(v))
     print(f"\n{owner} now holds {len(engine.dataset('digits').owner_sample_ids(owner))} samples in 'digits'.")
     print(f"Inspect with: lethe --data-dir {args.data_dir} versions digits-sisa")
+    print(f"Verify with:  lethe --data-dir {args.data_dir} verify digits-sisa")
 
 
 def _summary(v: dict) -> str:
@@ -222,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("version", nargs="?", default="latest")
     s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("verify", help="recompute a version's digests from the stored bytes; list erased owners in it")
+    s.add_argument("model")
+    s.add_argument("version", nargs="?", default="latest")
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("demo", help="import digits, train a SISA model, forget one owner")
     s.set_defaults(func=cmd_demo)

@@ -48,3 +48,11 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "lethe"
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "unlearn" in out.stdout
+
+
+def test_demo_forgets_the_largest_owner_and_can_run_again(tmp_path, capsys):
+    code, out, _ = run(tmp_path, "demo", capsys=capsys)
+    assert code == 0
+    assert "digits-sisa v2" in out and "now holds 0 samples" in out
+    code, out, _ = run(tmp_path, "demo", capsys=capsys)
+    assert code == 0 and "digits-sisa v3" in out

@@ -196,3 +196,37 @@ def test_unchanged_constituents_are_stored_once(sisa_engine):
     # Only shard 1's retrained slice is new (checkpoint, shorter id list) and its test outputs.
     touched = v2["constituents"][1]
     assert added == {touched["slices"][1]["checkpoint"], touched["slices"][1]["sample_ids"], touched["test_probs"]}
+
+
+def test_a_training_run_that_crashed_before_publishing_can_be_run_again(digits_engine, monkeypatch):
+    kw = dict(dataset="digits", architecture="mlp", strategy=Strategy("sisa", 2, 1), config=FAST)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(digits_engine.store, "publish", crash)
+    with pytest.raises(RuntimeError):
+        digits_engine.train("m2", **kw)
+    monkeypatch.undo()
+    assert digits_engine.train("m2", **kw)["version"] == 1
+    with pytest.raises(ModelError, match="already exists"):
+        digits_engine.train("m2", **kw)
+
+
+def test_verify_recomputes_the_evidence_and_names_erased_owners(sisa_engine):
+    owner = sisa_engine.dataset("digits").owners(limit=1)[0][0]
+    sisa_engine.unlearn("m", [owner])
+    old, new = sisa_engine.verify("m", 1), sisa_engine.verify("m", 2)
+    assert old["ok"] and new["ok"]
+    assert [e["owner_id"] for e in old["erased_owners_in_manifest"]] == [owner]  # trained before the erasure
+    assert new["erased_owners_in_manifest"] == []
+
+
+def test_verify_detects_a_tampered_sample_id_list(sisa_engine):
+    v = sisa_engine.version("m")
+    blob = v["constituents"][0]["slices"][0]["sample_ids"]
+    path = next((sisa_engine.data_dir / "models_store" / "objects").rglob(blob))
+    path.write_bytes(path.read_bytes()[8:])  # drop one sample id
+    report = sisa_engine.verify("m")
+    assert not report["ok"]
+    assert any(blob in p for p in report["problems"])

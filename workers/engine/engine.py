@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models_store import ModelStore, UnknownModel, UnknownVersion, open_backend
-from workers.engine import nets, sisa, sources
+from models_store import ModelStore, StoreError, UnknownModel, UnknownVersion, open_backend
+from workers.engine import checkpoints, nets, sisa, sources
 from workers.engine.digests import ids_digest, sha256_bytes
 from workers.engine.errors import DatasetError, DatasetExists, ModelError, ModelNotFound, VersionNotFound
 from workers.engine.ledger import Dataset, DatasetInfo, DatasetStore, check_name
@@ -268,6 +268,54 @@ class Engine:
             if c["n_samples"] > 0  # a shard emptied by erasures has nothing to say
         ]
         return sisa.Ensemble(models, record["strategy"]["aggregation"])
+
+    def verify(self, name: str, number: int | str = "latest") -> dict:
+        """Re-derive a version's evidence from the stored bytes.
+
+        Checks every artifact against its sha256, recomputes each constituent's and the
+        model's manifest digest from the stored sample ids, checks each final checkpoint
+        records the same manifest, and lists erased samples the version was trained on
+        (expected only for versions published before that erasure).
+        """
+        record = self.version(name, number)
+        problems = []
+        try:
+            slice_ids = self.slice_ids(record)
+        except StoreError as exc:
+            return {"model": name, "version": record["version"], "ok": False, "problems": [exc.detail]}
+        for digest in record["artifacts"].values():
+            try:
+                self.store.get_blob(digest)
+            except StoreError as exc:
+                problems.append(exc.detail)
+        for c, slices in zip(record["constituents"], slice_ids):
+            ids = np.concatenate(slices)
+            if ids_digest(ids) != c["manifest_digest"] or len(ids) != c["n_samples"]:
+                problems.append(f"shard {c['shard']}: manifest digest does not match its sample ids")
+            if c["weights"] != c["slices"][-1]["checkpoint"]:
+                problems.append(f"shard {c['shard']}: weights are not the last slice's checkpoint")
+            try:
+                made_from = checkpoints.loads(self.store.get_blob(c["weights"])).info["manifest_digest"]
+            except StoreError:
+                continue  # already reported with the artifacts
+            if made_from != c["manifest_digest"]:
+                problems.append(f"shard {c['shard']}: checkpoint was trained on other samples")
+        every_id = np.concatenate([np.concatenate(s) for s in slice_ids])
+        if ids_digest(every_id) != record["manifest_digest"]:
+            problems.append("model manifest digest does not match its sample ids")
+        erased_in = []
+        for e in self.dataset(record["dataset"]).erasures():
+            n = int(np.isin(np.asarray(e.sample_ids, dtype=np.int64), every_id).sum())
+            if n:
+                erased_in.append({"owner_id": e.owner_id, "samples": n, "erased_at": e.erased_at})
+        return {
+            "model": name,
+            "version": record["version"],
+            "ok": not problems,
+            "problems": problems,
+            "manifest_digest": record["manifest_digest"],
+            "erased_owners_in_manifest": erased_in,
+        }
 
     def test_tensors(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
         test = ds.load_test()
