@@ -128,7 +128,7 @@ class Engine:
         data = self._device_data(ds)
         steps = {}
         for shard in range(strategy.shards):
-            self.progress(f"training shard {shard + 1}/{strategy.shards}")
+            self.progress(f"training shard {shard} (shards 0-{strategy.shards - 1})")
             steps[shard] = self._train_shard(spec, shard, slices[shard], data, 0, None)
         return self._publish(
             name, spec, ds, steps, parent=None, kind="train", started=started,
@@ -210,7 +210,7 @@ class Engine:
                 continue
             r = touched[shard]
             kept = [np.setdiff1d(ids, removed) for ids in slices]
-            self.progress(f"retraining shard {shard + 1}/{len(parent_slices)} from slice {r + 1}")
+            self.progress(f"retraining shard {shard} from slice {r} (slices 0-{len(slices) - 1})")
             start = self.store.get_blob(old[r - 1]["checkpoint"]) if r > 0 else None
             head = [sisa.SliceStep(ids, self.store.get_blob(s["checkpoint"])) for ids, s in zip(kept[:r], old[:r])]
             steps[shard] = head + self._train_shard(spec, shard, kept, data, r, start)

@@ -131,7 +131,7 @@ def train_constituent(
         else:
             loss = float("nan")
         if progress:
-            progress(f"shard {shard + 1} slice {r + 1}/{len(slice_ids)}: {len(seen)} samples, loss {loss:.4f}")
+            progress(f"shard {shard} slice {r}: trained on {len(seen)} samples, last batch loss {loss:.4f}")
         info = {
             "architecture": architecture,
             "input_shape": input_shape,
