@@ -55,7 +55,8 @@ def cmd_train(args):
             strategy = Strategy("monolithic", aggregation=args.aggregation)
         else:
             strategy = Strategy("sisa", args.shards, args.slices, args.aggregation)
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             slice_epochs=args.slice_epochs)
     except ValueError as exc:
         raise EngineError(str(exc)) from None
     v = _engine(args).train(args.name, dataset=args.dataset, architecture=args.arch, strategy=strategy, config=config)
@@ -213,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slices", type=int, default=2)
     s.add_argument("--aggregation", default="mean_softmax", choices=["mean_softmax", "vote"])
     s.add_argument("--epochs", type=int, default=5)
+    s.add_argument("--slice-epochs", default="each", choices=["each", "budget"],
+                   help="each: --epochs passes at every slice step; budget: 2*epochs/(R+1) per step "
+                        "so the total matches --epochs over the shard")
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--seed", type=int, default=0)

@@ -230,3 +230,13 @@ def test_verify_detects_a_tampered_sample_id_list(sisa_engine):
     report = sisa_engine.verify("m")
     assert not report["ok"]
     assert any(blob in p for p in report["problems"])
+
+
+def test_budget_slice_epochs_follow_the_sisa_papers_rule():
+    from workers.engine.training import TrainConfig
+
+    assert TrainConfig(epochs=5).step_epochs(4) == 5
+    assert TrainConfig(epochs=5, slice_epochs="budget").step_epochs(4) == 2  # 2*5/(4+1)
+    assert TrainConfig(epochs=1, slice_epochs="budget").step_epochs(8) == 1  # never zero
+    with pytest.raises(ValueError):
+        TrainConfig(slice_epochs="sometimes")

@@ -127,7 +127,10 @@ def train_constituent(
     for r in range(start_slice, len(slice_ids)):
         seen = np.concatenate(slice_ids[: r + 1])
         if len(seen):
-            loss = train_epochs(model, optimizer, data, data.rows(seen), cfg, seed=derive_seed(cfg.seed, shard, r))
+            loss = train_epochs(
+                model, optimizer, data, data.rows(seen), cfg,
+                epochs=cfg.step_epochs(len(slice_ids)), seed=derive_seed(cfg.seed, shard, r),
+            )
         else:
             loss = float("nan")
         if progress:

@@ -14,8 +14,11 @@ from torch import nn
 class TrainConfig:
     """Hyper-parameters; stored with every model and checkpoint.
 
-    ``epochs`` is the number of passes each training step makes over its data: for a
-    SISA constituent one step per slice, over the slices seen so far.
+    A SISA constituent trains in one step per slice, over the slices seen so far.
+    ``slice_epochs`` says how many passes each step makes: ``"each"`` gives every step
+    ``epochs`` passes (so slicing costs (R+1)/2 times the passes of no slicing);
+    ``"budget"`` gives each step round(2 * epochs / (R+1)) passes, at least one, so the
+    total matches ``epochs`` passes over the shard (the SISA paper's rule).
     """
 
     epochs: int = 5
@@ -23,10 +26,19 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
+    slice_epochs: str = "each"
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("epochs and batch_size must be >= 1, lr > 0, weight_decay >= 0")
+        if self.slice_epochs not in ("each", "budget"):
+            raise ValueError(f"slice_epochs must be 'each' or 'budget', got {self.slice_epochs!r}")
+
+    def step_epochs(self, slices: int) -> int:
+        """Passes per slice step for a constituent with ``slices`` slices."""
+        if self.slice_epochs == "each":
+            return self.epochs
+        return max(1, round(2 * self.epochs / (slices + 1)))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,14 +86,15 @@ def train_epochs(
     rows: torch.Tensor,
     cfg: TrainConfig,
     *,
+    epochs: int,
     seed: int,
 ) -> float:
-    """Train for ``cfg.epochs`` passes over ``rows`` in a seeded order; return the last loss."""
+    """Train for ``epochs`` passes over ``rows`` in a seeded order; return the last loss."""
     model.train()
     gen = torch.Generator().manual_seed(seed)
     loss_value = float("nan")
     n = len(rows)
-    for _ in range(cfg.epochs):
+    for _ in range(epochs):
         order = rows[torch.randperm(n, generator=gen)].to(data.device)
         for start in range(0, n, cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
