@@ -15,7 +15,7 @@ from models_store import ModelStore, StoreError, UnknownModel, UnknownVersion, o
 from workers.engine import checkpoints, nets, sisa, sources
 from workers.engine.digests import ids_digest, sha256_bytes
 from workers.engine.errors import DatasetError, DatasetExists, ModelError, ModelNotFound, VersionNotFound
-from workers.engine.ledger import Dataset, DatasetInfo, DatasetStore, check_name
+from workers.engine.ledger import Arrays, Dataset, DatasetInfo, DatasetStore, check_name
 from workers.engine.training import DeviceData, TrainConfig, make_deterministic, predict_proba
 
 SOURCES = ("fashion-mnist", "digits", "npz")
@@ -145,8 +145,8 @@ class Engine:
         if existing != spec or self.store.version_numbers(name):
             raise ModelError(f"model {name!r} already exists")
 
-    def _device_data(self, ds: Dataset) -> DeviceData:
-        arrays = ds.load_arrays()
+    def _device_data(self, ds: Dataset, arrays: Arrays | None = None) -> DeviceData:
+        arrays = arrays or ds.load_arrays()
         return DeviceData(arrays.sample_ids, arrays.x, arrays.y, ds.info().x_scale, self.device)
 
     def _train_shard(self, spec, shard, slice_ids, data, start_slice, start_checkpoint) -> list[sisa.SliceStep]:
@@ -191,7 +191,8 @@ class Engine:
             ds.erase_owners(owner_ids, reference=",".join(requests or []) or None)
         parent = self.version(name)
         parent_slices = self.slice_ids(parent)
-        remaining = ds.load_arrays().sample_ids
+        arrays = ds.load_arrays()
+        remaining = arrays.sample_ids
         trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
         removed = np.setdiff1d(trained_on, remaining)
         if mode == "sisa" and not len(removed):
@@ -200,7 +201,7 @@ class Engine:
             touched = sisa.first_touched_slices(parent_slices, removed)
         else:
             touched = {s: 0 for s in range(len(parent_slices))}
-        data = self._device_data(ds)
+        data = self._device_data(ds, arrays)
         steps, status = {}, {}
         for shard, slices in enumerate(parent_slices):
             old = parent["constituents"][shard]["slices"]
