@@ -90,7 +90,11 @@ class Engine:
     def dataset(self, name: str) -> Dataset:
         return self.datasets.open(name)
 
-    # -- training -----------------------------------------------------------
+    # -- training and unlearning, as plan -> shards -> finish ------------------
+    # A job is planned once, each shard in the plan is trained on its own (by a loop
+    # here, or by one Celery task per shard), and ``finish`` publishes one version.
+    # Plans are JSON and name artifacts by digest, so any worker can run any shard.
+
     def train(
         self,
         name: str,
@@ -101,7 +105,46 @@ class Engine:
         config: TrainConfig = TrainConfig(),
     ) -> dict:
         """Train model ``name`` on ``dataset`` and publish version 1."""
-        started = time.perf_counter()
+        plan = self.plan_train(name, dataset=dataset, architecture=architecture, strategy=strategy, config=config)
+        return self.run_plan(plan)
+
+    def unlearn(
+        self,
+        name: str,
+        owner_ids: list[str],
+        *,
+        requests: list[str] | None = None,
+        mode: str = "sisa",
+    ) -> dict | None:
+        """Erase the owners' raw samples, then retrain the model without them; publish.
+
+        ``mode="sisa"`` retrains only the touched shards from the checkpoint before their
+        earliest touched slice; ``mode="full"`` retrains every shard from scratch (the
+        reference). Several owners are one retraining pass. The model is brought in line
+        with the dataset, so samples erased earlier (a crashed run, another model's
+        request) are removed too. Returns the new version, or None when there was
+        nothing to remove (``sisa`` mode only).
+        """
+        plan = self.plan_unlearn(name, owner_ids, requests=requests, mode=mode)
+        return None if plan is None else self.run_plan(plan)
+
+    def run_plan(self, plan: dict) -> dict:
+        """Run every shard of ``plan`` here, one after another, then publish."""
+        results = {s["shard"]: self.run_shard(plan, s["shard"]) for s in plan["shards"] if s["status"] != "reused"}
+        return self.finish(plan, results)
+
+    def plan_train(
+        self,
+        name: str,
+        *,
+        dataset: str,
+        architecture: str = "cnn",
+        strategy: sisa.Strategy = sisa.Strategy(),
+        config: TrainConfig = TrainConfig(),
+        job: str | None = None,
+    ) -> dict:
+        """Check the request, create the model in the store and cut its shards and slices."""
+        started = time.time()
         check_name(name, "model")
         ds = self.dataset(dataset)
         info = ds.info()
@@ -125,15 +168,135 @@ class Engine:
             "num_classes": info.num_classes,
         }
         self._create_or_resume(name, spec)
-        data = self._device_data(ds)
-        steps = {}
-        for shard in range(strategy.shards):
-            self.progress(f"training shard {shard} (shards 0-{strategy.shards - 1})")
-            steps[shard] = self._train_shard(spec, shard, slices[shard], data, 0, None)
-        return self._publish(
-            name, spec, ds, steps, parent=None, kind="train", started=started,
-            status={s: ("trained", 0) for s in steps},
-        )
+        shards = [self._plan_shard(shard, ids, "trained", 0, []) for shard, ids in enumerate(slices)]
+        return self._plan(name, spec, "train", None, shards, started, job=job)
+
+    def plan_unlearn(
+        self,
+        name: str,
+        owner_ids: list[str],
+        *,
+        requests: list[str] | None = None,
+        mode: str = "sisa",
+        job: str | None = None,
+    ) -> dict | None:
+        """Erase the owners' raw samples and plan which shards retrain from which slice.
+
+        Returns None when the latest version holds none of the erased samples (``sisa``).
+        """
+        if mode not in ("sisa", "full"):
+            raise ModelError(f"unlearning mode must be 'sisa' or 'full', got {mode!r}")
+        started = time.time()
+        spec = self._spec(name)
+        ds = self.dataset(spec["dataset"])
+        if owner_ids:
+            ds.erase_owners(owner_ids, reference=",".join(requests or []) or None)
+        parent = self.version(name)
+        parent_slices = self.slice_ids(parent)
+        remaining = ds.load_arrays().sample_ids
+        trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
+        removed = np.setdiff1d(trained_on, remaining)
+        if mode == "sisa" and not len(removed):
+            return None
+        if mode == "sisa":
+            touched = sisa.first_touched_slices(parent_slices, removed)
+        else:
+            touched = {s: 0 for s in range(len(parent_slices))}
+        shards = []
+        for shard, slices in enumerate(parent_slices):
+            old = [s["checkpoint"] for s in parent["constituents"][shard]["slices"]]
+            if shard not in touched:
+                shards.append(self._plan_shard(shard, slices, "reused", None, old))
+                shards[-1]["test_probs"] = parent["constituents"][shard].get("test_probs")
+                continue
+            r = touched[shard]
+            kept = [np.setdiff1d(ids, removed) for ids in slices]
+            shards.append(self._plan_shard(shard, kept, "retrained", r, old[:r]))
+        kind = "unlearn" if mode == "sisa" else "full_retrain"
+        removal = self._removal_record(ds, removed, requests)
+        return self._plan(name, spec, kind, parent["version"], shards, started, removal=removal, job=job)
+
+    def _plan_shard(self, shard: int, slices: list[np.ndarray], status: str, from_slice, checkpoints_kept) -> dict:
+        return {
+            "shard": shard,
+            "status": status,  # trained | retrained | reused
+            "from_slice": from_slice,
+            "slices": [self.store.put_blob(_ids_blob(ids)) for ids in slices],
+            "slice_sizes": [int(len(ids)) for ids in slices],
+            "checkpoints": list(checkpoints_kept),  # of slices before from_slice (all, when reused)
+        }
+
+    @staticmethod
+    def _plan(name, spec, kind, parent, shards, started, *, removal=None, job=None) -> dict:
+        return {
+            "model": name,
+            "kind": kind,
+            "parent": parent,
+            "job": job,
+            "spec": spec,
+            "started_at": started,
+            "removal": removal,
+            "shards": shards,
+        }
+
+    def run_shard(self, plan: dict, shard: int) -> list[str]:
+        """Train one planned shard from its first slice to retrain; return the checkpoints' digests.
+
+        Deterministic, so running it twice (a redelivered task) stores the same bytes.
+        """
+        entry = plan["shards"][shard]
+        if entry["status"] == "reused":
+            return []
+        spec = plan["spec"]
+        slice_ids = self._slice_blobs(entry["slices"])
+        r = entry["from_slice"]
+        start = self.store.get_blob(entry["checkpoints"][r - 1]) if r > 0 else None
+        verb = "retraining" if entry["status"] == "retrained" else "training"
+        self.progress(f"{verb} shard {shard} from slice {r} (slices 0-{len(slice_ids) - 1})")
+        ds = self.dataset(spec["dataset"])
+        try:
+            made = sisa.train_constituent(
+                architecture=spec["architecture"],
+                input_shape=spec["input_shape"],
+                num_classes=spec["num_classes"],
+                cfg=TrainConfig(**spec["recipe"]),
+                shard=shard,
+                slice_ids=slice_ids,
+                data=self._device_data(ds),
+                start_slice=r,
+                start_checkpoint=start,
+                progress=self.progress,
+            )
+        except KeyError:
+            raise DatasetError(f"dataset {spec['dataset']!r} changed while shard {shard} was planned") from None
+        return [self.store.put_blob(c) for c in made]
+
+    def finish(self, plan: dict, results: dict[int, list[str]]) -> dict:
+        """Publish the version ``plan`` describes, given each trained shard's checkpoints.
+
+        A plan with a ``job`` publishes at most once: if the latest version already
+        came from this job (a redelivered task), that version is returned.
+        """
+        name = plan["model"]
+        if plan["job"] is not None:
+            latest = self.store.latest_number(name)
+            if latest is not None:
+                record = self.store.version(name, latest)
+                if record.get("job") == plan["job"]:
+                    return record
+        results = {int(k): v for k, v in results.items()}
+        steps, status = {}, {}
+        for entry in plan["shards"]:
+            shard = entry["shard"]
+            ckpts = entry["checkpoints"] + list(results.get(shard, []))
+            if len(ckpts) != len(entry["slices"]):
+                raise ModelError(f"shard {shard} has {len(ckpts)} checkpoints for {len(entry['slices'])} slices")
+            steps[shard] = list(zip(entry["slices"], entry["slice_sizes"], ckpts))
+            status[shard] = (entry["status"], entry["from_slice"], entry.get("test_probs"))
+        return self._publish(plan, steps, status)
+
+    def _slice_blobs(self, keys: list[str]) -> list[np.ndarray]:
+        return [np.frombuffer(self.store.get_blob(k), dtype="<i8").astype(np.int64) for k in keys]
 
     def _create_or_resume(self, name: str, spec: dict) -> None:
         try:
@@ -148,79 +311,6 @@ class Engine:
     def _device_data(self, ds: Dataset, arrays: Arrays | None = None) -> DeviceData:
         arrays = arrays or ds.load_arrays()
         return DeviceData(arrays.sample_ids, arrays.x, arrays.y, ds.info().x_scale, self.device)
-
-    def _train_shard(self, spec, shard, slice_ids, data, start_slice, start_checkpoint) -> list[sisa.SliceStep]:
-        ckpts = sisa.train_constituent(
-            architecture=spec["architecture"],
-            input_shape=spec["input_shape"],
-            num_classes=spec["num_classes"],
-            cfg=TrainConfig(**spec["recipe"]),
-            shard=shard,
-            slice_ids=slice_ids,
-            data=data,
-            start_slice=start_slice,
-            start_checkpoint=start_checkpoint,
-            progress=self.progress,
-        )
-        return [sisa.SliceStep(ids, c) for ids, c in zip(slice_ids[start_slice:], ckpts)]
-
-    # -- unlearning ---------------------------------------------------------
-    def unlearn(
-        self,
-        name: str,
-        owner_ids: list[str],
-        *,
-        requests: list[str] | None = None,
-        mode: str = "sisa",
-    ) -> dict | None:
-        """Erase the owners' raw samples, then retrain the model without them; publish.
-
-        ``mode="sisa"`` retrains only the touched shards from the checkpoint before their
-        earliest touched slice; ``mode="full"`` retrains every shard from scratch (the
-        reference). Several owners are one retraining pass. The model is brought in line
-        with the dataset, so samples erased earlier (a crashed run, another model's
-        request) are removed too. Returns the new version, or None when there was
-        nothing to remove (``sisa`` mode only).
-        """
-        if mode not in ("sisa", "full"):
-            raise ModelError(f"unlearning mode must be 'sisa' or 'full', got {mode!r}")
-        started = time.perf_counter()
-        spec = self._spec(name)
-        ds = self.dataset(spec["dataset"])
-        if owner_ids:
-            ds.erase_owners(owner_ids, reference=",".join(requests or []) or None)
-        parent = self.version(name)
-        parent_slices = self.slice_ids(parent)
-        arrays = ds.load_arrays()
-        remaining = arrays.sample_ids
-        trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
-        removed = np.setdiff1d(trained_on, remaining)
-        if mode == "sisa" and not len(removed):
-            return None
-        if mode == "sisa":
-            touched = sisa.first_touched_slices(parent_slices, removed)
-        else:
-            touched = {s: 0 for s in range(len(parent_slices))}
-        data = self._device_data(ds, arrays)
-        steps, status = {}, {}
-        for shard, slices in enumerate(parent_slices):
-            old = parent["constituents"][shard]["slices"]
-            if shard not in touched:
-                steps[shard] = [sisa.SliceStep(ids, self.store.get_blob(s["checkpoint"])) for ids, s in zip(slices, old)]
-                status[shard] = ("reused", None)
-                continue
-            r = touched[shard]
-            kept = [np.setdiff1d(ids, removed) for ids in slices]
-            self.progress(f"retraining shard {shard} from slice {r} (slices 0-{len(slices) - 1})")
-            start = self.store.get_blob(old[r - 1]["checkpoint"]) if r > 0 else None
-            head = [sisa.SliceStep(ids, self.store.get_blob(s["checkpoint"])) for ids, s in zip(kept[:r], old[:r])]
-            steps[shard] = head + self._train_shard(spec, shard, kept, data, r, start)
-            status[shard] = ("retrained", r)
-        removal = self._removal_record(ds, removed, requests)
-        return self._publish(
-            name, spec, ds, steps, parent=parent, kind="unlearn" if mode == "sisa" else "full_retrain",
-            started=started, status=status, removal=removal,
-        )
 
     def retrain_full(self, name: str) -> dict:
         """Retrain every shard from scratch on the data the dataset holds now (the reference)."""
@@ -255,10 +345,7 @@ class Engine:
 
     def slice_ids(self, record: dict) -> list[list[np.ndarray]]:
         """The sample ids each constituent trained on, slice by slice, read back from the store."""
-        return [
-            [np.frombuffer(self.store.get_blob(s["sample_ids"]), dtype="<i8").astype(np.int64) for s in c["slices"]]
-            for c in record["constituents"]
-        ]
+        return [self._slice_blobs([s["sample_ids"] for s in c["slices"]]) for c in record["constituents"]]
 
     def load(self, name: str, number: int | str = "latest") -> sisa.Ensemble:
         """The published version as an ensemble that predicts exactly as when published."""
@@ -326,25 +413,26 @@ class Engine:
         scale = np.float32(ds.info().x_scale)
         return torch.as_tensor(x.astype(np.float32) * scale).to(self.device), torch.as_tensor(y).to(self.device)
 
-    def _publish(self, name, spec, ds, steps, *, parent, kind, started, status, removal=None) -> dict:
-        """Store the constituents' artifacts, evaluate, and publish one version record.
+    def _publish(self, plan: dict, steps: dict, status: dict) -> dict:
+        """Evaluate the constituents and publish one version record.
 
-        ``parent`` is the parent's record (None for version 1). Each constituent's
-        test-set probabilities are stored too, so a reused constituent is not evaluated
-        again: its weights and the test set are the same bytes as before.
+        ``steps`` maps shard -> [(sample-ids digest, sample count, checkpoint digest)] per
+        slice. Each constituent's test-set probabilities are stored too, so a reused
+        constituent is not evaluated again: its weights and the test set are unchanged.
         """
+        spec = plan["spec"]
+        ds = self.dataset(spec["dataset"])
         test = self.test_tensors(ds)
-        constituents, artifacts, probs = [], {}, []
+        constituents, artifacts, probs, every_id = [], {}, [], []
         for shard in sorted(steps):
             slices_out = []
-            for r, step in enumerate(steps[shard]):
-                ids_key = self.store.put_blob(_ids_blob(step.sample_ids))
-                ckpt_key = self.store.put_blob(step.checkpoint)
+            for r, (ids_key, n, ckpt_key) in enumerate(steps[shard]):
                 artifacts[f"shard{shard}.slice{r}.sample_ids"] = ids_key
                 artifacts[f"shard{shard}.slice{r}.checkpoint"] = ckpt_key
-                slices_out.append({"sample_ids": ids_key, "n_samples": int(len(step.sample_ids)), "checkpoint": ckpt_key})
-            all_ids = np.concatenate([s.sample_ids for s in steps[shard]])
-            state, from_slice = status[shard]
+                slices_out.append({"sample_ids": ids_key, "n_samples": n, "checkpoint": ckpt_key})
+            all_ids = np.concatenate(self._slice_blobs([s["sample_ids"] for s in slices_out]))
+            every_id.append(all_ids)
+            state, from_slice, cached = status[shard]
             constituent = {
                 "shard": shard,
                 "status": state,
@@ -356,11 +444,10 @@ class Engine:
                 "test_probs": None,
             }
             if test is not None and len(all_ids):
-                cached = parent["constituents"][shard].get("test_probs") if state == "reused" else None
-                if cached:
+                if state == "reused" and cached:
                     p = np.frombuffer(self.store.get_blob(cached), dtype="<f4").reshape(len(test[1]), -1).copy()
                 else:
-                    model = sisa.load_constituent(steps[shard][-1].checkpoint, self.device)
+                    model = sisa.load_constituent(self.store.get_blob(constituent["weights"]), self.device)
                     p = predict_proba(model, test[0]).cpu().numpy().astype("<f4")
                     cached = self.store.put_blob(p.tobytes())
                 artifacts[f"shard{shard}.test_probs"] = constituent["test_probs"] = cached
@@ -375,10 +462,11 @@ class Engine:
             metrics["test_predictions_sha256"] = sha256_bytes(predicted.tobytes())
         else:
             metrics["test_accuracy"] = None
-        every_id = np.concatenate([np.concatenate([s.sample_ids for s in steps[k]]) for k in steps])
-        wall = time.perf_counter() - started
+        every_id = np.concatenate(every_id)
+        wall = time.time() - plan["started_at"]
         record = {
-            "kind": kind,
+            "kind": plan["kind"],
+            "job": plan["job"],
             "dataset": spec["dataset"],
             "architecture": spec["architecture"],
             "strategy": spec["strategy"],
@@ -388,7 +476,7 @@ class Engine:
             "n_samples": int(len(every_id)),
             "manifest_digest": ids_digest(every_id),
             "artifacts": artifacts,
-            "removed": removal or {"owners": [], "requests": [], "sample_count": 0},
+            "removed": plan["removal"] or {"owners": [], "requests": [], "sample_count": 0},
             "metrics": {
                 **metrics,
                 "wall_seconds": round(wall, 3),
@@ -396,7 +484,8 @@ class Engine:
                 "reused_shards": [c["shard"] for c in constituents if c["status"] == "reused"],
             },
         }
-        published = self.store.publish(name, record, parent=None if parent is None else parent["version"])
+        name = plan["model"]
+        published = self.store.publish(name, record, parent=plan["parent"])
         self.progress(
             f"published {name} v{published['version']}: test accuracy {metrics['test_accuracy']}, "
             f"{wall:.1f}s, retrained shards {record['metrics']['retrained_shards']}"
