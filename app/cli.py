@@ -1,4 +1,4 @@
-"""``lethe``: the command line over the unlearning engine.
+"""``lethe``: the command line over the unlearning engine, and the service commands.
 
 Global options come before the subcommand: ``lethe --data-dir D train ...``.
 """
@@ -252,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="import digits, train a SISA model, forget one owner")
     s.set_defaults(func=cmd_demo)
+
+    from app.serve import add_parsers
+
+    add_parsers(sub)
     return p
 
 

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from app.audit import service
+from app.deps import AdminDep, SessionDep
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+
+class AuditEvent(BaseModel):
+    seq: int
+    at: str
+    actor: str
+    kind: str
+    owner_id: str | None
+    request_id: str | None
+    model: str | None
+    version: int | None
+    data: dict
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    events: list[AuditEvent]
+    next_cursor: int | None
+
+
+class ChainOut(BaseModel):
+    ok: bool
+    events: int
+    head_hash: str
+    first_bad_seq: int | None
+    problem: str | None
+
+
+@router.get("", response_model=AuditPage)
+def list_events(
+    session: SessionDep, _: AdminDep, owner_id: str | None = None, request_id: str | None = None,
+    model: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    cursor: Annotated[int, Query(ge=0, description="next_cursor of the previous page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditPage:
+    """Audit events in chain order, filtered; pass ``next_cursor`` back as ``cursor``."""
+    flt = service.AuditFilter(owner_id=owner_id, request_id=request_id, model=model, since=since, until=until)
+    rows = service.query(session, flt, after=cursor, limit=limit)
+    events = [AuditEvent(seq=r.seq, at=r.at, actor=r.actor, kind=r.kind, owner_id=r.owner_id,
+                         request_id=r.request_id, model=r.model, version=r.version,
+                         data=service.json.loads(r.data), prev_hash=r.prev_hash, hash=r.hash) for r in rows]
+    return AuditPage(events=events, next_cursor=rows[-1].seq if len(rows) == limit else None)
+
+
+@router.get("/verify", response_model=ChainOut)
+def verify(session: SessionDep, _: AdminDep) -> ChainOut:
+    """Recompute every link of the chain; ``ok`` is false at the first broken event."""
+    return ChainOut(**service.verify_chain(session).__dict__)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from app.deletions import service
+from app.deletions.schemas import DeletionCreate, DeletionOut, Outcome
+from app.deps import CallerDep, EngineDep, SessionDep
+
+router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
+
+
+def _out(session, row) -> DeletionOut:
+    outcomes = service.outcomes(session=session, request_id=row.id)
+    return DeletionOut(
+        id=row.id, owner_id=row.owner_id, status=row.status, method=row.method, reason=row.reason,
+        failure_reason=row.failure_reason, models=[o.model for o in outcomes],
+        outcomes=[Outcome(model=o.model, status=o.status, method=o.method, version=o.version, metrics=o.metrics,
+                          seconds=o.seconds, error=o.error) for o in outcomes],
+        created_at=row.created_at, updated_at=row.updated_at, completed_at=row.completed_at,
+    )
+
+
+@router.post("", status_code=202, response_model=DeletionOut)
+def create_deletion(
+    body: DeletionCreate, request: Request, response: Response, session: SessionDep, engine: EngineDep,
+    caller: CallerDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+) -> DeletionOut:
+    """Ask for an owner to be forgotten by every model that learned from them (or the named ones).
+
+    Send an ``Idempotency-Key`` header to make retries safe: the same key returns the
+    same request; the same key with a different body is a 422 ``idempotency_key_reused``.
+    """
+    row, replayed = service.create(session=session, engine=engine, caller=caller, body=body,
+                                   idempotency_key=idempotency_key)
+    if not replayed:
+        row, replayed = service.commit_or_replay(session=session, caller=caller, request=row, key=idempotency_key)
+        if not replayed:
+            request.app.state.poke_relay()
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _out(session, row)
+
+
+@router.get("", response_model=list[DeletionOut])
+def list_deletions(
+    session: SessionDep, caller: CallerDep, owner_id: str | None = None,
+    status: Literal["queued", "running", "completed", "failed"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[DeletionOut]:
+    """The caller's own requests, newest first (an admin sees everyone's)."""
+    rows = service.list_for(session=session, caller=caller, owner_id=owner_id, status=status, limit=limit)
+    return [_out(session, r) for r in rows]
+
+
+@router.get("/{request_id}", response_model=DeletionOut)
+def get_deletion(request_id: str, session: SessionDep, caller: CallerDep) -> DeletionOut:
+    """Status (queued -> running -> completed | failed) and, per model, the version published."""
+    return _out(session, service.get(session=session, caller=caller, request_id=request_id))

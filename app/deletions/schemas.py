@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class DeletionCreate(BaseModel):
+    owner_id: str = Field(min_length=1, max_length=128)
+    models: list[str] | None = Field(None, min_length=1, max_length=100,
+                                     description="default: every model whose dataset holds or held the owner")
+    method: Literal["exact"] = "exact"
+    reason: str | None = Field(None, max_length=1000)
+
+
+class Outcome(BaseModel):
+    model: str
+    status: str
+    method: str
+    version: int | None
+    metrics: dict | None
+    seconds: float | None
+    error: str | None
+
+
+class DeletionOut(BaseModel):
+    id: str
+    owner_id: str
+    status: str
+    method: str
+    reason: str | None
+    failure_reason: str | None
+    models: list[str]
+    outcomes: list[Outcome]
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None

@@ -1,0 +1,249 @@
+"""The database side of jobs: claim work for a model, record its plan, finish or fail it.
+
+A job trains a model or removes owners from it. Only one job at a time changes the
+models of one dataset: the job holds a lease on the dataset row and its workers renew
+it. A lease that runs out means the job's worker died, and the next ``advance`` for
+that model resumes the job. Deletion requests that arrive while a job runs stay
+``pending`` and are coalesced into the model's next job.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.audit.service import append
+from app.outbox import enqueue_advance
+from app.tables import (
+    DatasetRow,
+    DeletionOutcomeRow,
+    DeletionRequestRow,
+    JobRow,
+    ModelRow,
+    ModelVersionRow,
+    utcnow,
+)
+
+WORKER = "worker"
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class Claim:
+    job_id: str
+    kind: str
+    model: str
+    plan: dict | None
+    owner_ids: list[str]
+    request_ids: list[str]
+
+
+def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
+    """Pick this model's job to run now (a queued or stalled one, or a new one for its
+    pending deletions), take the dataset lease for it and mark it running.
+
+    Returns None when there is nothing to do or another job holds the lease.
+    """
+    m = session.get(ModelRow, model)
+    if m is None:
+        return None
+    job = session.scalars(
+        select(JobRow).where(JobRow.model == model, JobRow.status.in_(ACTIVE)).order_by(JobRow.created_at)
+    ).first()
+    if job is None:
+        pending = session.scalars(
+            select(DeletionOutcomeRow.request_id).where(
+                DeletionOutcomeRow.model == model, DeletionOutcomeRow.status == "pending"
+            ).limit(1)
+        ).first()
+        if pending is None:
+            return None
+        job = JobRow(id=str(uuid.uuid4()), kind="unlearn", model=model, status="queued")
+        session.add(job)
+    now = utcnow()
+    took = session.execute(
+        update(DatasetRow)
+        .where(DatasetRow.name == m.dataset, or_(DatasetRow.busy_job.is_(None), DatasetRow.busy_until < now))
+        .values(busy_job=job.id, busy_until=now + timedelta(seconds=lease_seconds))
+    ).rowcount
+    if not took:
+        session.rollback()
+        return None
+    resumed = job.status == "running"
+    job.status, job.heartbeat_at = "running", now
+    job.started_at = job.started_at or now
+    if job.kind == "unlearn" and job.plan is None:
+        session.execute(
+            update(DeletionOutcomeRow)
+            .where(DeletionOutcomeRow.model == model, DeletionOutcomeRow.status == "pending")
+            .values(status="running", job_id=job.id, updated_at=now)
+        )
+    if job.kind == "train":
+        m.status = "training"
+    session.flush()
+    rows = session.execute(
+        select(DeletionRequestRow)
+        .join(DeletionOutcomeRow, DeletionOutcomeRow.request_id == DeletionRequestRow.id)
+        .where(DeletionOutcomeRow.job_id == job.id)
+        .order_by(DeletionRequestRow.created_at)
+    ).scalars().all()
+    append(session, "job.resumed" if resumed else "job.started", actor=WORKER, model=model,
+           data={"job_id": job.id, "kind": job.kind, "requests": [r.id for r in rows]})
+    for r in rows:
+        if r.status == "queued":
+            r.status = "running"
+            append(session, "request.running", actor=WORKER, owner_id=r.owner_id, request_id=r.id, model=model,
+                   data={"job_id": job.id})
+    return Claim(job.id, job.kind, model, job.plan, sorted({r.owner_id for r in rows}), [r.id for r in rows])
+
+
+def renew_lease(session: Session, job_id: str, lease_seconds: float, progress: str | None = None) -> bool:
+    """Extend the job's dataset lease; False if the job no longer holds it."""
+    job = session.get(JobRow, job_id)
+    if job is None or job.status != "running":
+        return False
+    now = utcnow()
+    if progress is not None:
+        job.progress = progress[:500]
+    job.heartbeat_at = now
+    return bool(session.execute(
+        update(DatasetRow).where(DatasetRow.busy_job == job_id).values(busy_until=now + timedelta(seconds=lease_seconds))
+    ).rowcount)
+
+
+def record_plan(session: Session, job_id: str, plan: dict, erasures: list[dict]) -> None:
+    """Save the job's plan; audit each owner erasure (ids digest and count, never samples)."""
+    job = session.get(JobRow, job_id)
+    job.plan = plan
+    for e in erasures:
+        append(session, "dataset.owner_erased", actor=WORKER, owner_id=e["owner_id"], model=job.model,
+               data={"job_id": job_id, "dataset": e["dataset"], "sample_count": e["sample_count"],
+                     "sample_ids_digest": e["digest"], "erased_at": e["erased_at"]})
+
+
+def _release(session: Session, job: JobRow) -> None:
+    """Free the dataset and queue every model on it that has work waiting."""
+    dataset = session.get(ModelRow, job.model).dataset
+    session.execute(update(DatasetRow).where(DatasetRow.busy_job == job.id).values(busy_job=None, busy_until=None))
+    waiting = session.scalars(
+        select(ModelRow.name).where(ModelRow.dataset == dataset).where(
+            ModelRow.name.in_(select(DeletionOutcomeRow.model).where(DeletionOutcomeRow.status == "pending"))
+            | ModelRow.name.in_(select(JobRow.model).where(JobRow.status == "queued"))
+        )
+    ).all()
+    for name in waiting:
+        enqueue_advance(session, name)
+
+
+def complete(session: Session, job_id: str, record: dict | None) -> None:
+    """Mark the job done. ``record`` is the published version (None: nothing to remove,
+    the latest version already excludes the owners)."""
+    job = session.get(JobRow, job_id)
+    if job is None or job.status == "completed":
+        return
+    now = utcnow()
+    model = session.get(ModelRow, job.model)
+    version = record["version"] if record else model.latest_version
+    if record is not None:
+        _record_version(session, job, record)
+        model.latest_version = record["version"]
+    if job.kind == "train":
+        model.status, model.error = "ready", None
+    job.status, job.version, job.finished_at = "completed", version, now
+    seconds = (now - job.started_at).total_seconds() if job.started_at else None
+    metrics = dict(record["metrics"]) if record else {}
+    for outcome in session.scalars(select(DeletionOutcomeRow).where(DeletionOutcomeRow.job_id == job_id)):
+        outcome.status, outcome.version, outcome.metrics = "completed", version, metrics
+        outcome.seconds = round(seconds, 3) if seconds is not None else None
+        request = session.get(DeletionRequestRow, outcome.request_id)
+        append(session, "request.model_unlearned", actor=WORKER, owner_id=request.owner_id, request_id=request.id,
+               model=job.model, version=version,
+               data={"job_id": job_id, "method": outcome.method, "published": record is not None,
+                     "manifest_digest": record["manifest_digest"] if record else None,
+                     "metrics": _numbers(metrics), "seconds": outcome.seconds})
+        refresh_request(session, request)
+    append(session, "job.completed", actor=WORKER, model=job.model, version=version,
+           data={"job_id": job_id, "kind": job.kind, "seconds": seconds})
+    _release(session, job)
+
+
+def _record_version(session: Session, job: JobRow, record: dict) -> None:
+    exists = session.scalars(
+        select(ModelVersionRow).where(ModelVersionRow.model == job.model, ModelVersionRow.version == record["version"])
+    ).first()
+    if exists:
+        return
+    requests = record["removed"]["requests"]
+    session.add(ModelVersionRow(
+        model=job.model, version=record["version"], parent=record["parent"], kind=record["kind"],
+        method="exact" if record["kind"] != "train" else "train", manifest_digest=record["manifest_digest"],
+        record_sha256=record["record_sha256"], n_samples=record["n_samples"], metrics=record["metrics"],
+        requests=requests, job_id=job.id,
+    ))
+    append(session, "model.version_published", actor=WORKER, model=job.model, version=record["version"],
+           data={"job_id": job.id, "parent": record["parent"], "kind": record["kind"],
+                 "manifest_digest": record["manifest_digest"], "record_sha256": record["record_sha256"],
+                 "n_samples": record["n_samples"], "requests": requests,
+                 "removed_sample_count": record["removed"]["sample_count"],
+                 "removed_sample_ids_digest": record["removed"].get("sample_ids_digest"),
+                 "metrics": _numbers(record["metrics"])})
+
+
+def fail(session: Session, job_id: str, reason: str) -> None:
+    """Mark the job failed with ``reason``; its requests fail for this model."""
+    job = session.get(JobRow, job_id)
+    if job is None or job.status in ("completed", "failed"):
+        return
+    reason = reason[:2000]
+    job.status, job.error, job.finished_at = "failed", reason, utcnow()
+    if job.kind == "train":
+        model = session.get(ModelRow, job.model)
+        model.status, model.error = "failed", reason
+    for outcome in session.scalars(select(DeletionOutcomeRow).where(DeletionOutcomeRow.job_id == job_id)):
+        outcome.status, outcome.error = "failed", reason
+        refresh_request(session, session.get(DeletionRequestRow, outcome.request_id))
+    append(session, "job.failed", actor=WORKER, model=job.model, data={"job_id": job_id, "kind": job.kind, "reason": reason})
+    _release(session, job)
+
+
+def refresh_request(session: Session, request: DeletionRequestRow) -> None:
+    """Derive the request's status from its outcomes; audit a change."""
+    session.flush()
+    states = session.scalars(select(DeletionOutcomeRow.status).where(DeletionOutcomeRow.request_id == request.id)).all()
+    if any(s in ("pending", "running") for s in states):
+        new = "running" if "running" in states else request.status
+    elif "failed" in states:
+        new = "failed"
+    else:
+        new = "completed"
+    if new == request.status:
+        return
+    request.status = new
+    data = {}
+    if new in ("completed", "failed"):
+        request.completed_at = utcnow()
+    if new == "failed":
+        failed = session.scalars(select(DeletionOutcomeRow).where(
+            DeletionOutcomeRow.request_id == request.id, DeletionOutcomeRow.status == "failed")).all()
+        request.failure_reason = "; ".join(f"{o.model}: {o.error}" for o in failed)[:2000]
+        data["reason"] = request.failure_reason
+    append(session, f"request.{new}", actor=WORKER, owner_id=request.owner_id, request_id=request.id, data=data)
+
+
+def _numbers(metrics: dict) -> dict:
+    """Only numbers and short ids go to the audit log."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, list)) and k != "test_predictions"}
+
+
+def stalled_models(session: Session) -> list[str]:
+    """Models with work waiting whose dataset is free or whose lease ran out (a dead worker)."""
+    now = utcnow()
+    free = select(DatasetRow.name).where(or_(DatasetRow.busy_job.is_(None), DatasetRow.busy_until < now))
+    waiting = or_(
+        ModelRow.name.in_(select(DeletionOutcomeRow.model).where(DeletionOutcomeRow.status.in_(("pending", "running")))),
+        ModelRow.name.in_(select(JobRow.model).where(JobRow.status.in_(ACTIVE))),
+    )
+    return list(session.scalars(select(ModelRow.name).where(ModelRow.dataset.in_(free), waiting)))

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from app.datasets.schemas import NAME
+
+
+class SisaStrategy(BaseModel):
+    kind: Literal["sisa"]
+    shards: int = Field(ge=1, le=256)
+    slices: int = Field(1, ge=1, le=64)
+    aggregation: Literal["mean_softmax", "vote"] = "mean_softmax"
+
+
+class MonolithicStrategy(BaseModel):
+    kind: Literal["monolithic"]
+
+
+class TrainingSettings(BaseModel):
+    epochs: int = Field(5, ge=1, le=500)
+    batch_size: int = Field(128, ge=1, le=65536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    slice_epochs: Literal["each", "budget"] = "each"
+
+
+class ModelCreate(BaseModel):
+    name: str = Field(pattern=NAME)
+    dataset: str
+    architecture: Literal["mlp", "cnn", "resnet18"] = "cnn"
+    strategy: Annotated[SisaStrategy | MonolithicStrategy, Field(discriminator="kind")]
+    training: TrainingSettings = TrainingSettings()
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    status: str
+    progress: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ModelAccepted(BaseModel):
+    model: str
+    status: str
+    job: JobOut
+
+
+class ModelOut(BaseModel):
+    name: str
+    dataset: str
+    architecture: str
+    strategy: dict
+    training: dict
+    status: str
+    latest_version: int | None
+    error: str | None
+    job: JobOut | None
+    created_at: datetime
+
+
+class VersionSummary(BaseModel):
+    model: str
+    version: int
+    parent: int | None
+    kind: str
+    method: str
+    manifest_digest: str
+    n_samples: int
+    requests: list[str]
+    test_accuracy: float | None
+    created_at: datetime
+
+
+class Constituent(BaseModel):
+    shard: int
+    status: str
+    retrained_from_slice: int | None
+    n_samples: int
+    manifest_digest: str
+    weights_sha256: str
+
+
+class VersionOut(BaseModel):
+    model: str
+    version: int
+    parent: int | None
+    kind: str
+    method: str
+    dataset: str
+    architecture: str
+    strategy: dict
+    recipe: dict
+    device: str
+    n_samples: int
+    manifest_digest: str
+    record_sha256: str
+    requests: list[str]
+    removed: dict
+    metrics: dict
+    constituents: list[Constituent]
+    artifacts: dict[str, str]
+    created_at: str
+
+
+class PredictIn(BaseModel):
+    inputs: list[list[float]] | list = Field(
+        description="a batch of inputs in the dataset's raw units, each flat or in the input shape")
+
+
+class PredictOut(BaseModel):
+    model: str
+    version: int
+    probabilities: list[list[float]]
+    predicted: list[int]

@@ -1,0 +1,139 @@
+"""Models and their versions: training jobs in, immutable versions out."""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import uuid
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audit.service import append
+from app.errors import ApiError, not_found
+from app.models.schemas import ModelCreate
+from app.outbox import enqueue_advance
+from app.tables import DatasetRow, JobRow, ModelRow, ModelVersionRow
+from workers.engine.engine import Engine
+from workers.engine.sisa import Ensemble
+
+
+def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[ModelRow, JobRow]:
+    """Record the model and its training job; the job reaches a worker through the outbox."""
+    if session.get(ModelRow, model_in.name) is not None:
+        raise ApiError(409, "model_exists", f"model {model_in.name!r} already exists")
+    dataset = session.get(DatasetRow, model_in.dataset)
+    if dataset is None:
+        raise not_found("dataset_not_found", f"no dataset {model_in.dataset!r}")
+    s = model_in.strategy
+    strategy = {"kind": "sisa", "shards": s.shards, "slices": s.slices, "aggregation": s.aggregation} \
+        if s.kind == "sisa" else {"kind": "monolithic", "shards": 1, "slices": 1, "aggregation": "mean_softmax"}
+    if strategy["shards"] * strategy["slices"] > dataset.n_owners:
+        raise ApiError(422, "invalid_model", f"{strategy['shards']} shards x {strategy['slices']} slices need at "
+                       f"least that many owners; dataset {dataset.name!r} has {dataset.n_owners}")
+    recipe = {**model_in.training.model_dump(), "seed": model_in.seed}
+    model = ModelRow(name=model_in.name, dataset=dataset.name, architecture=model_in.architecture,
+                     strategy=strategy, recipe=recipe, status="queued")
+    job = JobRow(id=str(uuid.uuid4()), kind="train", model=model.name, status="queued")
+    session.add(model)
+    session.flush()  # the job row refers to the model row
+    session.add(job)
+    enqueue_advance(session, model.name)
+    append(session, "model.training_queued", actor=actor, model=model.name,
+           data={"job_id": job.id, "dataset": dataset.name, "architecture": model.architecture,
+                 "strategy": strategy, "recipe": recipe})
+    return model, job
+
+
+def get(*, session: Session, name: str) -> ModelRow:
+    row = session.get(ModelRow, name)
+    if row is None:
+        raise not_found("model_not_found", f"no model {name!r}")
+    return row
+
+
+def list_all(*, session: Session) -> list[ModelRow]:
+    return list(session.scalars(select(ModelRow).order_by(ModelRow.name)))
+
+
+def current_job(*, session: Session, name: str) -> JobRow | None:
+    return session.scalars(select(JobRow).where(JobRow.model == name).order_by(JobRow.created_at.desc())).first()
+
+
+def versions(*, session: Session, name: str) -> list[ModelVersionRow]:
+    get(session=session, name=name)
+    return list(session.scalars(
+        select(ModelVersionRow).where(ModelVersionRow.model == name).order_by(ModelVersionRow.version)))
+
+
+def parse_version(number: str) -> int | str:
+    if number == "latest":
+        return number
+    if not number.isdigit() or int(number) < 1:
+        raise ApiError(422, "invalid_version", f"version must be a positive integer or 'latest', got {number!r}")
+    return int(number)
+
+
+def record(*, session: Session, engine: Engine, name: str, number: str) -> dict:
+    """The published record of one version, from the model store."""
+    get(session=session, name=name)
+    return engine.version(name, parse_version(number))
+
+
+def artifact_zip(*, engine: Engine, record: dict) -> bytes:
+    """The version's record and each constituent's final weights (safetensors), as a zip
+    with fixed timestamps, so the same version always downloads as the same bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        def add(name, data):
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+        add("version.json", json.dumps(record, indent=2, sort_keys=True))
+        for c in record["constituents"]:
+            add(f"shard{c['shard']:03d}.safetensors", engine.store.get_blob(c["weights"]))
+    return buf.getvalue()
+
+
+class EnsembleCache:
+    """Loaded versions for prediction; versions are immutable, so entries never go stale."""
+
+    def __init__(self, size: int = 8):
+        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, engine: Engine, name: str, version: int) -> Ensemble:
+        key = (name, version)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        ensemble = engine.load(name, version)
+        with self._lock:
+            self._items[key] = ensemble
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return ensemble
+
+
+def predict(*, engine: Engine, cache: EnsembleCache, record: dict, inputs: list, max_rows: int) -> np.ndarray:
+    """Class probabilities for ``inputs`` (raw units, as in the dataset) from one version."""
+    spec_shape = engine.store.model_spec(record["model"])["input_shape"]
+    if len(inputs) == 0:
+        raise ApiError(422, "invalid_inputs", "inputs is empty")
+    if len(inputs) > max_rows:
+        raise ApiError(413, "too_many_inputs", f"at most {max_rows} inputs per call, got {len(inputs)}")
+    try:
+        x = np.asarray(inputs, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ApiError(422, "invalid_inputs", "inputs must be equally shaped arrays of numbers") from None
+    width = int(np.prod(spec_shape))
+    if x.ndim < 2 or int(np.prod(x.shape[1:])) != width:
+        raise ApiError(422, "invalid_inputs", f"each input must hold {width} numbers (shape {spec_shape})")
+    if not np.isfinite(x).all():
+        raise ApiError(422, "invalid_inputs", "inputs must be finite numbers")
+    scale = engine.dataset(record["dataset"]).info().x_scale
+    x = torch.as_tensor(x.reshape(len(x), *spec_shape) * np.float32(scale)).to(engine.device)
+    ensemble = cache.get(engine, record["model"], record["version"])
+    return ensemble.predict_proba(x).cpu().numpy()

@@ -1,0 +1,76 @@
+"""Settings: one class, read from ``LETHE_*`` environment variables, with embedded defaults.
+
+Unset URLs fall back to SQLite files under ``LETHE_DATA_DIR``: the database, a
+server-less Celery broker (kombu's SQLAlchemy transport) and the Celery result store.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    data_dir: Path = Path("lethe-data")
+    database_url: str | None = None
+    broker_url: str | None = None
+    result_backend: str | None = None
+    store_url: str | None = None  # default: <data_dir>/models_store; any fsspec URL works
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    client_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    device: str | None = None  # default: cuda when present, else cpu
+
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_predict_rows: int = 1024
+    # Longest job the workers may run (seconds); the broker's redelivery timeout sits above it.
+    job_time_limit: int = 6 * 3600
+    lease_seconds: float = 300.0  # a job's dataset lease; its worker renews it every quarter
+    relay_interval: float = 0.2  # seconds between outbox scans when nothing pokes the relay
+    reconcile_interval: float = 30.0  # seconds between scans for stuck jobs and unsent work
+    relay_in_api: bool = True  # run the outbox relay inside the API process
+    worker_concurrency: int = 1
+    broker_polling_interval: float = 0.05  # kombu SQLAlchemy transport only
+
+    @field_validator("admin_keys", "client_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'lethe.sqlite').resolve()}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def celery_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.celery_broker_url.startswith(("redis://", "rediss://")):
+            return self.celery_broker_url
+        return f"db+sqlite:///{(self.data_dir / 'results.sqlite').resolve()}"
+
+    @property
+    def visibility_timeout(self) -> int:
+        return self.job_time_limit + 3600
+
+    def roles_by_key_hash(self) -> dict[str, str]:
+        """sha256(key) -> role; keys are compared by hash, never kept in plain text beyond settings."""
+        roles = {hashlib.sha256(k.encode()).hexdigest(): "client" for k in self.client_keys}
+        roles.update({hashlib.sha256(k.encode()).hexdigest(): "admin" for k in self.admin_keys})
+        return roles
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
