@@ -50,6 +50,8 @@ def cmd_worker(args):
 
     argv = ["worker", "-Q", QUEUE, "-c", str(get_settings().worker_concurrency), "--loglevel", args.loglevel,
             "--pool", args.pool, "-n", args.name]
+    if get_settings().worker_max_tasks_per_child > 0:
+        argv += ["--max-tasks-per-child", str(get_settings().worker_max_tasks_per_child)]
     celery_app.worker_main(argv)
 
 

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     reconcile_interval: float = 30.0  # seconds between scans for stuck jobs and unsent work
     relay_in_api: bool = True  # run the outbox relay inside the API process
     worker_concurrency: int = 1
+    worker_max_tasks_per_child: int = 0  # 1 on GPU workers: a fresh process per task frees GPU memory
     broker_polling_interval: float = 0.05  # kombu SQLAlchemy transport only
 
     @field_validator("admin_keys", "client_keys", mode="before")

@@ -42,7 +42,7 @@ def engine() -> Engine:
 
 
 def _lease_seconds() -> float:
-    return max(60.0, get_settings().lease_seconds)
+    return max(2.0, get_settings().lease_seconds)
 
 
 class _Heartbeat:

@@ -29,7 +29,7 @@ _IMPORT_BODY = {
                     "properties": {
                         "name": {"type": "string", "pattern": NAME},
                         "file": {"type": "string", "format": "binary",
-                                 "description": ".npz with x, y (optional owner_ids, x_test, y_test)"},
+                                 "description": ".npz with x, y, owner_id (optional x_test, y_test)"},
                     },
                 }
             },

@@ -100,5 +100,5 @@ def predict(name: str, number: str, body: PredictIn, request: Request, session: 
     r = service.record(session=session, engine=engine, name=name, number=number)
     probs = service.predict(engine=engine, cache=request.app.state.ensembles, record=r, inputs=body.inputs,
                             max_rows=settings.max_predict_rows)
-    return PredictOut(model=name, version=r["version"], probabilities=probs.round(6).tolist(),
+    return PredictOut(model=name, version=r["version"], probabilities=probs.astype(float).round(6).tolist(),
                       predicted=probs.argmax(1).tolist())
