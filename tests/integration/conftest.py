@@ -1,0 +1,135 @@
+"""A real stack for integration tests: a fresh PostgreSQL database, Redis, a ``celery
+worker`` process and a ``uvicorn`` process, all talking over real connections."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.service_helpers import ADMIN, CLIENT, CLIENT2
+
+PG = os.environ.get("LETHE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("LETHE_TEST_BROKER_URL", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.db_name = f"lethe_it_{uuid.uuid4().hex[:10]}"
+        self.db_url = PG.rsplit("/", 1)[0] + "/" + self.db_name
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "LETHE_DATA_DIR": str(tmp / "data"),
+            "LETHE_DATABASE_URL": self.db_url,
+            "LETHE_BROKER_URL": REDIS,
+            "LETHE_ADMIN_KEYS": ADMIN,
+            "LETHE_CLIENT_KEYS": f"{CLIENT},{CLIENT2}",
+            "LETHE_DEVICE": "cpu",
+            "LETHE_LEASE_SECONDS": "4",
+            "LETHE_RECONCILE_INTERVAL": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.worker: subprocess.Popen | None = None
+        self.api: subprocess.Popen | None = None
+        self.worker_logs: list[Path] = []
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "app.cli", *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    def start_worker(self) -> None:
+        log = self.tmp / f"worker-{len(self.worker_logs)}.log"
+        self.worker_logs.append(log)
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--concurrency", "2", "--loglevel", "info",
+             "--name", f"it-{uuid.uuid4().hex[:6]}@%h"],
+            env=self.env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker and its pool: a crash, not a shutdown."""
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait(timeout=10)
+
+    def start_api(self) -> None:
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "api", "--port", str(self.port), "--no-access-log"],
+            env=self.env, cwd=ROOT, stdout=(self.tmp / "api.log").open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.api.poll() is not None:
+                raise RuntimeError("uvicorn exited:\n" + (self.tmp / "api.log").read_text())
+            time.sleep(0.3)
+        raise RuntimeError("uvicorn did not become ready:\n" + (self.tmp / "api.log").read_text())
+
+    def stop(self) -> None:
+        for proc in (self.api, self.worker):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    def worker_log(self) -> str:
+        return "".join(p.read_text() for p in self.worker_logs if p.exists())
+
+
+def _admin_conn():
+    return psycopg.connect(PG, autocommit=True)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    try:
+        with _admin_conn():
+            pass
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"integration tests need PostgreSQL at {PG}: {exc}")
+    s = Stack(tmp_path_factory.mktemp("stack"))
+    with _admin_conn() as conn:
+        conn.execute(f'CREATE DATABASE "{s.db_name}"')
+    try:
+        migrated = s.run("migrate")
+        assert migrated.returncode == 0, migrated.stderr
+        s.start_worker()
+        s.start_api()
+        yield s
+    finally:
+        s.stop()
+        with _admin_conn() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{s.db_name}" WITH (FORCE)')
+
+
+def poll(fn, done, timeout: float = 180, every: float = 0.3):
+    deadline = time.time() + timeout
+    while True:
+        value = fn()
+        if done(value):
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out; last value: {value}")
+        time.sleep(every)

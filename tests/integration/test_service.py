@@ -1,0 +1,120 @@
+"""End to end over HTTP: uvicorn + PostgreSQL + Redis + a real Celery worker process."""
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import psycopg
+import pytest
+
+from tests.integration.conftest import poll
+from tests.service_helpers import A, C
+from workers.engine.engine import Engine
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def http(stack):
+    with httpx.Client(base_url=stack.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def trained(stack, http):
+    r = http.post("/v1/datasets", json={"name": "digits", "source": "digits"}, headers=A)
+    assert r.status_code == 201, r.text
+    r = http.post("/v1/models", headers=A, json={
+        "name": "digits-sisa", "dataset": "digits", "architecture": "cnn",
+        "strategy": {"kind": "sisa", "shards": 3, "slices": 2}, "training": {"epochs": 3, "batch_size": 64}})
+    assert r.status_code == 202, r.text
+    model = poll(lambda: http.get("/v1/models/digits-sisa", headers=A).json(),
+                 lambda m: m["status"] in ("ready", "failed"))
+    assert model["status"] == "ready", model
+    return model
+
+
+def owners(http, n):
+    return [o["owner_id"] for o in http.get(f"/v1/datasets/digits/owners?limit={n}", headers=A).json()["owners"]]
+
+
+def test_training_fans_out_one_task_per_shard(stack, trained):
+    assert trained["latest_version"] == 1
+    assert stack.worker_log().count("Task lethe.train_shard[") >= 3
+
+
+def test_deletion_request_end_to_end(stack, http, trained):
+    owner = owners(http, 5)[2]
+    engine = Engine(stack.env["LETHE_DATA_DIR"], device="cpu")
+    owner_ids = engine.dataset("digits").owner_sample_ids(owner)
+    assert len(owner_ids) > 0
+
+    headers = {**C, "Idempotency-Key": f"it-{owner}"}
+    first = http.post("/v1/deletion-requests", json={"owner_id": owner, "reason": "GDPR art. 17"}, headers=headers)
+    assert first.status_code == 202 and first.json()["status"] == "queued"
+    rid = first.json()["id"]
+    again = http.post("/v1/deletion-requests", json={"owner_id": owner, "reason": "GDPR art. 17"}, headers=headers)
+    assert again.json()["id"] == rid
+
+    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
+                lambda r: r["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    (outcome,) = done["outcomes"]
+    number = outcome["version"]
+    assert number >= 2 and outcome["method"] == "exact"
+
+    version = http.get(f"/v1/models/digits-sisa/versions/{number}", headers=C).json()
+    assert rid in version["requests"] and version["parent"] == number - 1
+    # The manifest of the new version, read back from the model store, has none of the owner's ids.
+    record = engine.version("digits-sisa", number)
+    assert record["manifest_digest"] == version["manifest_digest"]
+    manifest = np.concatenate([np.concatenate(s) for s in engine.slice_ids(record)])
+    assert not np.isin(owner_ids, manifest).any()
+    old = np.concatenate([np.concatenate(s) for s in engine.slice_ids(engine.version("digits-sisa", 1))])
+    assert np.isin(owner_ids, old).all()
+
+    lineage = http.get(f"/v1/owners/{owner}", headers=A).json()
+    assert lineage["datasets"][0]["remaining_samples"] == 0
+    assert lineage["models"][0]["latest_excludes_owner"] is True
+
+    chain = http.get("/v1/audit/verify", headers=A).json()
+    assert chain["ok"] is True, chain
+    kinds = [e["kind"] for e in http.get(f"/v1/audit?request_id={rid}", headers=A).json()["events"]]
+    assert kinds == ["request.accepted", "request.running", "request.model_unlearned", "request.completed"]
+
+
+def test_client_key_cannot_read_the_audit_log(http):
+    r = http.get("/v1/audit", headers=C)
+    assert r.status_code == 403 and r.json()["code"] == "forbidden"
+
+
+def test_postgres_rejects_changes_to_the_audit_log(stack, trained):
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+            conn.execute("UPDATE audit_events SET actor = 'x' WHERE seq = 1")
+        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+            conn.execute("DELETE FROM audit_events")
+        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+            conn.execute("TRUNCATE audit_events")
+
+
+def test_accepted_request_survives_a_worker_crash(stack, http, trained):
+    """Kill the whole worker mid-job; a new worker resumes the job once its lease runs out."""
+    r = http.post("/v1/models", headers=A, json={
+        "name": "slow", "dataset": "digits", "architecture": "cnn", "strategy": {"kind": "monolithic"},
+        "training": {"epochs": 40, "batch_size": 32}})
+    assert r.status_code == 202
+    model = poll(lambda: http.get("/v1/models/slow", headers=A).json(), lambda m: m["status"] in ("training", "ready"))
+    assert model["status"] == "training", "the job must still be running when the worker is killed"
+    stack.kill_worker()
+    stack.start_worker()
+    model = poll(lambda: http.get("/v1/models/slow", headers=A).json(), lambda m: m["status"] in ("ready", "failed"),
+                 timeout=300)
+    assert model["status"] == "ready", model
+    kinds = [e["kind"] for e in http.get("/v1/audit?model=slow&limit=1000", headers=A).json()["events"]]
+    assert "job.resumed" in kinds
+    assert http.get("/v1/audit/verify", headers=A).json()["ok"] is True
+
+
+def test_readyz_reports_database_and_broker(http):
+    r = http.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "broker": "ok"}
