@@ -24,7 +24,7 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 4) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -42,7 +42,10 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    # A small pool per process: appends to the audit chain are serialised, and more
+    # transactions in flight than cores only queue on that lock while holding the GIL.
+    # No pre-ping (it costs a round trip per request); connections are recycled instead.
+    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_recycle=1800)
 
 
 def is_postgres(engine: Engine) -> bool:
@@ -51,7 +54,7 @@ def is_postgres(engine: Engine) -> bool:
 
 @lru_cache
 def get_engine() -> Engine:
-    return make_engine(get_settings().db_url)
+    return make_engine(get_settings().db_url, get_settings().db_pool_size)
 
 
 @lru_cache

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -14,9 +14,14 @@ from app.settings import Settings
 from workers.engine.engine import Engine
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """A session for one request. Write routes commit it themselves before they answer,
-    so a 2xx is only ever sent for work that is in the database; anything else rolls back."""
+    so a 2xx is only ever sent for work that is in the database; anything else rolls back.
+
+    The dependencies here are ``async`` because they do no I/O worth a thread (a session
+    connects lazily, in the route's thread): each sync dependency would cost a hop
+    through the thread pool on every request.
+    """
     session = request.app.state.sessionmaker()
     try:
         yield session
@@ -25,11 +30,11 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
@@ -43,7 +48,7 @@ class Caller:
         return self.role == "admin"
 
 
-def get_caller(request: Request) -> Caller:
+async def get_caller(request: Request) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -56,7 +61,7 @@ def get_caller(request: Request) -> Caller:
     return Caller(key_id=digest[:16], role=role)
 
 
-def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
     if not caller.is_admin:
         raise ApiError(403, "forbidden", "this needs an admin API key")
     return caller

@@ -66,7 +66,7 @@ class _TooLarge(Exception):
 def create_app(settings: Settings | None = None, *, run_relay: bool | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = make_engine(settings.db_url)
+    db = make_engine(settings.db_url, settings.db_pool_size)
     factory = sessionmaker(db, expire_on_commit=False)
     run_relay = settings.relay_in_api if run_relay is None else run_relay
 

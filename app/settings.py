@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     client_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str | None = None  # default: cuda when present, else cpu
 
+    db_pool_size: int = 4  # database connections per process
     max_upload_bytes: int = 200 * 1024 * 1024
     max_predict_rows: int = 1024
     # Longest job the workers may run (seconds); the broker's redelivery timeout sits above it.

@@ -11,8 +11,8 @@ from app.deps import CallerDep, EngineDep, SessionDep
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
 
 
-def _out(session, row) -> DeletionOut:
-    outcomes = service.outcomes(session=session, request_id=row.id)
+def _out(session, row, outcomes=None) -> DeletionOut:
+    outcomes = outcomes if outcomes is not None else service.outcomes(session=session, request_id=row.id)
     return DeletionOut(
         id=row.id, owner_id=row.owner_id, status=row.status, method=row.method, reason=row.reason,
         failure_reason=row.failure_reason, models=[o.model for o in outcomes],
@@ -33,14 +33,14 @@ def create_deletion(
     Send an ``Idempotency-Key`` header to make retries safe: the same key returns the
     same request; the same key with a different body is a 422 ``idempotency_key_reused``.
     """
-    row, replayed = service.create(session=session, engine=engine, caller=caller, body=body,
-                                   idempotency_key=idempotency_key)
+    row, outcomes, replayed = service.create(session=session, engine=engine, caller=caller, body=body,
+                                             idempotency_key=idempotency_key)
     if not replayed:
         row, replayed = service.commit_or_replay(session=session, caller=caller, request=row, key=idempotency_key)
         if not replayed:
             request.app.state.poke_relay()
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+            return _out(session, row, outcomes)  # as committed; no second round trip
+    response.headers["Idempotent-Replayed"] = "true"
     return _out(session, row)
 
 

@@ -59,8 +59,8 @@ def target_models(*, session: Session, engine: Engine, body: DeletionCreate) -> 
 
 def create(
     *, session: Session, engine: Engine, caller: Caller, body: DeletionCreate, idempotency_key: str | None
-) -> tuple[DeletionRequestRow, bool]:
-    """Accept a deletion request; returns (request, replayed).
+) -> tuple[DeletionRequestRow, list[DeletionOutcomeRow], bool]:
+    """Accept a deletion request; returns (request, its new outcomes, replayed).
 
     The request row, one pending outcome per model, the audit event and one outbox row
     per model are added to the session together; the caller commits them as one unit.
@@ -69,7 +69,7 @@ def create(
     if idempotency_key is not None:
         existing = find_replay(session=session, caller=caller, key=idempotency_key, body_hash=body_hash)
         if existing is not None:
-            return existing, True
+            return existing, [], True
     models = target_models(session=session, engine=engine, body=body)
     request = DeletionRequestRow(
         id=str(uuid.uuid4()), owner_id=body.owner_id, caller=caller.key_id, method=body.method,
@@ -77,15 +77,16 @@ def create(
     )
     session.add(request)
     session.flush()
-    session.add_all(DeletionOutcomeRow(request_id=request.id, model=m, status="pending", method=body.method)
-                    for m in models)
+    outcomes = [DeletionOutcomeRow(request_id=request.id, model=m, status="pending", method=body.method)
+                for m in models]
+    session.add_all(outcomes)
     for m in models:
         enqueue_advance(session, m)
     # The reason is free text and may hold personal data: the audit log keeps its hash only.
     append(session, "request.accepted", actor=caller.key_id, owner_id=body.owner_id, request_id=request.id,
            data={"models": models, "method": body.method, "idempotency_key_given": idempotency_key is not None,
                  "reason_sha256": hashlib.sha256(body.reason.encode()).hexdigest() if body.reason else None})
-    return request, False
+    return request, outcomes, False
 
 
 def commit_or_replay(*, session: Session, caller: Caller, request: DeletionRequestRow, key: str | None):
