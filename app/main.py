@@ -13,6 +13,7 @@ from app import errors
 from app.audit.routes import router as audit_router
 from app.datasets.routes import router as datasets_router
 from app.db import make_engine
+from app.deletions.intake import Intake
 from app.deletions.routes import router as deletions_router
 from app.jobs.service import stalled_models
 from app.models.routes import router as models_router
@@ -91,9 +92,11 @@ def create_app(settings: Settings | None = None, *, run_relay: bool | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await app.state.intake.start()
         if run_relay:
             relay.start()
         yield
+        await app.state.intake.stop()
         relay.stop()
         db.dispose()
 
@@ -111,6 +114,7 @@ def create_app(settings: Settings | None = None, *, run_relay: bool | None = Non
     app.state.celery = celery
     app.state.relay = relay
     app.state.poke_relay = relay.poke if run_relay else (lambda: None)
+    app.state.intake = Intake(factory, app.state.engine, on_commit=app.state.poke_relay)
     errors.install(app)
     for router in (datasets_router, models_router, deletions_router, owners_router, audit_router):
         app.include_router(router)

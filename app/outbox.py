@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.tables import OutboxRow, utcnow
@@ -31,36 +31,38 @@ def enqueue_advance(session: Session, model: str) -> OutboxRow:
     return enqueue(session, ADVANCE, {"model": model})
 
 
-def relay_batch(factory: sessionmaker[Session], send, limit: int = 200) -> int:
-    """Send up to ``limit`` unsent rows in id order; return how many were sent.
+def relay_batch(factory: sessionmaker[Session], send, limit: int = 500) -> int:
+    """Send up to ``limit`` unsent rows in id order; return how many rows were marked sent.
 
-    ``send(task, payload)`` publishes one message. Rows are locked with SKIP LOCKED, so
-    several relays never send the same row at the same time.
+    ``send(task, payload)`` publishes one message; identical messages in one batch are
+    sent once. Rows are locked with SKIP LOCKED, so several relays never send the same
+    row at the same time. A row is marked sent only after its message went out.
     """
     with factory() as session:
-        rows = session.scalars(
-            select(OutboxRow).where(OutboxRow.sent_at.is_(None)).order_by(OutboxRow.id).limit(limit)
-            .with_for_update(skip_locked=True)
+        rows = session.execute(
+            select(OutboxRow.id, OutboxRow.task, OutboxRow.payload).where(OutboxRow.sent_at.is_(None))
+            .order_by(OutboxRow.id).limit(limit).with_for_update(skip_locked=True)
         ).all()
-        sent, seen = 0, set()
+        sent_ids, seen, failed = [], set(), None
         for row in rows:
             key = (row.task, json.dumps(row.payload, sort_keys=True))
-            if key in seen:  # the same message twice in one batch: one send covers both
-                row.sent_at = utcnow()
-                continue
-            seen.add(key)
-            row.attempts += 1
-            try:
-                send(row.task, row.payload)
-            except Exception as exc:  # broker down: keep the row for the next round
-                row.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("outbox: cannot send %s #%d yet: %s", row.task, row.id, row.last_error)
-                break
-            row.sent_at = utcnow()
-            row.last_error = None
-            sent += 1
+            if key not in seen:
+                try:
+                    send(row.task, row.payload)
+                except Exception as exc:  # broker down: keep this row and the rest for the next round
+                    failed = (row.id, f"{type(exc).__name__}: {exc}"[:500])
+                    log.warning("outbox: cannot send %s #%d yet: %s", row.task, row.id, failed[1])
+                    break
+                seen.add(key)
+            sent_ids.append(row.id)
+        if sent_ids:
+            session.execute(update(OutboxRow).where(OutboxRow.id.in_(sent_ids))
+                            .values(sent_at=utcnow(), attempts=OutboxRow.attempts + 1, last_error=None))
+        if failed:
+            session.execute(update(OutboxRow).where(OutboxRow.id == failed[0])
+                            .values(attempts=OutboxRow.attempts + 1, last_error=failed[1]))
         session.commit()
-        return sent
+        return len(sent_ids)
 
 
 class Relay:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import argparse
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +39,34 @@ def cmd_api(args):
     import uvicorn
 
     _apply_globals(args)
-    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="info", access_log=not args.no_access_log)
+    if args.workers > 1:
+        return _api_processes(args)
+    config = uvicorn.Config("app.main:create_app", factory=True, log_level="info", access_log=not args.no_access_log)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if args.reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(2048)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _api_processes(args) -> None:
+    """N API processes, each with its own SO_REUSEPORT socket on the same port: the kernel
+    spreads connections evenly (one shared socket let one process take nearly all of a
+    keep-alive client's connections)."""
+    cmd = [sys.executable, "-m", "app.cli", "api", "--host", args.host, "--port", str(args.port), "--workers", "1",
+           "--reuse-port"] + (["--no-access-log"] if args.no_access_log else [])
+    children = [subprocess.Popen(cmd, env=os.environ.copy()) for _ in range(args.workers)]
+
+    def stop(*_):
+        for c in children:
+            c.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    codes = [c.wait() for c in children]
+    sys.exit(max(codes))
 
 
 def cmd_worker(args):
@@ -165,7 +193,8 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("api", help="run the HTTP API (uvicorn)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    s.add_argument("--workers", type=int, default=1, help="API processes (each with its own SO_REUSEPORT socket)")
+    s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--no-access-log", action="store_true")
     s.set_defaults(func=cmd_api)
 

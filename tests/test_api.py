@@ -310,3 +310,35 @@ def test_openapi_lists_the_v1_routes(client):
     for p in ("/v1/datasets", "/v1/models", "/v1/deletion-requests", "/v1/audit", "/v1/audit/verify",
               "/v1/owners/{owner_id}", "/v1/models/{name}/versions/{number}/predict"):
         assert p in paths
+
+
+def test_one_group_commit_accepts_many_and_isolates_bad_requests(ready):
+    from app.deletions.schemas import DeletionCreate
+    from app.deletions.service import Accepted, Submission
+    from app.deps import Caller
+    from app.errors import ApiError
+
+    owners = [o["owner_id"] for o in ready.get("/v1/datasets/digits/owners?limit=3", headers=A).json()["owners"]]
+    me = Caller("caller-a", "client")
+    subs = [
+        Submission(me, DeletionCreate(owner_id=owners[0]), "k1"),
+        Submission(me, DeletionCreate(owner_id="nobody")),
+        Submission(me, DeletionCreate(owner_id=owners[0]), "k1"),  # same key, same body: the same request
+        Submission(me, DeletionCreate(owner_id=owners[1]), "k1"),  # same key, other body: refused
+        Submission(me, DeletionCreate(owner_id=owners[2])),
+    ]
+    factory = ready.app_.state.sessionmaker
+    with factory() as s:
+        outbox_before = s.scalar(select(OutboxRow.id).order_by(OutboxRow.id.desc()).limit(1))
+    results = ready.app_.state.intake.write(subs)
+    assert isinstance(results[0], Accepted) and not results[0].replayed
+    assert isinstance(results[1], ApiError) and results[1].code == "owner_not_found"
+    assert results[2].replayed and results[2].request.id == results[0].request.id
+    assert isinstance(results[3], ApiError) and results[3].code == "idempotency_key_reused"
+    assert isinstance(results[4], Accepted) and not results[4].replayed
+    with factory() as s:
+        new_outbox = s.scalars(select(OutboxRow).where(OutboxRow.id > outbox_before)).all()
+        accepted = s.scalars(select(AuditEventRow).where(AuditEventRow.kind == "request.accepted")).all()
+    assert len(new_outbox) == 1  # one message per model for the whole batch
+    assert {e.request_id for e in accepted} == {results[0].request.id, results[4].request.id}
+    assert ready.get("/v1/audit/verify", headers=A).json()["ok"] is True

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from app.deletions import service
 from app.deletions.schemas import DeletionCreate, DeletionOut, Outcome
-from app.deps import CallerDep, EngineDep, SessionDep
+from app.deps import CallerDep, SessionDep
 
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
 
@@ -23,9 +23,8 @@ def _out(session, row, outcomes=None) -> DeletionOut:
 
 
 @router.post("", status_code=202, response_model=DeletionOut)
-def create_deletion(
-    body: DeletionCreate, request: Request, response: Response, session: SessionDep, engine: EngineDep,
-    caller: CallerDep,
+async def create_deletion(
+    body: DeletionCreate, request: Request, response: Response, caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> DeletionOut:
     """Ask for an owner to be forgotten by every model that learned from them (or the named ones).
@@ -33,15 +32,10 @@ def create_deletion(
     Send an ``Idempotency-Key`` header to make retries safe: the same key returns the
     same request; the same key with a different body is a 422 ``idempotency_key_reused``.
     """
-    row, outcomes, replayed = service.create(session=session, engine=engine, caller=caller, body=body,
-                                             idempotency_key=idempotency_key)
-    if not replayed:
-        row, replayed = service.commit_or_replay(session=session, caller=caller, request=row, key=idempotency_key)
-        if not replayed:
-            request.app.state.poke_relay()
-            return _out(session, row, outcomes)  # as committed; no second round trip
-    response.headers["Idempotent-Replayed"] = "true"
-    return _out(session, row)
+    accepted = await request.app.state.intake.submit(service.Submission(caller, body, idempotency_key))
+    if accepted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _out(None, accepted.request, accepted.outcomes)
 
 
 @router.get("", response_model=list[DeletionOut])

@@ -1,20 +1,25 @@
-"""Deletion requests: accepted in one transaction with their audit event and outbox rows."""
+"""Deletion requests: accepted in one transaction with their audit events and outbox rows.
+
+Requests are accepted in groups (``accept_many``): under load, one transaction
+carries many requests — one commit, one turn on the audit chain's lock, and one
+outbox row per model — instead of one each (group commit, see ``intake.py``).
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.orm import Session
 
-from app.audit.service import append
+from app.audit.service import Event, append_many
 from app.deletions.schemas import DeletionCreate
 from app.deps import Caller
 from app.errors import ApiError, not_found
 from app.outbox import enqueue_advance
-from app.tables import DeletionOutcomeRow, DeletionRequestRow, ModelRow
+from app.tables import DeletionOutcomeRow, DeletionRequestRow, ModelRow, utcnow
 from workers.engine.engine import Engine
 
 
@@ -22,86 +27,137 @@ def request_hash(body: DeletionCreate) -> str:
     return hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
 
 
-def find_replay(*, session: Session, caller: Caller, key: str, body_hash: str) -> DeletionRequestRow | None:
-    """The request an Idempotency-Key already made, or None; the same key with another body is an error."""
-    row = session.scalars(select(DeletionRequestRow).where(
-        DeletionRequestRow.caller == caller.key_id, DeletionRequestRow.idempotency_key == key)).first()
-    if row is not None and row.request_hash != body_hash:
-        raise ApiError(422, "idempotency_key_reused",
-                       "this Idempotency-Key was used with a different request body")
-    return row
+@dataclass
+class Submission:
+    caller: Caller
+    body: DeletionCreate
+    idempotency_key: str | None = None
+    body_hash: str = field(init=False)
+
+    def __post_init__(self):
+        self.body_hash = request_hash(self.body)
+
+    @property
+    def key(self) -> tuple[str, str] | None:
+        return (self.caller.key_id, self.idempotency_key) if self.idempotency_key is not None else None
 
 
-def target_models(*, session: Session, engine: Engine, body: DeletionCreate) -> list[str]:
-    """The models to clean: the named ones, or every model whose dataset holds or held the owner."""
-    if body.models is not None:
-        names = list(dict.fromkeys(body.models))
-        rows = {m.name: m for m in session.scalars(select(ModelRow).where(ModelRow.name.in_(names)))}
-        missing = [n for n in names if n not in rows]
-        if missing:
-            raise not_found("model_not_found", f"no model {missing[0]!r}")
-        unknown = [n for n in names if not engine.dataset(rows[n].dataset).knows_owner(body.owner_id)]
-        if unknown:
-            raise not_found("owner_not_found", f"model {unknown[0]!r}'s dataset never held owner {body.owner_id!r}")
+@dataclass
+class Accepted:
+    request: DeletionRequestRow
+    outcomes: list[DeletionOutcomeRow]
+    replayed: bool
+
+
+def _key_reused() -> ApiError:
+    return ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request body")
+
+
+class _Targets:
+    """Resolves which models a request covers. The models are read once per batch, and
+    each dataset's ledger is asked once per batch about all the batch's owners."""
+
+    def __init__(self, session: Session, engine: Engine, owner_ids: list[str]):
+        self.models = {m.name: m for m in session.scalars(select(ModelRow).order_by(ModelRow.name))}
+        self._known = {d: engine.ledger(d).known_owners(owner_ids) for d in {m.dataset for m in self.models.values()}}
+
+    def _knows(self, dataset: str, owner_id: str) -> bool:
+        return owner_id in self._known[dataset]
+
+    def __call__(self, body: DeletionCreate) -> list[str]:
+        """The named models, or every model (not failed) whose dataset holds or held the owner."""
+        if body.models is not None:
+            names = list(dict.fromkeys(body.models))
+            missing = [n for n in names if n not in self.models]
+            if missing:
+                raise not_found("model_not_found", f"no model {missing[0]!r}")
+            unknown = [n for n in names if not self._knows(self.models[n].dataset, body.owner_id)]
+            if unknown:
+                raise not_found("owner_not_found",
+                                f"model {unknown[0]!r}'s dataset never held owner {body.owner_id!r}")
+            return names
+        names = [m.name for m in self.models.values()
+                 if m.status != "failed" and self._knows(m.dataset, body.owner_id)]
+        if not names:
+            raise not_found("owner_not_found", f"no model's dataset holds owner {body.owner_id!r}")
         return names
-    rows = session.scalars(select(ModelRow).where(ModelRow.status != "failed").order_by(ModelRow.name)).all()
-    holds: dict[str, bool] = {}
-    names = []
-    for m in rows:
-        if m.dataset not in holds:
-            holds[m.dataset] = engine.dataset(m.dataset).knows_owner(body.owner_id)
-        if holds[m.dataset]:
-            names.append(m.name)
-    if not names:
-        raise not_found("owner_not_found", f"no model's dataset holds owner {body.owner_id!r}")
-    return names
 
 
-def create(
-    *, session: Session, engine: Engine, caller: Caller, body: DeletionCreate, idempotency_key: str | None
-) -> tuple[DeletionRequestRow, list[DeletionOutcomeRow], bool]:
-    """Accept a deletion request; returns (request, its new outcomes, replayed).
+def accept_many(*, session: Session, engine: Engine, subs: list[Submission]) -> list[Accepted | ApiError]:
+    """Accept deletion requests in the caller's transaction; one result per submission.
 
-    The request row, one pending outcome per model, the audit event and one outbox row
-    per model are added to the session together; the caller commits them as one unit.
+    For each new request: the request row, one ``pending`` outcome per model, a
+    ``request.accepted`` audit event, and (per model, once for the batch) an outbox row.
+    A known ``Idempotency-Key`` replays its request; with a different body it is an error.
     """
-    body_hash = request_hash(body)
-    if idempotency_key is not None:
-        existing = find_replay(session=session, caller=caller, key=idempotency_key, body_hash=body_hash)
-        if existing is not None:
-            return existing, [], True
-    models = target_models(session=session, engine=engine, body=body)
-    request = DeletionRequestRow(
-        id=str(uuid.uuid4()), owner_id=body.owner_id, caller=caller.key_id, method=body.method,
-        reason=body.reason, status="queued", idempotency_key=idempotency_key, request_hash=body_hash,
-    )
-    session.add(request)
-    session.flush()
-    outcomes = [DeletionOutcomeRow(request_id=request.id, model=m, status="pending", method=body.method)
-                for m in models]
-    session.add_all(outcomes)
-    for m in models:
-        enqueue_advance(session, m)
-    # The reason is free text and may hold personal data: the audit log keeps its hash only.
-    append(session, "request.accepted", actor=caller.key_id, owner_id=body.owner_id, request_id=request.id,
-           data={"models": models, "method": body.method, "idempotency_key_given": idempotency_key is not None,
-                 "reason_sha256": hashlib.sha256(body.reason.encode()).hexdigest() if body.reason else None})
-    return request, outcomes, False
+    results: list[Accepted | ApiError | None] = [None] * len(subs)
+    keys = {s.key for s in subs if s.key is not None}
+    existing = {}
+    if keys:
+        rows = session.scalars(select(DeletionRequestRow).where(
+            tuple_(DeletionRequestRow.caller, DeletionRequestRow.idempotency_key).in_(list(keys))))
+        existing = {(r.caller, r.idempotency_key): r for r in rows}
+    targets = _Targets(session, engine, [s.body.owner_id for s in subs])
+    now = utcnow()
+    first_with_key: dict[tuple[str, str], int] = {}
+    requests, outcomes, events, models_touched, later = [], [], [], set(), []
+    for i, sub in enumerate(subs):
+        if sub.key in existing:
+            row = existing[sub.key]
+            results[i] = _key_reused() if row.request_hash != sub.body_hash else Accepted(row, [], True)
+            continue
+        if sub.key in first_with_key:
+            later.append((i, first_with_key[sub.key]))  # the same key twice in one batch
+            continue
+        try:
+            names = targets(sub.body)
+        except ApiError as exc:
+            results[i] = exc
+            continue
+        request = DeletionRequestRow(
+            id=str(uuid.uuid4()), owner_id=sub.body.owner_id, caller=sub.caller.key_id, method=sub.body.method,
+            reason=sub.body.reason, status="queued", idempotency_key=sub.idempotency_key, request_hash=sub.body_hash,
+            failure_reason=None, created_at=now, updated_at=now, completed_at=None,
+        )
+        mine = [DeletionOutcomeRow(request_id=request.id, model=m, status="pending", method=sub.body.method,
+                                   job_id=None, version=None, metrics=None, seconds=None, error=None, updated_at=now)
+                for m in names]
+        requests.append(request)
+        outcomes.extend(mine)
+        models_touched.update(names)
+        # The reason is free text and may hold personal data: the audit log keeps its hash only.
+        events.append(Event("request.accepted", sub.caller.key_id, owner_id=sub.body.owner_id, request_id=request.id,
+                            data={"models": names, "method": sub.body.method,
+                                  "idempotency_key_given": sub.idempotency_key is not None,
+                                  "reason_sha256": hashlib.sha256(sub.body.reason.encode()).hexdigest()
+                                  if sub.body.reason else None}))
+        results[i] = Accepted(request, mine, False)
+        if sub.key is not None:
+            first_with_key[sub.key] = i
+    for i, j in later:
+        first = results[j]
+        results[i] = _key_reused() if subs[i].body_hash != subs[j].body_hash else Accepted(first.request, first.outcomes, True)
+    replayed = [r for r in results if isinstance(r, Accepted) and r.replayed and not r.outcomes]
+    if replayed:
+        by_request: dict[str, list] = {}
+        for o in session.scalars(select(DeletionOutcomeRow).where(
+                DeletionOutcomeRow.request_id.in_([r.request.id for r in replayed])).order_by(DeletionOutcomeRow.model)):
+            by_request.setdefault(o.request_id, []).append(o)
+        for r in replayed:
+            r.outcomes = by_request.get(r.request.id, [])
+    if requests:
+        # Core inserts (one executemany per table): the ORM's unit of work costs more
+        # than the database here. The row objects stay transient; they shape the answers.
+        session.execute(insert(DeletionRequestRow), [_columns(r) for r in requests])
+        session.execute(insert(DeletionOutcomeRow), [_columns(o) for o in outcomes])
+        for m in sorted(models_touched):
+            enqueue_advance(session, m)
+        append_many(session, events)
+    return results
 
 
-def commit_or_replay(*, session: Session, caller: Caller, request: DeletionRequestRow, key: str | None):
-    """Commit; if a concurrent call with the same Idempotency-Key won, return its request."""
-    try:
-        session.commit()
-        return request, False
-    except IntegrityError:
-        session.rollback()
-        if key is None:
-            raise
-        existing = find_replay(session=session, caller=caller, key=key, body_hash=request.request_hash)
-        if existing is None:
-            raise
-        return existing, True
+def _columns(row) -> dict:
+    return {c.key: getattr(row, c.key) for c in row.__table__.columns}
 
 
 def get(*, session: Session, caller: Caller, request_id: str) -> DeletionRequestRow:

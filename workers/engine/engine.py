@@ -90,6 +90,13 @@ class Engine:
     def dataset(self, name: str) -> Dataset:
         return self.datasets.open(name)
 
+    def ledger(self, name: str) -> Dataset:
+        """A cached handle for owner look-ups on the hot path (no stale-file cleanup)."""
+        cache = self.__dict__.setdefault("_ledgers", {})
+        if name not in cache:
+            cache[name] = self.datasets.open(name)
+        return cache[name]
+
     # -- training and unlearning, as plan -> shards -> finish ------------------
     # A job is planned once, each shard in the plan is trained on its own (by a loop
     # here, or by one Celery task per shard), and ``finish`` publishes one version.

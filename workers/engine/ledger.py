@@ -170,6 +170,19 @@ class Dataset:
                 or con.execute("SELECT 1 FROM erasures WHERE owner_id = ? LIMIT 1", (owner_id,)).fetchone()
             )
 
+    def known_owners(self, owner_ids: list[str]) -> set[str]:
+        """The subset of ``owner_ids`` that hold samples here now or had some erased (one query)."""
+        owner_ids = list(dict.fromkeys(owner_ids))
+        found: set[str] = set()
+        with self._db() as con:
+            for start in range(0, len(owner_ids), 500):
+                chunk = owner_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(r[0] for r in con.execute(
+                    f"SELECT DISTINCT owner_id FROM samples WHERE owner_id IN ({marks}) "
+                    f"UNION SELECT owner_id FROM erasures WHERE owner_id IN ({marks})", chunk + chunk))
+        return found
+
     def owners(self, *, limit: int = 100, after: str | None = None) -> list[tuple[str, int]]:
         """Owner ids with their sample counts, ordered by owner id; page with ``after``."""
         with self._db() as con:

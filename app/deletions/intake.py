@@ -1,0 +1,88 @@
+"""Group commit for deletion intake.
+
+Each request handler hands its validated request to the ``Intake`` of its process and
+awaits the result. One writer takes every request waiting at that moment and accepts
+them in one transaction, then answers them all. Nothing is answered 202 before its
+transaction commits, so an accepted request is always in the database.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.deletions.service import Accepted, Submission, accept_many
+from app.errors import ApiError
+from workers.engine.engine import Engine
+
+log = logging.getLogger("lethe.intake")
+
+
+class Intake:
+    def __init__(self, factory: sessionmaker[Session], engine: Engine, on_commit=lambda: None, max_batch: int = 256):
+        self.factory, self.engine, self.on_commit, self.max_batch = factory, engine, on_commit, max_batch
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name="lethe-intake")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def submit(self, sub: Submission) -> Accepted:
+        """Accept one request (with whatever else is waiting); raises its ApiError."""
+        if self._task is None:  # not started (e.g. no lifespan): accept it alone
+            result = (await run_in_threadpool(self.write, [sub]))[0]
+        else:
+            future = asyncio.get_running_loop().create_future()
+            await self._queue.put((sub, future))
+            result = await future
+        if isinstance(result, ApiError):
+            raise result
+        return result
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await run_in_threadpool(self.write, [sub for sub, _ in batch])
+            except Exception as exc:  # nothing was committed: every caller gets the error
+                log.exception("accepting %d deletion requests failed", len(batch))
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results):
+                if future.done():
+                    continue
+                if isinstance(result, Exception) and not isinstance(result, ApiError):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    def write(self, subs: list[Submission]) -> list[Accepted | ApiError]:
+        """Accept ``subs`` in one transaction; if an Idempotency-Key raced with another
+        process, fall back to one transaction per request so only that one replays."""
+        try:
+            with self.factory() as session:
+                results = accept_many(session=session, engine=self.engine, subs=subs)
+                session.commit()
+        except IntegrityError:
+            if len(subs) == 1:
+                with self.factory() as session:  # the other process committed the key first
+                    results = accept_many(session=session, engine=self.engine, subs=subs)
+                    session.commit()
+            else:
+                results = [r for sub in subs for r in self.write([sub])]
+        if any(isinstance(r, Accepted) and not r.replayed for r in results):
+            self.on_commit()
+        return results
