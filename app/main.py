@@ -1,6 +1,7 @@
 """The FastAPI application: routes, error handlers, and the outbox relay's lifetime."""
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -92,6 +93,10 @@ def create_app(settings: Settings | None = None, *, run_relay: bool | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Move everything loaded at start-up (torch, the app) out of the collector's way:
+        # full collections over it stalled about 1% of requests by ~200 ms under load.
+        gc.collect()
+        gc.freeze()
         await app.state.intake.start()
         if run_relay:
             relay.start()

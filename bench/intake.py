@@ -102,6 +102,7 @@ def main() -> int:
     p.add_argument("--pg", default=os.environ.get("LETHE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     p.add_argument("--redis", default=os.environ.get("LETHE_TEST_BROKER_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--duration", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3, help="seconds of load before the measured run")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
@@ -138,16 +139,20 @@ def main() -> int:
             "name": "m", "dataset": "digits", "strategy": {"kind": "sisa", "shards": 4, "slices": 2}}).raise_for_status()
         owners = [o["owner_id"] for o in httpx.get(url + "/v1/datasets/digits/owners?limit=1000",
                                                    headers=admin).json()["owners"]]
-        ids_file = tmp / "accepted_ids.txt"
-        script = tmp / "post.lua"
-        script.write_text(LUA % {"owners": ",".join(f'"{o}"' for o in owners), "key": CLIENT,
-                                 "ids_file": str(ids_file)})
-        cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s",
-               "--latency", "--timeout", "10s", "-s", str(script), url]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        result = parse_wrk(out)
+        accepted = set()
+        for phase, seconds in (("warmup", args.warmup), ("measured", args.duration)):
+            if seconds <= 0:
+                continue
+            ids_file = tmp / f"accepted_ids_{phase}.txt"
+            script = tmp / f"post_{phase}.lua"
+            script.write_text(LUA % {"owners": ",".join(f'"{o}"' for o in owners), "key": CLIENT,
+                                     "ids_file": str(ids_file)})
+            cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s",
+                   "--latency", "--timeout", "10s", "-s", str(script), url]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            accepted |= set(ids_file.read_text().split())
+        result = parse_wrk(out)  # the measured phase
         time.sleep(1)
-        accepted = set(ids_file.read_text().split())
         with psycopg.connect(db_url) as conn:
             stored = {r[0] for r in conn.execute("SELECT id FROM deletion_requests")}
             audit = conn.execute("SELECT count(*) FROM audit_events WHERE kind = 'request.accepted'").fetchone()[0]
@@ -160,6 +165,7 @@ def main() -> int:
             "outbox_rows": outbox,
             "connections": args.connections,
             "duration_s": args.duration,
+            "warmup_s": args.warmup,
             "api_workers": args.api_workers,
             "cpus": os.cpu_count(),
         })
