@@ -101,7 +101,7 @@ class Relay:
                     self.reconcile()
                 while relay_batch(self.factory, self.send) and not self._stop.is_set():
                     pass
-                failures = 0 if not self._pending() else failures + 1
+                failures = failures + 1 if self._failing() else 0
             except Exception:
                 failures += 1
                 log.exception("outbox relay round failed; retrying")
@@ -111,6 +111,8 @@ class Relay:
             # carry many rows (and send one message per model) instead of one row each.
             self._stop.wait(self.min_gap)
 
-    def _pending(self) -> bool:
+    def _failing(self) -> bool:
+        """An unsent row whose last send failed: the broker is (still) down."""
         with self.factory() as session:
-            return session.scalars(select(OutboxRow.id).where(OutboxRow.sent_at.is_(None)).limit(1)).first() is not None
+            return session.scalars(select(OutboxRow.id).where(
+                OutboxRow.sent_at.is_(None), OutboxRow.last_error.is_not(None)).limit(1)).first() is not None
