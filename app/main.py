@@ -4,10 +4,11 @@ from __future__ import annotations
 import gc
 import logging
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import sessionmaker
 
 from app import errors
@@ -22,7 +23,7 @@ from app.models.service import EnsembleCache
 from app.outbox import ADVANCE, Relay, enqueue_advance
 from app.owners.routes import router as owners_router
 from app.settings import Settings, get_settings
-from app.tables import OutboxRow
+from app.tables import OutboxRow, utcnow
 from workers.engine.engine import Engine
 
 log = logging.getLogger("lethe.api")
@@ -86,6 +87,8 @@ def create_app(settings: Settings | None = None, *, run_relay: bool | None = Non
             for model in stalled_models(session):
                 if model not in unsent:
                     enqueue_advance(session, model)
+            # Sent outbox rows are only history; keep a week of it.
+            session.execute(delete(OutboxRow).where(OutboxRow.sent_at < utcnow() - timedelta(days=7)))
             session.commit()
 
     relay = Relay(factory, send, interval=settings.relay_interval, reconcile=reconcile,

@@ -33,12 +33,20 @@ from workers.engine.training import TrainConfig
 log = logging.getLogger("lethe.worker")
 
 
+_heartbeat: _Heartbeat | None = None  # the running shard's, so engine progress reaches the job row
+
+
+def _progress(msg: str) -> None:
+    log.info(msg)
+    if _heartbeat is not None:
+        _heartbeat.progress = msg
+
+
 @lru_cache
 def engine() -> Engine:
     # Built on first use inside the pool process, never in the parent before fork.
     settings = get_settings()
-    return Engine(settings.data_dir, store_url=settings.store_url, device=settings.device,
-                  progress=lambda msg: log.info(msg))
+    return Engine(settings.data_dir, store_url=settings.store_url, device=settings.device, progress=_progress)
 
 
 def _lease_seconds() -> float:
@@ -54,15 +62,20 @@ class _Heartbeat:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self):
+        global _heartbeat
+        _heartbeat = self
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
+        global _heartbeat
+        _heartbeat = None
         self._stop.set()
         self._thread.join(timeout=5)
 
     def _run(self):
-        while not self._stop.wait(_lease_seconds() / 4):
+        # Often enough to show training progress, and well inside the lease.
+        while not self._stop.wait(min(_lease_seconds() / 4, 5.0)):
             try:
                 with session_scope() as s:
                     jobs.renew_lease(s, self.job_id, _lease_seconds(), self.progress)

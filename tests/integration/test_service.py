@@ -105,6 +105,8 @@ def test_accepted_request_survives_a_worker_crash(stack, http, trained):
     assert r.status_code == 202
     model = poll(lambda: http.get("/v1/models/slow", headers=A).json(), lambda m: m["status"] in ("training", "ready"))
     assert model["status"] == "training", "the job must still be running when the worker is killed"
+    model = poll(lambda: http.get("/v1/models/slow", headers=A).json(), lambda m: m["job"]["progress"], timeout=30)
+    assert "shard 0" in model["job"]["progress"] and model["status"] == "training"
     stack.kill_worker()
     stack.start_worker()
     model = poll(lambda: http.get("/v1/models/slow", headers=A).json(), lambda m: m["status"] in ("ready", "failed"),
