@@ -342,3 +342,29 @@ def test_one_group_commit_accepts_many_and_isolates_bad_requests(ready):
     assert len(new_outbox) == 1  # one message per model for the whole batch
     assert {e.request_id for e in accepted} == {results[0].request.id, results[4].request.id}
     assert ready.get("/v1/audit/verify", headers=A).json()["ok"] is True
+
+
+def test_a_job_is_claimed_once_while_its_lease_lasts_and_resumed_after(ready):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.jobs.service import claim
+    from app.tables import DatasetRow, utcnow
+
+    ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C)
+    factory = ready.app_.state.sessionmaker
+    with factory() as s:
+        first = claim(s, "m", lease_seconds=60)
+        s.commit()
+    with factory() as s:
+        assert claim(s, "m", lease_seconds=60) is None  # a redelivered advance: the job is running
+    with factory() as s:  # the worker died: its lease ran out
+        s.execute(update(DatasetRow).values(busy_until=utcnow() - timedelta(seconds=1)))
+        s.commit()
+    with factory() as s:
+        resumed = claim(s, "m", lease_seconds=60)
+        s.commit()
+    assert resumed.job_id == first.job_id and resumed.request_ids == first.request_ids
+    events = ready.get("/v1/audit?model=m&limit=1000", headers=A).json()["events"]
+    assert [e["kind"] for e in events][-1] == "job.resumed"

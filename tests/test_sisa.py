@@ -240,3 +240,22 @@ def test_budget_slice_epochs_follow_the_sisa_papers_rule():
     assert TrainConfig(epochs=1, slice_epochs="budget").step_epochs(8) == 1  # never zero
     with pytest.raises(ValueError):
         TrainConfig(slice_epochs="sometimes")
+
+
+def test_a_shard_run_twice_stores_the_same_checkpoints(sisa_engine):
+    """A redelivered shard task does the same work and gets the same bytes."""
+    owner = sisa_engine.dataset("digits").owners(limit=1)[0][0]
+    plan = sisa_engine.plan_unlearn("m", [owner], job="job-1")
+    (shard,) = [s["shard"] for s in plan["shards"] if s["status"] != "reused"]
+    assert sisa_engine.run_shard(plan, shard) == sisa_engine.run_shard(plan, shard)
+
+
+def test_a_job_publishes_at_most_one_version(sisa_engine):
+    """finish() run again for the same job (a redelivered task) returns the version it published."""
+    owner = sisa_engine.dataset("digits").owners(limit=1)[0][0]
+    plan = sisa_engine.plan_unlearn("m", [owner], job="job-2")
+    results = {s["shard"]: sisa_engine.run_shard(plan, s["shard"]) for s in plan["shards"] if s["status"] != "reused"}
+    first = sisa_engine.finish(plan, results)
+    again = sisa_engine.finish(plan, results)
+    assert again["version"] == first["version"] == 2 and again["job"] == "job-2"
+    assert sisa_engine.store.version_numbers("m") == [1, 2]
