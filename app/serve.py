@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.errors import ApiError
 from app.settings import get_settings
+from workers.engine import EngineError
 
 
 def _apply_globals(args) -> None:
@@ -129,7 +131,12 @@ def cmd_serve(args):
     worker = subprocess.Popen([sys.executable, "-m", "app.cli", "--data-dir", str(settings.data_dir), "worker",
                                "--loglevel", "warning"], env=os.environ.copy())
     try:
-        example = _seed_demo(settings) if not args.no_demo else None
+        example = None
+        if not args.no_demo:
+            try:
+                example = _seed_demo(settings)
+            except (ApiError, EngineError) as exc:  # e.g. the CLI demo already used this data directory
+                print(f"demo model not set up ({exc.code}: {exc.detail}); serving anyway", flush=True)
         url = f"http://{args.host}:{args.port}"
         print(f"\nLethe is serving at {url}  (OpenAPI docs: {url}/docs)", flush=True)
         print(f"admin key:  {settings.admin_keys[0] if settings.admin_keys else '(none)'}")
