@@ -48,10 +48,6 @@ def make_engine(url: str, pool_size: int = 4) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_recycle=1800)
 
 
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"
-
-
 @lru_cache
 def get_engine() -> Engine:
     return make_engine(get_settings().db_url, get_settings().db_pool_size)

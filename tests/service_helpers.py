@@ -2,8 +2,6 @@
 run the worker's tasks in-process (unit tests only; integration tests use real processes)."""
 from __future__ import annotations
 
-import os
-
 from app.settings import Settings
 
 ADMIN, CLIENT, CLIENT2 = "admin-key-1", "client-key-1", "client-key-2"
@@ -56,7 +54,3 @@ def run_worker_inline(app) -> int:
         for task, payload in batch:
             celery_app.tasks[task].apply(kwargs=payload)
         total += len(batch)
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false")

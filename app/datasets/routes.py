@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
@@ -66,11 +66,8 @@ async def import_dataset(request: Request, session: SessionDep, engine: EngineDe
     else:
         try:
             body = DatasetImport.model_validate_json(await request.body())
-        except ValidationError as exc:
-            errors = json.loads(exc.json(include_url=False, include_context=False, include_input=False))
-            first = errors[0]
-            raise ApiError(422, "invalid_request",
-                           f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first["loc"] else first["msg"]) from None
+        except ValidationError as exc:  # answered like any other invalid body (errors.py)
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
         row = await run_in_threadpool(
             service.import_dataset, session=session, engine=engine, actor=caller.key_id,
             name=body.name, source=body.source, seed=body.seed, owners=body.owners, zipf_a=body.zipf_a,
