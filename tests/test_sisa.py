@@ -193,9 +193,11 @@ def test_unchanged_constituents_are_stored_once(sisa_engine):
     before = {p.name for p in objects.rglob("*") if p.is_file()}
     v2 = sisa_engine.unlearn("m", [_owner_in_last_slice(sisa_engine)])
     added = {p.name for p in objects.rglob("*") if p.is_file()} - before
-    # Only shard 1's retrained slice is new (checkpoint, shorter id list) and its test outputs.
+    # Only shard 1's retrained slice is new (checkpoint, shorter id list), its test outputs,
+    # and the list of removed sample ids.
     touched = v2["constituents"][1]
-    assert added == {touched["slices"][1]["checkpoint"], touched["slices"][1]["sample_ids"], touched["test_probs"]}
+    assert added == {touched["slices"][1]["checkpoint"], touched["slices"][1]["sample_ids"], touched["test_probs"],
+                     v2["removed"]["sample_ids"]}
 
 
 def test_a_training_run_that_crashed_before_publishing_can_be_run_again(digits_engine, monkeypatch):

@@ -4,6 +4,7 @@ Every step publishes an immutable version to the model store; see ``models_store
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -12,10 +13,11 @@ import numpy as np
 import torch
 
 from models_store import ModelStore, StoreError, UnknownModel, UnknownVersion, open_backend
-from workers.engine import checkpoints, nets, sisa, sources
+from workers.engine import checkpoints, nets, sisa, sources, unlearning, verification
 from workers.engine.digests import ids_digest, sha256_bytes
 from workers.engine.errors import DatasetError, DatasetExists, ModelError, ModelNotFound, VersionNotFound
 from workers.engine.ledger import Arrays, Dataset, DatasetInfo, DatasetStore, check_name
+from workers.engine.scratch import Scratch
 from workers.engine.training import DeviceData, TrainConfig, make_deterministic, predict_proba
 
 SOURCES = ("fashion-mnist", "digits", "npz")
@@ -38,6 +40,7 @@ class Engine:
         self.data_dir = Path(data_dir or default_data_dir())
         self.datasets = DatasetStore(self.data_dir / "datasets")
         self.store = ModelStore(open_backend(store_url or self.data_dir / "models_store"))
+        self.scratch = Scratch(self.data_dir / "scratch")
         self.device = torch.device(device) if device else nets.default_device()
         self.progress = progress or (lambda msg: None)
         make_deterministic()
@@ -122,23 +125,35 @@ class Engine:
         *,
         requests: list[str] | None = None,
         mode: str = "sisa",
+        method: str | None = None,
+        method_config: dict | None = None,
     ) -> dict | None:
-        """Erase the owners' raw samples, then retrain the model without them; publish.
+        """Erase the owners' raw samples, then remove them from the model; publish.
 
         ``mode="sisa"`` retrains only the touched shards from the checkpoint before their
         earliest touched slice; ``mode="full"`` retrains every shard from scratch (the
-        reference). Several owners are one retraining pass. The model is brought in line
-        with the dataset, so samples erased earlier (a crashed run, another model's
-        request) are removed too. Returns the new version, or None when there was
-        nothing to remove (``sisa`` mode only).
+        reference); ``mode="approximate"`` runs unlearning ``method`` (see
+        ``workers.engine.unlearning``) on the touched constituents only. Several owners
+        are one pass. The model is brought in line with the dataset, so samples erased
+        earlier (a crashed run, another model's request) are removed too. Returns the new
+        version, or None when there was nothing to remove (``sisa``/``approximate``).
         """
-        plan = self.plan_unlearn(name, owner_ids, requests=requests, mode=mode)
+        plan = self.plan_unlearn(name, owner_ids, requests=requests, mode=mode, method=method,
+                                 method_config=method_config)
         return None if plan is None else self.run_plan(plan)
 
     def run_plan(self, plan: dict) -> dict:
         """Run every shard of ``plan`` here, one after another, then publish."""
-        results = {s["shard"]: self.run_shard(plan, s["shard"]) for s in plan["shards"] if s["status"] != "reused"}
-        return self.finish(plan, results)
+        results, seconds = {}, {}
+        for entry in plan["shards"]:
+            if entry["status"] != "reused":
+                started = time.perf_counter()
+                results[entry["shard"]] = self.run_shard(plan, entry["shard"])
+                seconds[entry["shard"]] = time.perf_counter() - started
+        try:
+            return self.finish(plan, results, seconds)
+        finally:
+            self.scratch.drop(plan.get("scratch"))
 
     def plan_train(
         self,
@@ -186,42 +201,90 @@ class Engine:
         requests: list[str] | None = None,
         mode: str = "sisa",
         job: str | None = None,
+        method: str | None = None,
+        method_config: dict | None = None,
     ) -> dict | None:
-        """Erase the owners' raw samples and plan which shards retrain from which slice.
+        """Erase the owners' raw samples and plan which constituents change and how.
 
-        Returns None when the latest version holds none of the erased samples (``sisa``).
+        ``sisa`` and ``full`` plan which shards retrain from which slice; ``approximate``
+        plans ``method`` on each touched constituent. The erased rows are kept in
+        scratch until the job ends (the method and the metrics need them). Returns None
+        when the latest version holds none of the erased samples (``sisa``, ``approximate``).
         """
-        if mode not in ("sisa", "full"):
-            raise ModelError(f"unlearning mode must be 'sisa' or 'full', got {mode!r}")
+        if mode not in ("sisa", "full", "approximate"):
+            raise ModelError(f"unlearning mode must be 'sisa', 'full' or 'approximate', got {mode!r}")
+        if mode == "approximate":
+            try:
+                unlearning.config(method, method_config)
+            except ValueError as exc:
+                raise ModelError(str(exc)) from None
         started = time.time()
         spec = self._spec(name)
         ds = self.dataset(spec["dataset"])
+        scratch_key = job or f"plan-{os.getpid()}-{time.time_ns()}"
         if owner_ids:
+            self._keep_forget_rows(ds, owner_ids, scratch_key)
             ds.erase_owners(owner_ids, reference=",".join(requests or []) or None)
         parent = self.version(name)
         parent_slices = self.slice_ids(parent)
         remaining = ds.load_arrays().sample_ids
         trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
         removed = np.setdiff1d(trained_on, remaining)
-        if mode == "sisa" and not len(removed):
+        if mode != "full" and not len(removed):
+            self.scratch.drop(scratch_key)
             return None
-        if mode == "sisa":
-            touched = sisa.first_touched_slices(parent_slices, removed)
-        else:
+        kept_rows = self.scratch.load(scratch_key)[0]
+        if mode == "approximate" and not np.isin(removed, kept_rows).all():
+            # Rows erased by an earlier, crashed job are gone: nothing to unlearn from.
+            mode = "sisa"
+        if mode == "full":
             touched = {s: 0 for s in range(len(parent_slices))}
+        else:
+            touched = sisa.first_touched_slices(parent_slices, removed)
         shards = []
         for shard, slices in enumerate(parent_slices):
-            old = [s["checkpoint"] for s in parent["constituents"][shard]["slices"]]
+            constituent = parent["constituents"][shard]
+            old = [s["checkpoint"] for s in constituent["slices"]]
+            tainted = constituent.get("tainted_from_slice")
+            if mode == "sisa" and tainted is not None:
+                # An approximate removal left its trace from this slice on: retrain from there.
+                touched[shard] = min(touched.get(shard, tainted), tainted)
             if shard not in touched:
                 shards.append(self._plan_shard(shard, slices, "reused", None, old))
-                shards[-1]["test_probs"] = parent["constituents"][shard].get("test_probs")
+                shards[-1]["test_probs"] = constituent.get("test_probs")
+                shards[-1]["tainted_from_slice"] = tainted
                 continue
             r = touched[shard]
             kept = [np.setdiff1d(ids, removed) for ids in slices]
-            shards.append(self._plan_shard(shard, kept, "retrained", r, old[:r]))
-        kind = "unlearn" if mode == "sisa" else "full_retrain"
+            if mode == "approximate":
+                shards.append(self._plan_shard(shard, kept, "approximate", r, old))
+                forgot = np.intersect1d(np.concatenate(slices), removed)
+                shards[-1].update(
+                    parent_weights=constituent["weights"],
+                    forget_ids=self.store.put_blob(_ids_blob(forgot)),
+                    tainted_from_slice=min(r, tainted) if tainted is not None else r,
+                )
+            else:
+                shards.append(self._plan_shard(shard, kept, "retrained", r, old[:r]))
+        kind = {"sisa": "unlearn", "full": "full_retrain", "approximate": "approximate"}[mode]
         removal = self._removal_record(ds, removed, requests)
-        return self._plan(name, spec, kind, parent["version"], shards, started, removal=removal, job=job)
+        plan = self._plan(name, spec, kind, parent["version"], shards, started, removal=removal, job=job)
+        plan["scratch"] = scratch_key
+        if mode == "approximate":
+            plan["method"] = {"name": method, "config": dataclasses.asdict(unlearning.config(method, method_config))}
+        return plan
+
+    def _keep_forget_rows(self, ds: Dataset, owner_ids: list[str], key: str) -> None:
+        ids = [ds.owner_sample_ids(o) for o in owner_ids if ds.knows_owner(o)]
+        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        arrays = ds.load_arrays()
+        rows = np.flatnonzero(np.isin(arrays.sample_ids, ids))
+        if len(rows):
+            self.scratch.keep(key, arrays.sample_ids[rows], arrays.x[rows], arrays.y[rows])
+
+    def get_ids(self, key: str) -> np.ndarray:
+        """Sample ids stored as a blob (a slice, a forget set)."""
+        return self._slice_blobs([key])[0]
 
     def _plan_shard(self, shard: int, slices: list[np.ndarray], status: str, from_slice, checkpoints_kept) -> dict:
         return {
@@ -254,6 +317,8 @@ class Engine:
         entry = plan["shards"][shard]
         if entry["status"] == "reused":
             return []
+        if entry["status"] == "approximate":
+            return [self._unlearn_constituent(plan, entry)]
         spec = plan["spec"]
         slice_ids = self._slice_blobs(entry["slices"])
         r = entry["from_slice"]
@@ -278,29 +343,82 @@ class Engine:
             raise DatasetError(f"dataset {spec['dataset']!r} changed while shard {shard} was planned") from None
         return [self.store.put_blob(c) for c in made]
 
-    def finish(self, plan: dict, results: dict[int, list[str]]) -> dict:
+    def _unlearn_constituent(self, plan: dict, entry: dict) -> str:
+        """Run the plan's approximate method on one constituent; return the new weights' digest."""
+        spec, shard = plan["spec"], entry["shard"]
+        ds = self.dataset(spec["dataset"])
+        data = self._device_data(ds)
+        kept = np.concatenate(self._slice_blobs(entry["slices"]))
+        forget_ids = self.get_ids(entry["forget_ids"])
+        ids, x, y = self.scratch.load(plan.get("scratch"))
+        rows = np.isin(ids, forget_ids)
+        if rows.sum() != len(forget_ids):
+            raise ModelError(f"shard {shard}: the forget set is no longer available; unlearn exactly instead")
+        forget = verification.split_of(self, ds, x[rows], y[rows])
+        try:
+            retain = unlearning.Split(data.x[data.rows(kept)], data.y[data.rows(kept)])
+        except KeyError:
+            raise DatasetError(f"dataset {spec['dataset']!r} changed while shard {shard} was planned") from None
+        test = self.test_tensors(ds)
+        heldout = unlearning.Split(*test) if test is not None else None
+        model = sisa.load_constituent(self.store.get_blob(entry["parent_weights"]), self.device)
+        method = plan["method"]
+        self.progress(f"unlearning {len(forget_ids)} samples from shard {shard} with {method['name']}")
+        result = unlearning.run(method["name"], model, forget, retain, heldout=heldout, overrides=method["config"])
+        info = {
+            "architecture": spec["architecture"],
+            "input_shape": spec["input_shape"],
+            "num_classes": spec["num_classes"],
+            "shard": shard,
+            "samples_seen": int(len(kept)),
+            "manifest_digest": ids_digest(kept),
+            "unlearned_from": entry["parent_weights"],
+            "forgot_sample_ids_digest": ids_digest(forget_ids),
+            "method": method,
+        }
+        blob = checkpoints.dumps(result.model, torch.optim.SGD(result.model.parameters(), lr=0.0), info)
+        return self.store.put_blob(blob)
+
+    def finish(self, plan: dict, results: dict[int, list[str]], seconds: dict[int, float] | None = None) -> dict:
         """Publish the version ``plan`` describes, given each trained shard's checkpoints.
 
         A plan with a ``job`` publishes at most once: if the latest version already
         came from this job (a redelivered task), that version is returned.
         """
-        name = plan["model"]
-        if plan["job"] is not None:
-            latest = self.store.latest_number(name)
-            if latest is not None:
-                record = self.store.version(name, latest)
-                if record.get("job") == plan["job"]:
-                    return record
+        published = self.published_by_job(plan)
+        if published is not None:
+            return published
+        return self.publish(plan, self.candidate(plan, results, seconds))
+
+    def published_by_job(self, plan: dict) -> dict | None:
+        """The version this plan's job already published (a redelivered task), or None."""
+        if plan["job"] is None:
+            return None
+        latest = self.store.latest_number(plan["model"])
+        if latest is None:
+            return None
+        record = self.store.version(plan["model"], latest)
+        return record if record.get("job") == plan["job"] else None
+
+    def candidate(self, plan: dict, results: dict[int, list[str]], seconds: dict[int, float] | None = None) -> dict:
+        """The version record ``plan`` and its shards' results make, with its verification
+        metrics, not yet published (an approximate one must pass the gate first)."""
         results = {int(k): v for k, v in results.items()}
         steps, status = {}, {}
         for entry in plan["shards"]:
             shard = entry["shard"]
-            ckpts = entry["checkpoints"] + list(results.get(shard, []))
+            weights = None
+            if entry["status"] == "approximate":
+                ckpts, weights = entry["checkpoints"], results[shard][0]
+            else:
+                ckpts = entry["checkpoints"] + list(results.get(shard, []))
             if len(ckpts) != len(entry["slices"]):
                 raise ModelError(f"shard {shard} has {len(ckpts)} checkpoints for {len(entry['slices'])} slices")
             steps[shard] = list(zip(entry["slices"], entry["slice_sizes"], ckpts))
-            status[shard] = (entry["status"], entry["from_slice"], entry.get("test_probs"))
-        return self._publish(plan, steps, status)
+            status[shard] = (entry["status"], entry["from_slice"], entry.get("test_probs"), weights,
+                             entry.get("tainted_from_slice"))
+        seconds = {int(k): v for k, v in (seconds or {}).items()}
+        return self._candidate(plan, steps, status, sum(seconds.values()) if seconds else None)
 
     def _slice_blobs(self, keys: list[str]) -> list[np.ndarray]:
         return [np.frombuffer(self.store.get_blob(k), dtype="<i8").astype(np.int64) for k in keys]
@@ -334,6 +452,7 @@ class Engine:
             "requests": sorted(set(refs)),
             "sample_count": int(len(removed)),
             "sample_ids_digest": ids_digest(removed),
+            "sample_ids": self.store.put_blob(_ids_blob(removed)),
         }
 
     # -- versions -----------------------------------------------------------
@@ -370,7 +489,9 @@ class Engine:
         Checks every artifact against its sha256, recomputes each constituent's and the
         model's manifest digest from the stored sample ids, checks each final checkpoint
         records the same manifest, and lists erased samples the version was trained on
-        (expected only for versions published before that erasure).
+        (expected only for versions published before that erasure). ``exact`` is False
+        for a version with approximately unlearned constituents: its manifest excludes the
+        removed samples, but its weights were derived from a model that saw them.
         """
         record = self.version(name, number)
         problems = []
@@ -387,13 +508,14 @@ class Engine:
             ids = np.concatenate(slices)
             if ids_digest(ids) != c["manifest_digest"] or len(ids) != c["n_samples"]:
                 problems.append(f"shard {c['shard']}: manifest digest does not match its sample ids")
-            if c["weights"] != c["slices"][-1]["checkpoint"]:
-                problems.append(f"shard {c['shard']}: weights are not the last slice's checkpoint")
             try:
-                made_from = checkpoints.loads(self.store.get_blob(c["weights"])).info["manifest_digest"]
+                info = checkpoints.loads(self.store.get_blob(c["weights"])).info
             except StoreError:
                 continue  # already reported with the artifacts
-            if made_from != c["manifest_digest"]:
+            # Approximately unlearned weights are not a slice checkpoint; they name their origin.
+            if c["weights"] != c["slices"][-1]["checkpoint"] and "unlearned_from" not in info:
+                problems.append(f"shard {c['shard']}: weights are not the last slice's checkpoint")
+            if info["manifest_digest"] != c["manifest_digest"]:
                 problems.append(f"shard {c['shard']}: checkpoint was trained on other samples")
         every_id = np.concatenate([np.concatenate(s) for s in slice_ids])
         if ids_digest(every_id) != record["manifest_digest"]:
@@ -407,6 +529,7 @@ class Engine:
             "model": name,
             "version": record["version"],
             "ok": not problems,
+            "exact": record.get("exact", True),
             "problems": problems,
             "manifest_digest": record["manifest_digest"],
             "erased_owners_in_manifest": erased_in,
@@ -420,8 +543,8 @@ class Engine:
         scale = np.float32(ds.info().x_scale)
         return torch.as_tensor(x.astype(np.float32) * scale).to(self.device), torch.as_tensor(y).to(self.device)
 
-    def _publish(self, plan: dict, steps: dict, status: dict) -> dict:
-        """Evaluate the constituents and publish one version record.
+    def _candidate(self, plan: dict, steps: dict, status: dict, rte: float | None) -> dict:
+        """Evaluate the constituents and build one version record (not yet published).
 
         ``steps`` maps shard -> [(sample-ids digest, sample count, checkpoint digest)] per
         slice. Each constituent's test-set probabilities are stored too, so a reused
@@ -439,17 +562,24 @@ class Engine:
                 slices_out.append({"sample_ids": ids_key, "n_samples": n, "checkpoint": ckpt_key})
             all_ids = np.concatenate(self._slice_blobs([s["sample_ids"] for s in slices_out]))
             every_id.append(all_ids)
-            state, from_slice, cached = status[shard]
+            state, from_slice, cached, weights, tainted = status[shard]
             constituent = {
                 "shard": shard,
                 "status": state,
-                "retrained_from_slice": from_slice,
+                "retrained_from_slice": from_slice if state != "approximate" else None,
                 "n_samples": int(len(all_ids)),
                 "manifest_digest": ids_digest(all_ids),
-                "weights": slices_out[-1]["checkpoint"],
+                "weights": weights or slices_out[-1]["checkpoint"],
                 "slices": slices_out,
                 "test_probs": None,
             }
+            if tainted is not None:
+                # The checkpoints of slices from here on (and approximate weights) still
+                # carry the influence of samples removed approximately; an exact pass
+                # retrains from this slice.
+                constituent["tainted_from_slice"] = tainted
+            if weights is not None:
+                artifacts[f"shard{shard}.weights"] = weights
             if test is not None and len(all_ids):
                 if state == "reused" and cached:
                     p = np.frombuffer(self.store.get_blob(cached), dtype="<f4").reshape(len(test[1]), -1).copy()
@@ -473,6 +603,8 @@ class Engine:
         wall = time.time() - plan["started_at"]
         record = {
             "kind": plan["kind"],
+            "exact": all(c.get("tainted_from_slice") is None for c in constituents),
+            "method": plan.get("method") or {"name": "exact" if plan["kind"] != "train" else "train"},
             "job": plan["job"],
             "dataset": spec["dataset"],
             "architecture": spec["architecture"],
@@ -487,11 +619,23 @@ class Engine:
             "metrics": {
                 **metrics,
                 "wall_seconds": round(wall, 3),
-                "retrained_shards": [c["shard"] for c in constituents if c["status"] != "reused"],
+                "rte_seconds": round(rte, 3) if rte is not None else None,
+                "retrained_shards": [c["shard"] for c in constituents if c["status"] in ("trained", "retrained")],
+                "approximate_shards": [c["shard"] for c in constituents if c["status"] == "approximate"],
                 "reused_shards": [c["shard"] for c in constituents if c["status"] == "reused"],
             },
         }
+        parent = self.version(plan["model"], plan["parent"]) if plan["parent"] is not None else None
+        record["metrics"].update(verification.measure(self, plan, record, every_id))
+        record["metrics"]["l2_to_parent"] = verification.l2_to_parent(self, record, parent)
+        return record
+
+    def publish(self, plan: dict, record: dict) -> dict:
+        """Publish a candidate version record."""
         name = plan["model"]
+        metrics = record["metrics"]
+        wall = time.time() - plan["started_at"]
+        record["metrics"]["wall_seconds"] = round(wall, 3)
         published = self.store.publish(name, record, parent=plan["parent"])
         self.progress(
             f"published {name} v{published['version']}: test accuracy {metrics['test_accuracy']}, "

@@ -1,0 +1,166 @@
+"""Approximate unlearning methods on scikit-learn digits, and the verification metrics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workers.engine import metrics, nets, sources, unlearning
+from workers.engine.training import DeviceData, TrainConfig, make_optimizer, train_epochs
+from workers.engine.unlearning import Split
+
+FORGET_CLASS = 3
+
+
+@pytest.fixture(scope="module")
+def digits():
+    raw = sources.load_digits(seed=0)
+    x = torch.as_tensor(raw.x.astype(np.float32) * np.float32(raw.x_scale))
+    y = torch.as_tensor(raw.y.astype(np.int64))
+    xt = torch.as_tensor(raw.x_test.astype(np.float32) * np.float32(raw.x_scale))
+    test = Split(xt, torch.as_tensor(raw.y_test.astype(np.int64)))
+    return raw, x, y, test
+
+
+def _train(raw, x, y, rows: np.ndarray, seed: int = 0):
+    cfg = TrainConfig(epochs=40, batch_size=64, lr=2e-3, seed=seed)
+    model = nets.build("cnn", raw.input_shape, raw.num_classes, seed=seed)
+    data = DeviceData(np.arange(len(y)), x.numpy(), y.numpy(), 1.0, "cpu")
+    train_epochs(model, make_optimizer(model, cfg), data, torch.as_tensor(rows), cfg, epochs=cfg.epochs, seed=seed)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def original(digits):
+    raw, x, y, _ = digits
+    return _train(raw, x, y, np.arange(len(y)))
+
+
+def _splits(y, forget_mask, x):
+    f, r = np.flatnonzero(forget_mask), np.flatnonzero(~forget_mask)
+    return Split(x[f], y[f]), Split(x[r], y[r])
+
+
+@pytest.fixture(scope="module")
+def class_sets(digits):
+    raw, x, y, test = digits
+    forget, retain = _splits(y, (y == FORGET_CLASS).numpy(), x)
+    return forget, retain, test
+
+
+def _acc(model, split):
+    return unlearning.base.accuracy(model, split)
+
+
+def _flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("method", list(unlearning.METHODS))
+def test_method_changes_the_model_and_leaves_the_original_alone(method, original, class_sets):
+    forget, retain, heldout = class_sets
+    before = _flat(original).clone()
+    result = unlearning.run(method, original, forget, retain, heldout=heldout)
+    assert not torch.equal(_flat(result.model), before)
+    assert torch.equal(_flat(original), before)
+    assert result.seconds > 0 and result.method == method
+
+
+@pytest.mark.parametrize("method", list(unlearning.METHODS))
+def test_forgetting_a_whole_class_drops_its_accuracy_and_keeps_the_rest(method, original, class_sets):
+    forget, retain, heldout = class_sets
+    start_forget, start_retain = _acc(original, forget), _acc(original, retain)
+    assert start_forget > 0.95
+    result = unlearning.run(method, original, forget, retain, heldout=heldout)
+    assert _acc(result.model, forget) < 0.5 * start_forget
+    assert _acc(result.model, retain) > start_retain - 0.05
+
+
+def test_random_forgetting_aims_at_retrain_not_at_zero(digits, original):
+    """For random rows the target is what Retrain shows (near test accuracy), so the
+    early-stopping methods must not drive forget accuracy to zero."""
+    raw, x, y, test = digits
+    mask = np.random.default_rng(0).random(len(y)) < 0.1
+    forget, retain = _splits(y, mask, x)
+    retrained = _train(raw, x, y, np.flatnonzero(~mask))
+    target = _acc(retrained, forget)
+    for method in ("ga", "rl", "salun", "scrub"):
+        result = unlearning.run(method, original, forget, retain, heldout=test)
+        assert _acc(result.model, forget) > target - 0.15, method
+
+
+def test_expected_forget_accuracy_is_zero_for_a_class_the_retain_set_lost(original, class_sets, digits):
+    forget, retain, test = class_sets
+    assert unlearning.base.expected_forget_accuracy(original, forget, retain, test) == 0.0
+    # The same rows, with their class still in the retain set, are expected to be recognised.
+    assert unlearning.base.expected_forget_accuracy(original, forget, forget, test) > 0.9
+
+
+def test_unknown_method_and_hyper_parameter_are_refused():
+    with pytest.raises(ValueError, match="unknown unlearning method"):
+        unlearning.config("nope")
+    with pytest.raises(ValueError, match="no hyper-parameter"):
+        unlearning.config("ft", {"nope": 1})
+    assert unlearning.config("ft", {"epochs": 2}).epochs == 2
+
+
+# -- metrics on hand-checkable cases -----------------------------------------
+
+
+def _onehot(labels, k=4, p=1.0):
+    out = np.full((len(labels), k), (1 - p) / (k - 1))
+    out[np.arange(len(labels)), labels] = p
+    return out
+
+
+def test_constant_predictor_metrics():
+    y_forget = np.array([0, 0, 1, 2])  # a model that always says class 0 gets half right
+    y_retain = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    y_test = np.array([0, 1, 2, 3] * 5)
+    const = lambda y: np.tile([0.7, 0.1, 0.1, 0.1], (len(y), 1))  # noqa: E731
+    m = metrics.evaluate(forget=(const(y_forget), y_forget), retain=(const(y_retain), y_retain), test=(const(y_test), y_test))
+    assert m["ua"] == pytest.approx(0.5)
+    assert m["ra"] == pytest.approx(0.25)
+    assert m["ta"] == pytest.approx(0.25)
+    assert m["forget_size"] == 4 and m["retain_sample_size"] == 8
+
+
+def test_loss_auc_is_one_when_forget_set_is_memorised_and_half_when_alike():
+    y = np.arange(40) % 4
+    memorised, unsure = _onehot(y, p=0.99), _onehot(y, p=0.4)
+    assert metrics.loss_auc((memorised, y), (unsure, y)) == pytest.approx(1.0)
+    assert metrics.loss_auc((unsure, y), (unsure, y)) == pytest.approx(0.5)
+
+
+def test_mia_calls_confident_rows_members_and_unsure_rows_non_members():
+    y = np.arange(400) % 4
+    member, outsider = _onehot(y, p=0.99), _onehot(y, p=0.5)
+    m = metrics.mia((member, y), (outsider, y), (outsider[:40], y[:40]))
+    assert m["mia_efficacy"] == pytest.approx(1.0)  # the forget set looks unseen
+    assert m["mia_heldout"] == pytest.approx(1.0)
+    m = metrics.mia((member, y), (outsider, y), (member[:40], y[:40]))
+    assert m["mia_efficacy"] == pytest.approx(0.0)  # the forget set looks memorised
+
+
+def test_kl_is_zero_for_equal_outputs_and_positive_otherwise():
+    p = _onehot(np.array([0, 1]), p=0.7)
+    assert metrics.kl_divergence(p, p) == pytest.approx(0.0)
+    q = _onehot(np.array([1, 0]), p=0.7)
+    expected = 0.7 * np.log(0.7 / 0.1) + 0.1 * np.log(0.1 / 0.7)
+    assert metrics.kl_divergence(p, q) == pytest.approx(expected)
+
+
+def test_l2_distance_and_gaps():
+    a = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}]
+    b = [{"w": torch.tensor([4.0, 6.0]), "n": torch.tensor(0)}]
+    assert metrics.l2_distance(a, b) == pytest.approx(5.0)
+    g = metrics.gaps({"ua": 0.10, "ra": 0.99, "ta": 0.90, "mia_efficacy": 0.2},
+                     {"ua": 0.05, "ra": 1.00, "ta": 0.91, "mia_efficacy": 0.1})
+    assert g == pytest.approx({"ua": 5.0, "ra": 1.0, "ta": 1.0, "mia_efficacy": 10.0, "avg_gap": 4.25})
+
+
+def test_version_without_forget_set_has_no_forget_metrics():
+    y = np.array([0, 1, 2, 3] * 5)
+    m = metrics.evaluate(forget=None, retain=(_onehot(y), y), test=(_onehot(y), y))
+    assert m["ua"] is None and m["mia_efficacy"] is None and m["loss_auc"] is None
+    assert m["ra"] == 1.0 and m["ta"] == 1.0

@@ -1,0 +1,67 @@
+"""Approximate unlearning methods, registered by name.
+
+Each is one module with a ``Config`` dataclass and
+``unlearn(model, forget, retain, cfg, *, heldout=None) -> model``; adding a method is
+adding a file and a line in ``METHODS``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from workers.engine.unlearning import fisher, ft, ga, iu, l1_sparse, rl, salun, scrub, ssd
+from workers.engine.unlearning.base import Split
+
+METHODS: dict[str, ModuleType] = {
+    "ft": ft,
+    "ga": ga,
+    "rl": rl,
+    "iu": iu,
+    "l1_sparse": l1_sparse,
+    "fisher": fisher,
+    "ssd": ssd,
+    "salun": salun,
+    "scrub": scrub,
+}
+
+
+@dataclass
+class Result:
+    model: torch.nn.Module
+    method: str
+    config: dict
+    seconds: float  # RTE: wall time of the method alone
+
+
+def config(name: str, overrides: dict | None = None):
+    """The method's Config with ``overrides`` applied; unknown names raise ValueError."""
+    if name not in METHODS:
+        raise ValueError(f"unknown unlearning method {name!r}; choose one of {', '.join(METHODS)}")
+    cls = METHODS[name].Config
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(overrides or {}) - fields
+    if unknown:
+        raise ValueError(f"{name} has no hyper-parameter {', '.join(sorted(unknown))}")
+    return cls(**(overrides or {}))
+
+
+def run(name: str, model: torch.nn.Module, forget: Split, retain: Split, *, heldout: Split | None = None,
+        overrides: dict | None = None) -> Result:
+    """Unlearn ``forget`` from a copy of ``model`` with method ``name``; the original is untouched."""
+    cfg = config(name, overrides)
+    student = copy.deepcopy(model)
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        student = METHODS[name].unlearn(student, forget, retain, cfg, heldout=heldout)
+    if student.parameters().__next__().is_cuda:
+        torch.cuda.synchronize()
+    return Result(student.eval(), name, dataclasses.asdict(cfg), time.perf_counter() - started)
+
+
+__all__ = ["METHODS", "Result", "Split", "config", "run"]

@@ -1,0 +1,139 @@
+"""What every approximate unlearning method shares: data splits and small training helpers.
+
+A method is one module with ``Config`` (a frozen dataclass of hyper-parameters with
+working defaults) and ``unlearn(model, forget, retain, cfg, *, heldout=None) -> model``.
+``heldout`` is data the model never saw (a validation or test sample); methods that
+stop early use it to know what "forgotten" looks like: accuracy on the forget set
+no higher than on data never trained on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Split:
+    """Inputs and labels of one set (forget, retain, held-out), already on the device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, rows: torch.Tensor) -> "Split":
+        rows = rows.to(self.x.device)
+        return Split(self.x[rows], self.y[rows])
+
+    def sample(self, n: int, gen: torch.Generator) -> "Split":
+        """At most ``n`` rows, drawn without replacement."""
+        if n >= len(self):
+            return self
+        return self.subset(torch.randperm(len(self), generator=gen)[:n])
+
+    def batches(self, batch_size: int, gen: torch.Generator, epochs: float = 1.0) -> Iterator[tuple]:
+        """Shuffled mini-batches for ``epochs`` passes (a fraction stops part-way)."""
+        total = int(round(epochs * len(self)))
+        done = 0
+        while done < total:
+            order = torch.randperm(len(self), generator=gen).to(self.x.device)
+            for start in range(0, len(self), batch_size):
+                rows = order[start : start + batch_size][: total - done]
+                yield self.x[rows], self.y[rows]
+                done += len(rows)
+                if done >= total:
+                    return
+
+    def cycle(self, batch_size: int, gen: torch.Generator) -> Iterator[tuple]:
+        """Shuffled mini-batches forever."""
+        while True:
+            yield from self.batches(batch_size, gen)
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Split, batch_size: int = 2048) -> float:
+    if len(split) == 0:
+        return float("nan")
+    model.eval()
+    correct = 0
+    for i in range(0, len(split), batch_size):
+        correct += (model(split.x[i : i + batch_size]).argmax(1) == split.y[i : i + batch_size]).sum().item()
+    return correct / len(split)
+
+
+def sgd(params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    return torch.optim.SGD(list(params), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, mask=None) -> None:
+    """One optimiser step; ``mask`` (param -> 0/1 tensor) zeroes the gradient of frozen weights."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if mask is not None:
+        for p in model.parameters():
+            if p.grad is not None and p in mask:
+                p.grad.mul_(mask[p])
+    optimizer.step()
+
+
+def random_other_labels(y: torch.Tensor, num_classes: int, gen: torch.Generator) -> torch.Tensor:
+    """A uniformly random label different from each true label."""
+    shift = torch.randint(1, num_classes, y.shape, generator=gen).to(y.device)
+    return (y + shift) % num_classes
+
+
+def num_classes(model: nn.Module, split: Split) -> int:
+    with torch.no_grad():
+        model.eval()
+        return int(model(split.x[:1]).shape[1])
+
+
+def expected_forget_accuracy(model, forget: Split, retain: Split, heldout: Split) -> float:
+    """What a model retrained without the forget set would score on it, estimated from
+    held-out data: the model's held-out accuracy per class, weighted by the forget set's
+    class mix, and zero for classes the retain set no longer holds (a model never
+    shown a class never predicts it)."""
+    with torch.no_grad():
+        model.eval()
+        predicted = torch.cat([model(heldout.x[i : i + 2048]).argmax(1) for i in range(0, len(heldout), 2048)])
+    correct = (predicted == heldout.y).float()
+    present = set(torch.unique(retain.y).tolist())
+    total = 0.0
+    for c, n in zip(*torch.unique(forget.y, return_counts=True)):
+        rows = heldout.y == c
+        if int(c) in present and rows.any():
+            total += n.item() * correct[rows].mean().item()
+    return total / max(len(forget), 1)
+
+
+class ForgetMonitor:
+    """Stops a forgetting loop once the model is no more accurate on the forget set than
+    a model that never saw it would be (``expected_forget_accuracy``).
+
+    Without held-out data it never stops early. Checks a fixed sample of at most
+    ``rows`` forget rows, every ``every`` steps.
+    """
+
+    def __init__(self, model, forget: Split, retain: Split, heldout: Split | None, gen, *, every: int = 10,
+                 rows: int = 1024):
+        self.model, self.every, self.steps = model, every, 0
+        self.forget = forget.sample(rows, gen)
+        self.target = None
+        if heldout is not None and len(heldout):
+            self.target = expected_forget_accuracy(model, forget, retain, heldout.sample(8192, gen))
+
+    def done(self) -> bool:
+        self.steps += 1
+        if self.target is None or self.steps % self.every:
+            return False
+        reached = accuracy(self.model, self.forget) <= self.target
+        self.model.train()
+        return reached
