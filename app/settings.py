@@ -39,6 +39,27 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = 0  # 1 on GPU workers: a fresh process per task frees GPU memory
     broker_polling_interval: float = 0.05  # kombu SQLAlchemy transport only
 
+    # Approximate unlearning: what `method: auto` runs, and the verify-then-publish gate.
+    auto_method: str = "salun"
+    # Passes when UA and forget-set MIA-efficacy are within these (plus two standard errors
+    # of the forget-set estimate) of what a model that never saw the forget set shows on
+    # held-out data, and test accuracy fell by at most gate_max_ta_drop. Fractions in [0, 1].
+    gate_ua_tolerance: float = 0.03
+    gate_mia_tolerance: float = 0.05
+    gate_max_ta_drop: float = 0.02
+    # Share of approximate deletions that also get an exact retrain, unpublished, as a
+    # reference: the gap between the two is recorded (0 = never, 1 = always).
+    spot_check_rate: float = 0.0
+
+    @field_validator("auto_method")
+    @classmethod
+    def _known_method(cls, value):
+        from workers.engine.unlearning import METHODS
+
+        if value not in METHODS:
+            raise ValueError(f"auto_method must be one of {', '.join(METHODS)}")
+        return value
+
     @field_validator("admin_keys", "client_keys", mode="before")
     @classmethod
     def _split_keys(cls, value):

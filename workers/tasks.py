@@ -3,9 +3,15 @@
 The path of one job::
 
     advance(model)              claim the model's next job, plan it (erasing owners first)
-      -> chord(train_shard(job, shard) for each shard to (re)train)
-      -> finish_job(job)        publish one version, complete the requests
+      -> chord(train_shard(job, shard) for each shard to (re)train or unlearn)
+      -> finish_job(job)        verify, publish one version, complete the requests
       (any failure -> job_failed(job))
+
+An approximate plan's candidate must pass the verify-then-publish gate; if it fails,
+``finish_job`` records the attempt, re-plans the job as exact SISA retraining (attempt
+2) and dispatches that chord instead. With ``spot_check_rate``, a passed approximate
+version may also get an unpublished exact reference (phase ``spot_check``) whose gap to
+it is audited.
 
 Every step may run twice (late acknowledgement redelivers after a crash): claiming
 is guarded by the dataset lease, shard training is deterministic, and ``finish`` publishes
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from functools import lru_cache
 
 from celery import chord
@@ -25,7 +32,7 @@ from app.settings import get_settings
 from app.tables import JobRow, ModelRow
 from models_store import StoreError
 from workers.celery_app import celery_app
-from workers.engine import EngineError
+from workers.engine import EngineError, gate, metrics
 from workers.engine.engine import Engine
 from workers.engine.sisa import Strategy
 from workers.engine.training import TrainConfig
@@ -103,12 +110,18 @@ def advance(model: str) -> str:
         log.exception("planning job %s failed", claim.job_id)
         with session_scope() as s:
             jobs.fail(s, claim.job_id, _reason(exc))
+        engine().scratch.drop(claim.job_id)
         return "failed"
+    return _dispatch(claim.job_id, plan)
+
+
+def _dispatch(job_id: str, plan: dict) -> str:
     to_train = [e["shard"] for e in plan["shards"] if e["status"] != "reused"]
+    attempt = plan.get("attempt", 1)
     chord(
-        (train_shard.s(claim.job_id, shard) for shard in to_train),
-        finish_job.s(claim.job_id),
-    ).on_error(job_failed.s(claim.job_id)).delay()
+        (train_shard.s(job_id, shard, attempt) for shard in to_train),
+        finish_job.s(job_id, attempt),
+    ).on_error(job_failed.s(job_id)).delay()
     return f"dispatched {len(to_train)} shards"
 
 
@@ -120,7 +133,13 @@ def _plan(claim: jobs.Claim) -> tuple[dict | None, list[dict]]:
             spec = dict(dataset=m.dataset, architecture=m.architecture,
                         strategy=Strategy(**m.strategy), config=TrainConfig(**m.recipe))
         return eng.plan_train(claim.model, job=claim.job_id, **spec), []
-    plan = eng.plan_unlearn(claim.model, claim.owner_ids, requests=claim.request_ids, job=claim.job_id)
+    requested = jobs.job_method(claim.methods)
+    method = get_settings().auto_method if requested == "auto" else requested
+    mode = "sisa" if method == "exact" else "approximate"
+    plan = eng.plan_unlearn(claim.model, claim.owner_ids, requests=claim.request_ids, job=claim.job_id,
+                            mode=mode, method=None if method == "exact" else method)
+    if plan is not None:
+        plan.update(attempt=1, requested_method=requested)
     dataset = eng.store.model_spec(claim.model)["dataset"]
     erasures = [
         {"owner_id": e.owner_id, "dataset": dataset, "sample_count": len(e.sample_ids), "digest": e.digest,
@@ -130,37 +149,80 @@ def _plan(claim: jobs.Claim) -> tuple[dict | None, list[dict]]:
     return plan, erasures
 
 
-def _job_plan(job_id: str) -> dict | None:
+def _job_plan(job_id: str, attempt: int | None = None) -> dict | None:
+    """The running job's plan; None if the job ended or moved on to another attempt."""
     with session_scope() as s:
         job = s.get(JobRow, job_id)
-        return job.plan if job is not None and job.status == "running" else None
+        if job is None or job.status != "running" or job.plan is None:
+            return None
+        if attempt is not None and job.plan.get("attempt", 1) != attempt:
+            return None
+        return job.plan
 
 
 @celery_app.task(name="lethe.train_shard")
-def train_shard(job_id: str, shard: int) -> dict:
-    """Train one shard of the job's plan; returns its new checkpoints' digests."""
-    plan = _job_plan(job_id)
+def train_shard(job_id: str, shard: int, attempt: int = 1) -> dict:
+    """Train (or approximately unlearn) one shard of the job's plan; returns its new
+    checkpoints' digests and the seconds it took."""
+    plan = _job_plan(job_id, attempt)
     if plan is None:
         return {"shard": shard, "checkpoints": [], "skipped": True}
     with _Heartbeat(job_id):
-        return {"shard": shard, "checkpoints": engine().run_shard(plan, shard)}
+        started = time.perf_counter()
+        made = engine().run_shard(plan, shard)
+        return {"shard": shard, "checkpoints": made, "seconds": time.perf_counter() - started}
 
 
 @celery_app.task(name="lethe.finish_job")
-def finish_job(results: list[dict], job_id: str) -> int | None:
-    """Publish the job's version from its shards' checkpoints and complete its requests."""
-    plan = _job_plan(job_id)
+def finish_job(results: list[dict], job_id: str, attempt: int = 1) -> int | None:
+    """Verify the job's candidate version, publish it (or fall back to exact), complete."""
+    plan = _job_plan(job_id, attempt)
     if plan is None or any(r.get("skipped") for r in results):
         return None
+    eng = engine()
     try:
-        record = engine().finish(plan, {r["shard"]: r["checkpoints"] for r in results})
+        record = eng.published_by_job(plan)
+        if record is None:
+            record = eng.candidate(plan, {r["shard"]: r["checkpoints"] for r in results},
+                                   {r["shard"]: r.get("seconds", 0.0) for r in results})
+            if plan["kind"] == "approximate" and not _passes_gate(job_id, plan, record):
+                return _fall_back_to_exact(job_id, plan, record)
+            if plan.get("fallback_from"):
+                record["metrics"]["fallback_gap"] = metrics.gaps(plan["fallback_from"]["metrics"], record["metrics"])
+            record = eng.publish(plan, record)
     except (EngineError, StoreError) as exc:
         with session_scope() as s:
             jobs.fail(s, job_id, _reason(exc))
+        eng.scratch.drop(plan.get("scratch"))
         return None
     with session_scope() as s:
         jobs.complete(s, job_id, record)
+    eng.scratch.drop(plan.get("scratch"))
     return record["version"]
+
+
+def _passes_gate(job_id: str, plan: dict, record: dict) -> bool:
+    settings = get_settings()
+    thresholds = gate.Thresholds(settings.gate_ua_tolerance, settings.gate_mia_tolerance, settings.gate_max_ta_drop)
+    parent = engine().version(plan["model"], plan["parent"])
+    failures = gate.check(record["metrics"], parent["metrics"].get("test_accuracy"), thresholds)
+    record["metrics"]["gate"] = {"passed": not failures, "failures": failures}
+    with session_scope() as s:
+        jobs.record_attempt(s, job_id, plan, record["metrics"], failures)
+    return not failures
+
+
+def _fall_back_to_exact(job_id: str, plan: dict, record: dict) -> None:
+    """The approximate candidate failed the gate: plan attempt 2, exact SISA retraining
+    from the same parent (the owners are already erased), and run it."""
+    exact = engine().plan_unlearn(plan["model"], [], requests=plan["removal"]["requests"], job=job_id, mode="sisa")
+    exact.update(attempt=plan.get("attempt", 1) + 1, requested_method=plan.get("requested_method"),
+                 scratch=plan.get("scratch"),
+                 fallback_from={"method": plan["method"], "metrics": jobs.numbers(record["metrics"])})
+    with session_scope() as s:
+        jobs.record_plan(s, job_id, exact, [])
+    _dispatch(job_id, exact)
+    return None
 
 
 @celery_app.task(name="lethe.job_failed")
@@ -168,6 +230,7 @@ def job_failed(request, exc, traceback, job_id: str) -> None:
     """Chord error callback: the job fails with the shard's error as its reason."""
     with session_scope() as s:
         jobs.fail(s, job_id, _reason(exc))
+    engine().scratch.drop(job_id)
 
 
 def _reason(exc: BaseException) -> str:

@@ -5,12 +5,18 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from workers.engine.unlearning import METHODS
+
+DELETION_METHODS = ("exact", "auto", *METHODS)
+
 
 class DeletionCreate(BaseModel):
     owner_id: str = Field(min_length=1, max_length=128)
     models: list[str] | None = Field(None, min_length=1, max_length=100,
                                      description="default: every model whose dataset holds or held the owner")
-    method: Literal["exact"] = "exact"
+    method: Literal[DELETION_METHODS] = Field(
+        "exact", description="exact (SISA retraining), auto (the configured approximate method, verified, "
+        "falling back to exact), or an approximate method's name (verified the same way)")
     reason: str | None = Field(None, max_length=1000)
 
 

@@ -39,6 +39,15 @@ class Claim:
     plan: dict | None
     owner_ids: list[str]
     request_ids: list[str]
+    methods: list[str]
+
+
+def job_method(methods: list[str]) -> str:
+    """One method for a job that coalesces requests: exact if any request asks for it
+    (it satisfies every request), the shared method if all agree, else auto."""
+    if not methods or "exact" in methods:
+        return "exact"
+    return methods[0] if len(set(methods)) == 1 else "auto"
 
 
 def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
@@ -97,7 +106,8 @@ def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
             r.status = "running"
             append(session, "request.running", actor=WORKER, owner_id=r.owner_id, request_id=r.id, model=model,
                    data={"job_id": job.id})
-    return Claim(job.id, job.kind, model, job.plan, sorted({r.owner_id for r in rows}), [r.id for r in rows])
+    return Claim(job.id, job.kind, model, job.plan, sorted({r.owner_id for r in rows}), [r.id for r in rows],
+                 [r.method for r in rows])
 
 
 def renew_lease(session: Session, job_id: str, lease_seconds: float, progress: str | None = None) -> bool:
@@ -122,6 +132,30 @@ def record_plan(session: Session, job_id: str, plan: dict, erasures: list[dict])
         append(session, "dataset.owner_erased", actor=WORKER, owner_id=e["owner_id"], model=job.model,
                data={"job_id": job_id, "dataset": e["dataset"], "sample_count": e["sample_count"],
                      "sample_ids_digest": e["digest"], "erased_at": e["erased_at"]})
+
+
+def record_attempt(session: Session, job_id: str, plan: dict, metrics: dict, failures: list[str],
+                   phase: str = "gate", gaps: dict | None = None) -> None:
+    """Audit one unlearning attempt of the job, for each of its requests: the method, its
+    metrics (numbers only) and the gate's verdict (``phase="gate"``), or its gap to an
+    exact reference (``phase="spot_check"``)."""
+    job = session.get(JobRow, job_id)
+    data = {"job_id": job_id, "phase": phase, "method": plan["method"]["name"], "config": plan["method"]["config"],
+            "parent": plan["parent"], "metrics": numbers(metrics)}
+    if phase == "gate":
+        data.update(passed=not failures, failures=failures)
+    if gaps is not None:
+        data["gap_to_exact"] = gaps
+    requests = session.execute(
+        select(DeletionRequestRow.id, DeletionRequestRow.owner_id)
+        .join(DeletionOutcomeRow, DeletionOutcomeRow.request_id == DeletionRequestRow.id)
+        .where(DeletionOutcomeRow.job_id == job_id)
+    ).all()
+    kind = "unlearning.attempt" if phase == "gate" else "unlearning.spot_check"
+    for request_id, owner_id in requests:
+        append(session, kind, actor=WORKER, owner_id=owner_id, request_id=request_id, model=job.model, data=data)
+    if not requests:
+        append(session, kind, actor=WORKER, model=job.model, data=data)
 
 
 def _release(session: Session, job: JobRow) -> None:
@@ -163,7 +197,7 @@ def complete(session: Session, job_id: str, record: dict | None) -> None:
                model=job.model, version=version,
                data={"job_id": job_id, "method": outcome.method, "published": record is not None,
                      "manifest_digest": record["manifest_digest"] if record else None,
-                     "metrics": _numbers(metrics), "seconds": outcome.seconds})
+                     "metrics": numbers(metrics), "seconds": outcome.seconds})
         refresh_request(session, request)
     append(session, "job.completed", actor=WORKER, model=job.model, version=version,
            data={"job_id": job_id, "kind": job.kind, "seconds": seconds})
@@ -179,17 +213,18 @@ def _record_version(session: Session, job: JobRow, record: dict) -> None:
     requests = record["removed"]["requests"]
     session.add(ModelVersionRow(
         model=job.model, version=record["version"], parent=record["parent"], kind=record["kind"],
-        method="exact" if record["kind"] != "train" else "train", manifest_digest=record["manifest_digest"],
+        method=record.get("method", {}).get("name", "exact"), manifest_digest=record["manifest_digest"],
         record_sha256=record["record_sha256"], n_samples=record["n_samples"], metrics=record["metrics"],
         requests=requests, job_id=job.id,
     ))
     append(session, "model.version_published", actor=WORKER, model=job.model, version=record["version"],
            data={"job_id": job.id, "parent": record["parent"], "kind": record["kind"],
+                 "method": record.get("method", {}).get("name"), "exact": record.get("exact", True),
                  "manifest_digest": record["manifest_digest"], "record_sha256": record["record_sha256"],
                  "n_samples": record["n_samples"], "requests": requests,
                  "removed_sample_count": record["removed"]["sample_count"],
                  "removed_sample_ids_digest": record["removed"].get("sample_ids_digest"),
-                 "metrics": _numbers(record["metrics"])})
+                 "metrics": numbers(record["metrics"])})
 
 
 def fail(session: Session, job_id: str, reason: str) -> None:
@@ -233,7 +268,7 @@ def refresh_request(session: Session, request: DeletionRequestRow) -> None:
     append(session, f"request.{new}", actor=WORKER, owner_id=request.owner_id, request_id=request.id, data=data)
 
 
-def _numbers(metrics: dict) -> dict:
+def numbers(metrics: dict) -> dict:
     """Only numbers and short ids go to the audit log."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, list)) and k != "test_predictions"}
 

@@ -69,13 +69,15 @@ def get_version(name: str, number: str, session: SessionDep, engine: EngineDep, 
     r = service.record(session=session, engine=engine, name=name, number=number)
     return VersionOut(
         model=r["model"], version=r["version"], parent=r["parent"], kind=r["kind"],
-        method="train" if r["kind"] == "train" else "exact", dataset=r["dataset"], architecture=r["architecture"],
+        method=r.get("method", {}).get("name", "exact"), method_config=r.get("method", {}).get("config"),
+        exact=r.get("exact", True), dataset=r["dataset"], architecture=r["architecture"],
         strategy=r["strategy"], recipe=r["recipe"], device=r["device"], n_samples=r["n_samples"],
         manifest_digest=r["manifest_digest"], record_sha256=r["record_sha256"], requests=r["removed"]["requests"],
         removed=r["removed"], metrics=r["metrics"], artifacts=r["artifacts"], created_at=r["created_at"],
         constituents=[
             Constituent(shard=c["shard"], status=c["status"], retrained_from_slice=c["retrained_from_slice"],
-                        n_samples=c["n_samples"], manifest_digest=c["manifest_digest"], weights_sha256=c["weights"])
+                        n_samples=c["n_samples"], manifest_digest=c["manifest_digest"], weights_sha256=c["weights"],
+                        tainted_from_slice=c.get("tainted_from_slice"))
             for c in r["constituents"]
         ],
     )

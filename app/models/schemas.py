@@ -86,6 +86,8 @@ class Constituent(BaseModel):
     n_samples: int
     manifest_digest: str
     weights_sha256: str
+    tainted_from_slice: int | None = Field(
+        None, description="approximately unlearned: checkpoints from this slice on still carry removed samples")
 
 
 class VersionOut(BaseModel):
@@ -94,6 +96,8 @@ class VersionOut(BaseModel):
     parent: int | None
     kind: str
     method: str
+    method_config: dict | None = Field(None, description="hyper-parameters of an approximate method")
+    exact: bool = Field(description="false when some constituent was unlearned approximately")
     dataset: str
     architecture: str
     strategy: dict

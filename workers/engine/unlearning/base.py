@@ -114,6 +114,16 @@ def expected_forget_accuracy(model, forget: Split, retain: Split, heldout: Split
     return total / max(len(forget), 1)
 
 
+def repair(model, optimizer, retain: Split, steps: int, batch_size: int, gen) -> None:
+    """A few plain training steps on the retain set after a forgetting phase: they undo
+    collateral damage, and the forget set settles where unseen data of its classes sits."""
+    batches = retain.cycle(batch_size, gen)
+    model.train()
+    for _ in range(steps):
+        x, y = next(batches)
+        step(model, optimizer, torch.nn.functional.cross_entropy(model(x), y))
+
+
 class ForgetMonitor:
     """Stops a forgetting loop once the model is no more accurate on the forget set than
     a model that never saw it would be (``expected_forget_accuracy``).
@@ -123,7 +133,7 @@ class ForgetMonitor:
     """
 
     def __init__(self, model, forget: Split, retain: Split, heldout: Split | None, gen, *, every: int = 10,
-                 rows: int = 1024):
+                 rows: int = 512):
         self.model, self.every, self.steps = model, every, 0
         self.forget = forget.sample(rows, gen)
         self.target = None

@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from workers.engine.unlearning.base import ForgetMonitor, Split, generator, sgd, step
+from workers.engine.unlearning.base import ForgetMonitor, Split, generator, repair, sgd, step
 
 
 @dataclass(frozen=True)
 class Config:
     epochs: float = 5.0  # passes over the forget set, at most
-    lr: float = 1e-3
+    lr: float = 1e-2
     momentum: float = 0.0  # momentum carries ascent past the stopping point
+    repair_steps: int = 30  # retain-only steps after forgetting
     batch_size: int = 128
     seed: int = 0
 
@@ -33,4 +34,5 @@ def unlearn(model, forget: Split, retain: Split, cfg: Config, *, heldout: Split 
         step(model, optimizer, -F.cross_entropy(logits[right], y[right]))
         if monitor.done():
             break
+    repair(model, optimizer, retain, cfg.repair_steps, cfg.batch_size, gen)
     return model

@@ -19,10 +19,10 @@ from workers.engine.unlearning.base import Split, generator
 @dataclass(frozen=True)
 class Config:
     damping: float = 0.01  # lambda in (H + lambda I)
-    cg_iters: int = 20
+    cg_iters: int = 10
     scale: float = 1.0  # multiplies the Newton step
-    retain_samples: int = 2048  # rows of the retain set the Hessian is taken on
-    max_norm: float = 5.0  # the step is clipped to this L2 norm (a non-convex net's H can mislead)
+    retain_samples: int = 512  # rows of the retain set the Hessian is taken on
+    max_norm: float = 2.0  # the step is clipped to this L2 norm (a non-convex net's H can mislead)
     seed: int = 0
 
 

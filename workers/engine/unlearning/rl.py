@@ -7,13 +7,23 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from workers.engine.unlearning.base import ForgetMonitor, Split, generator, num_classes, random_other_labels, sgd, step
+from workers.engine.unlearning.base import (
+    ForgetMonitor,
+    Split,
+    generator,
+    num_classes,
+    random_other_labels,
+    repair,
+    sgd,
+    step,
+)
 
 
 @dataclass(frozen=True)
 class Config:
-    epochs: float = 3.0  # passes over the forget set, at most; each forget batch meets a retain batch
-    lr: float = 0.01
+    epochs: float = 10.0  # passes over the forget set, at most; each forget batch meets a retain batch
+    lr: float = 5e-4
+    repair_steps: int = 30  # retain-only steps after forgetting
     batch_size: int = 128
     seed: int = 0
 
@@ -23,7 +33,7 @@ def relabel_steps(model, forget: Split, retain: Split, cfg, heldout, mask=None):
     gen = generator(cfg.seed)
     k = num_classes(model, forget)
     optimizer = sgd(model.parameters(), cfg.lr)
-    monitor = ForgetMonitor(model, forget, retain, heldout, gen)
+    monitor = ForgetMonitor(model, forget, retain, heldout, gen, every=1)
     retain_batches = retain.cycle(cfg.batch_size, gen)
     model.train()
     for x, y in forget.batches(cfg.batch_size, gen, cfg.epochs):
@@ -33,6 +43,7 @@ def relabel_steps(model, forget: Split, retain: Split, cfg, heldout, mask=None):
         step(model, optimizer, F.cross_entropy(model(inputs), targets), mask)
         if monitor.done():
             break
+    repair(model, optimizer, retain, cfg.repair_steps, cfg.batch_size, gen)
     return model
 
 

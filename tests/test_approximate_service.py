@@ -1,0 +1,102 @@
+"""Approximate deletions through the API (in-process worker): metrics, gate, fallback."""
+from __future__ import annotations
+
+import pytest
+
+from app.settings import get_settings
+from tests.service_helpers import A, C
+from tests.test_api import an_owner, client, ready  # noqa: F401  (fixtures)
+
+VERIFICATION = ("ua", "ra", "ta", "mia_efficacy", "mia_heldout", "loss_auc", "expected_ua", "l2_to_parent", "rte_seconds")
+
+
+def _gate(monkeypatch, ua: float, mia: float, ta_drop: float) -> None:
+    monkeypatch.setenv("LETHE_GATE_UA_TOLERANCE", str(ua))
+    monkeypatch.setenv("LETHE_GATE_MIA_TOLERANCE", str(mia))
+    monkeypatch.setenv("LETHE_GATE_MAX_TA_DROP", str(ta_drop))
+    get_settings.cache_clear()
+
+
+def _delete(client, method: str, owner: str | None = None) -> dict:
+    from tests.service_helpers import run_worker_inline
+
+    owner = owner or an_owner(client)
+    r = client.post("/v1/deletion-requests", json={"owner_id": owner, "method": method}, headers=C)
+    assert r.status_code == 202, r.text
+    run_worker_inline(client.app_)
+    return client.get(f"/v1/deletion-requests/{r.json()['id']}", headers=C).json()
+
+
+def _audit(client, request_id: str) -> list[dict]:
+    return client.get(f"/v1/audit?request_id={request_id}&limit=200", headers=A).json()["events"]
+
+
+def test_every_version_carries_verification_metrics(ready):
+    trained = ready.get("/v1/models/m/versions/1", headers=C).json()["metrics"]
+    assert trained["ua"] is None and trained["ra"] > 0.5 and trained["ta"] > 0.5  # nothing forgotten yet
+    req = _delete(ready, "exact")
+    assert req["status"] == "completed"
+    v = ready.get("/v1/models/m/versions/2", headers=C).json()
+    assert v["method"] == "exact" and v["exact"] is True
+    for key in VERIFICATION:
+        assert v["metrics"][key] is not None, key
+    assert v["metrics"]["forget_size"] > 0
+    assert req["outcomes"][0]["metrics"]["ua"] == v["metrics"]["ua"]
+
+
+def test_approximate_version_is_published_when_it_passes_the_gate(ready, monkeypatch):
+    _gate(monkeypatch, ua=1.0, mia=1.0, ta_drop=1.0)
+    req = _delete(ready, "ssd")
+    assert req["status"] == "completed" and req["method"] == "ssd"
+    v = ready.get("/v1/models/m/versions/2", headers=C).json()
+    assert v["method"] == "ssd" and v["exact"] is False and v["method_config"]["alpha"] == 10.0
+    touched = [c for c in v["constituents"] if c["status"] == "approximate"]
+    assert len(touched) == 1 and touched[0]["tainted_from_slice"] is not None
+    assert v["metrics"]["gate"]["passed"] is True and v["metrics"]["l2_to_parent"] > 0
+    attempts = [e for e in _audit(ready, req["id"]) if e["kind"] == "unlearning.attempt"]
+    assert len(attempts) == 1 and attempts[0]["data"]["passed"] is True
+    assert attempts[0]["data"]["metrics"]["ua"] == v["metrics"]["ua"]
+
+
+def test_gate_falls_back_to_exact_when_thresholds_are_impossible(ready, monkeypatch):
+    _gate(monkeypatch, ua=-1.0, mia=-1.0, ta_drop=-1.0)
+    req = _delete(ready, "auto")
+    assert req["status"] == "completed"
+    v = ready.get("/v1/models/m/versions/latest", headers=C).json()
+    assert v["version"] == 2 and v["method"] == "exact" and v["exact"] is True  # never the failed candidate
+    assert set(v["metrics"]["fallback_gap"]) >= {"ua", "ra", "ta", "mia_efficacy", "avg_gap"}
+    kinds = [e["kind"] for e in _audit(ready, req["id"])]
+    assert kinds.index("unlearning.attempt") < kinds.index("request.model_unlearned")
+    attempt = next(e for e in _audit(ready, req["id"]) if e["kind"] == "unlearning.attempt")
+    assert attempt["data"]["passed"] is False and attempt["data"]["method"] == get_settings().auto_method
+    assert attempt["data"]["failures"] and attempt["data"]["metrics"]["ua"] is not None
+    done = next(e for e in _audit(ready, req["id"]) if e["kind"] == "request.model_unlearned")
+    assert done["data"]["metrics"]["ua"] == v["metrics"]["ua"]  # the exact attempt's numbers
+
+
+def test_exact_pass_after_an_approximate_one_retrains_from_the_tainted_slice(ready, monkeypatch):
+    _gate(monkeypatch, ua=1.0, mia=1.0, ta_drop=1.0)
+    owners = [o["owner_id"] for o in ready.get("/v1/datasets/digits/owners?limit=40", headers=A).json()["owners"]]
+    _delete(ready, "ft", owners[0])
+    tainted = {c["shard"]: c["tainted_from_slice"] for c in
+               ready.get("/v1/models/m/versions/2", headers=C).json()["constituents"] if c["tainted_from_slice"] is not None}
+    assert tainted
+    _delete(ready, "exact", owners[1])
+    v3 = ready.get("/v1/models/m/versions/3", headers=C).json()
+    assert v3["exact"] is True and all(c["tainted_from_slice"] is None for c in v3["constituents"])
+    for shard, r in tainted.items():
+        c = v3["constituents"][shard]
+        assert c["status"] == "retrained" and c["retrained_from_slice"] <= r
+
+
+def test_forget_rows_leave_scratch_when_the_job_ends(ready, monkeypatch):
+    _gate(monkeypatch, ua=-1.0, mia=-1.0, ta_drop=-1.0)
+    _delete(ready, "rl")
+    scratch = get_settings().data_dir / "scratch"
+    assert not scratch.exists() or not any(scratch.iterdir())
+
+
+@pytest.mark.parametrize("method", ["nope", "approximate", ""])
+def test_unknown_method_is_422(ready, method):
+    r = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready), "method": method}, headers=C)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request"

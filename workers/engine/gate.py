@@ -1,0 +1,48 @@
+"""The verify-then-publish gate for approximately unlearned versions.
+
+An approximate method's effect is measured, not assumed: the candidate version passes
+only if the forget set looks to it like data it never saw (UA and MIA-efficacy close to
+what it shows on held-out data) and it did not lose more than a bound of test accuracy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    ua_tolerance: float = 0.03
+    mia_tolerance: float = 0.05
+    max_ta_drop: float = 0.02
+
+
+def _two_se(p: float, n: int) -> float:
+    """Two standard errors of a proportion measured on n rows (never zero for small n)."""
+    return 2 * math.sqrt((p * (1 - p) + 0.25 / n) / n)
+
+
+def check(metrics: dict, parent_test_accuracy: float | None, t: Thresholds) -> list[str]:
+    """Reasons the candidate fails the gate; an empty list passes."""
+    failures = []
+    n = metrics.get("forget_size") or 0
+    ua, expected = metrics.get("ua"), metrics.get("expected_ua")
+    if not n or ua is None or expected is None:
+        return ["no forget set or no test split to verify against"]
+    tol = t.ua_tolerance + _two_se(expected, n)
+    if abs(ua - expected) > tol:
+        failures.append(f"UA {ua:.4f} is not within {tol:.4f} of {expected:.4f}, the UA a model that never saw "
+                        "the forget set is expected to show")
+    mia, heldout = metrics.get("mia_efficacy"), metrics.get("mia_heldout")
+    if mia is None or heldout is None:
+        failures.append("MIA-efficacy could not be measured")
+    else:
+        tol = t.mia_tolerance + _two_se(heldout, n)
+        if abs(mia - heldout) > tol:
+            failures.append(f"MIA-efficacy {mia:.4f} on the forget set is not within {tol:.4f} of "
+                            f"{heldout:.4f} on held-out data")
+    ta = metrics.get("ta")
+    if parent_test_accuracy is not None and ta is not None and parent_test_accuracy - ta > t.max_ta_drop:
+        failures.append(f"test accuracy fell from {parent_test_accuracy:.4f} to {ta:.4f}, "
+                        f"more than {t.max_ta_drop:.4f}")
+    return failures
