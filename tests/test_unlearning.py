@@ -10,6 +10,18 @@ from workers.engine.training import DeviceData, TrainConfig, make_optimizer, tra
 from workers.engine.unlearning import Split
 
 FORGET_CLASS = 3
+# Digits has ~1,400 training rows, so the step budgets tuned on the Fashion-MNIST benchmark
+# (see bench/unlearning_fashion_mnist.py) are too short here to forget a whole class; these
+# are the digits settings. SSD and Fisher need none.
+CLASS_SETTINGS = {
+    "ft": {"epochs": 30, "lr": 0.1},
+    "l1_sparse": {"epochs": 30, "lr": 0.1, "l1": 1e-4},
+    "ga": {"lr": 0.003, "epochs": 100, "repair_steps": 60},
+    "rl": {"lr": 0.01, "repair_steps": 60},
+    "salun": {"lr": 0.01, "repair_steps": 60},
+    "iu": {"scale": 6, "max_norm": 20},
+    "scrub": {"lr": 0.02},
+}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +83,7 @@ def test_forgetting_a_whole_class_drops_its_accuracy_and_keeps_the_rest(method, 
     forget, retain, heldout = class_sets
     start_forget, start_retain = _acc(original, forget), _acc(original, retain)
     assert start_forget > 0.95
-    result = unlearning.run(method, original, forget, retain, heldout=heldout)
+    result = unlearning.run(method, original, forget, retain, heldout=heldout, overrides=CLASS_SETTINGS.get(method))
     assert _acc(result.model, forget) < 0.5 * start_forget
     assert _acc(result.model, retain) > start_retain - 0.05
 

@@ -14,7 +14,7 @@ class Config:
     epochs: float = 5.0  # passes over the forget set, at most
     lr: float = 1e-2
     momentum: float = 0.0  # momentum carries ascent past the stopping point
-    repair_steps: int = 30  # retain-only steps after forgetting
+    repair_steps: int = 0  # retain-only steps after forgetting
     batch_size: int = 128
     seed: int = 0
 

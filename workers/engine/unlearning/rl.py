@@ -21,9 +21,9 @@ from workers.engine.unlearning.base import (
 
 @dataclass(frozen=True)
 class Config:
-    epochs: float = 10.0  # passes over the forget set, at most; each forget batch meets a retain batch
-    lr: float = 5e-4
-    repair_steps: int = 30  # retain-only steps after forgetting
+    epochs: float = 3.0  # passes over the forget set, at most; each forget batch meets a retain batch
+    lr: float = 2e-3
+    repair_steps: int = 0  # retain-only steps after forgetting
     batch_size: int = 128
     seed: int = 0
 

@@ -13,9 +13,9 @@ from workers.engine.unlearning.rl import relabel_steps
 @dataclass(frozen=True)
 class Config:
     saliency: float = 0.5  # fraction of weights that may change (the top |gradient|)
-    epochs: float = 10.0  # passes over the forget set, at most
-    lr: float = 5e-4
-    repair_steps: int = 30  # retain-only steps after forgetting (all weights)
+    epochs: float = 3.0  # passes over the forget set, at most
+    lr: float = 2e-3
+    repair_steps: int = 0  # retain-only steps after forgetting (all weights)
     batch_size: int = 128
     seed: int = 0
 
