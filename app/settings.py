@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     broker_polling_interval: float = 0.05  # kombu SQLAlchemy transport only
 
     # Approximate unlearning: what `method: auto` runs, and the verify-then-publish gate.
-    auto_method: str = "salun"
+    auto_method: str = "ga"
     # Passes when UA and forget-set MIA-efficacy are within these (plus two standard errors
     # of the forget-set estimate) of what a model that never saw the forget set shows on
     # held-out data, and test accuracy fell by at most gate_max_ta_drop. Fractions in [0, 1].

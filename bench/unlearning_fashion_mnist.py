@@ -140,7 +140,8 @@ def run(args) -> list[dict]:
             rows_out.append({**base, "method": "original", **found, "rte": 0.0, "gaps": metrics.gaps(found, reference),
                              "kl_forget": metrics.kl_divergence(ref_forget, outputs(original, forget)[0])})
             for name in args.methods:
-                result = unlearning.run(name, original, forget, retain, heldout=heldout)
+                result = unlearning.run(name, original, forget, retain, heldout=heldout,
+                                        overrides=args.overrides.get(name))
                 found = measure(result.model, forget, retain, test)
                 rows_out.append({
                     **base, "method": name, **found, "rte": result.seconds, "config": result.config,
@@ -193,7 +194,14 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true", help="report on the validation split instead of the test set")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=str(OUT / "unlearning_fashion_mnist.json"))
+    ap.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                    help="override a method's hyper-parameter, e.g. --set ga.lr=0.02 (repeatable)")
     args = ap.parse_args()
+    args.overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        method, field = key.split(".", 1)
+        args.overrides.setdefault(method, {})[field] = json.loads(value)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()

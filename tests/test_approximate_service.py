@@ -100,3 +100,17 @@ def test_forget_rows_leave_scratch_when_the_job_ends(ready, monkeypatch):
 def test_unknown_method_is_422(ready, method):
     r = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready), "method": method}, headers=C)
     assert r.status_code == 422 and r.json()["code"] == "invalid_request"
+
+
+def test_spot_check_records_the_gap_to_an_exact_reference(ready, monkeypatch):
+    _gate(monkeypatch, ua=1.0, mia=1.0, ta_drop=1.0)
+    monkeypatch.setenv("LETHE_SPOT_CHECK_RATE", "1")
+    get_settings.cache_clear()
+    req = _delete(ready, "ssd")
+    assert req["status"] == "completed"
+    v = ready.get("/v1/models/m/versions/latest", headers=C).json()
+    assert v["version"] == 2 and v["method"] == "ssd"  # the reference is never published
+    (check,) = [e for e in _audit(ready, req["id"]) if e["kind"] == "unlearning.spot_check"]
+    gap = check["data"]["gap_to_exact"]
+    assert gap["avg_gap"] is not None and gap["kl_forget"] >= 0 and gap["ua"] >= 0
+    assert req["outcomes"][0]["metrics"]["spot_check"] == gap

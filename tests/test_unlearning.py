@@ -16,9 +16,9 @@ FORGET_CLASS = 3
 CLASS_SETTINGS = {
     "ft": {"epochs": 30, "lr": 0.1},
     "l1_sparse": {"epochs": 30, "lr": 0.1, "l1": 1e-4},
-    "ga": {"lr": 0.003, "epochs": 100, "repair_steps": 60},
-    "rl": {"lr": 0.01, "repair_steps": 60},
-    "salun": {"lr": 0.01, "repair_steps": 60},
+    "ga": {"retain_epochs": 10},
+    "rl": {"retain_epochs": 10, "lr": 0.01},
+    "salun": {"retain_epochs": 10, "lr": 0.01},
     "iu": {"scale": 6, "max_norm": 20},
     "scrub": {"lr": 0.02},
 }

@@ -20,6 +20,7 @@ at most one version per job.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from functools import lru_cache
@@ -32,7 +33,7 @@ from app.settings import get_settings
 from app.tables import JobRow, ModelRow
 from models_store import StoreError
 from workers.celery_app import celery_app
-from workers.engine import EngineError, gate, metrics
+from workers.engine import EngineError, gate, metrics, verification
 from workers.engine.engine import Engine
 from workers.engine.sisa import Strategy
 from workers.engine.training import TrainConfig
@@ -179,7 +180,16 @@ def finish_job(results: list[dict], job_id: str, attempt: int = 1) -> int | None
     plan = _job_plan(job_id, attempt)
     if plan is None or any(r.get("skipped") for r in results):
         return None
+    # Measuring the candidate takes a while: keep the lease, or the reconciler would
+    # hand the job to another worker meanwhile.
+    with _Heartbeat(job_id):
+        return _finish(job_id, plan, results)
+
+
+def _finish(job_id: str, plan: dict, results: list[dict]) -> int | None:
     eng = engine()
+    if plan.get("phase") == "spot_check":
+        return _finish_spot_check(job_id, plan, results)
     try:
         record = eng.published_by_job(plan)
         if record is None:
@@ -190,6 +200,8 @@ def finish_job(results: list[dict], job_id: str, attempt: int = 1) -> int | None
             if plan.get("fallback_from"):
                 record["metrics"]["fallback_gap"] = metrics.gaps(plan["fallback_from"]["metrics"], record["metrics"])
             record = eng.publish(plan, record)
+            if plan["kind"] == "approximate" and random.random() < get_settings().spot_check_rate:
+                return _start_spot_check(job_id, plan, record)
     except (EngineError, StoreError) as exc:
         with session_scope() as s:
             jobs.fail(s, job_id, _reason(exc))
@@ -223,6 +235,41 @@ def _fall_back_to_exact(job_id: str, plan: dict, record: dict) -> None:
         jobs.record_plan(s, job_id, exact, [])
     _dispatch(job_id, exact)
     return None
+
+
+def _start_spot_check(job_id: str, plan: dict, record: dict) -> int:
+    """Plan an exact retrain of the approximate version just published (attempt n + 1,
+    never published) as its reference; the job's requests complete when it is done."""
+    reference = engine().plan_unlearn(plan["model"], [], job=job_id, mode="sisa")
+    reference.update(attempt=plan.get("attempt", 1) + 1, phase="spot_check", scratch=plan.get("scratch"),
+                     removal=plan["removal"], method=plan["method"], requested_method=plan.get("requested_method"),
+                     checked_version=record["version"])
+    with session_scope() as s:
+        jobs.record_plan(s, job_id, reference, [])
+    _dispatch(job_id, reference)
+    return record["version"]
+
+
+def _finish_spot_check(job_id: str, plan: dict, results: list[dict]) -> int | None:
+    """Compare the published approximate version with its exact reference; audit the gap."""
+    eng = engine()
+    published = eng.version(plan["model"], plan["checked_version"])
+    try:
+        reference = eng.candidate(plan, {r["shard"]: r["checkpoints"] for r in results},
+                                  {r["shard"]: r.get("seconds", 0.0) for r in results})
+        gaps = metrics.gaps(published["metrics"], reference["metrics"])
+        gaps["kl_forget"] = verification.forget_kl(eng, plan, reference, published)
+        rte = published["metrics"].get("rte_seconds")
+        gaps["speed_up"] = round(reference["metrics"]["rte_seconds"] / rte, 2) if rte else None
+    except (EngineError, StoreError) as exc:
+        gaps = {"error": _reason(exc)}
+    published["metrics"]["spot_check"] = gaps
+    with session_scope() as s:
+        jobs.record_attempt(s, job_id, plan, jobs.numbers(reference["metrics"]) if "error" not in gaps else {},
+                            [], phase="spot_check", gaps=gaps)
+        jobs.complete(s, job_id, published)
+    eng.scratch.drop(plan.get("scratch"))
+    return published["version"]
 
 
 @celery_app.task(name="lethe.job_failed")

@@ -82,6 +82,36 @@ def test_deletion_request_end_to_end(stack, http, trained):
     assert kinds == ["request.accepted", "request.running", "request.model_unlearned", "request.completed"]
 
 
+def test_auto_deletion_is_verified_published_and_audited(stack, http, trained):
+    """method=auto: the approximate candidate is measured and gated; whichever attempt is
+    published, the version carries the metrics and the request's audit trail shows the gate."""
+    owner = owners(http, 12)[9]
+    engine = Engine(stack.env["LETHE_DATA_DIR"], device="cpu")
+    owner_ids = engine.dataset("digits").owner_sample_ids(owner)
+    r = http.post("/v1/deletion-requests", json={"owner_id": owner, "method": "auto"}, headers=C)
+    assert r.status_code == 202 and r.json()["method"] == "auto"
+    done = poll(lambda: http.get(f"/v1/deletion-requests/{r.json()['id']}", headers=C).json(),
+                lambda d: d["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    (outcome,) = done["outcomes"]
+    version = http.get(f"/v1/models/digits-sisa/versions/{outcome['version']}", headers=C).json()
+    for key in ("ua", "ra", "ta", "mia_efficacy", "loss_auc", "l2_to_parent", "rte_seconds"):
+        assert version["metrics"][key] is not None, key
+    assert outcome["metrics"]["ua"] == version["metrics"]["ua"]
+    events = http.get(f"/v1/audit?request_id={done['id']}&limit=200", headers=A).json()["events"]
+    attempts = [e for e in events if e["kind"] == "unlearning.attempt"]
+    assert len(attempts) == 1 and attempts[0]["data"]["method"] != "exact"
+    if attempts[0]["data"]["passed"]:
+        assert version["method"] == attempts[0]["data"]["method"] and version["exact"] is False
+    else:
+        assert version["method"] == "exact" and version["exact"] is True and "fallback_gap" in version["metrics"]
+    record = engine.version("digits-sisa", outcome["version"])
+    manifest = np.concatenate([np.concatenate(s) for s in engine.slice_ids(record)])
+    assert not np.isin(owner_ids, manifest).any()
+    assert not any((engine.data_dir / "scratch").glob("*.npz"))  # the forget rows are gone too
+    assert http.get("/v1/audit/verify", headers=A).json()["ok"] is True
+
+
 def test_client_key_cannot_read_the_audit_log(http):
     r = http.get("/v1/audit", headers=C)
     assert r.status_code == 403 and r.json()["code"] == "forbidden"

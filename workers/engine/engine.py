@@ -230,7 +230,8 @@ class Engine:
         remaining = ds.load_arrays().sample_ids
         trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
         removed = np.setdiff1d(trained_on, remaining)
-        if mode != "full" and not len(removed):
+        tainted_any = any(c.get("tainted_from_slice") is not None for c in parent["constituents"])
+        if mode != "full" and not len(removed) and not (mode == "sisa" and tainted_any):
             self.scratch.drop(scratch_key)
             return None
         kept_rows = self.scratch.load(scratch_key)[0]

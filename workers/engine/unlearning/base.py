@@ -114,16 +114,6 @@ def expected_forget_accuracy(model, forget: Split, retain: Split, heldout: Split
     return total / max(len(forget), 1)
 
 
-def repair(model, optimizer, retain: Split, steps: int, batch_size: int, gen) -> None:
-    """A few plain training steps on the retain set after a forgetting phase: they undo
-    collateral damage, and the forget set settles where unseen data of its classes sits."""
-    batches = retain.cycle(batch_size, gen)
-    model.train()
-    for _ in range(steps):
-        x, y = next(batches)
-        step(model, optimizer, torch.nn.functional.cross_entropy(model(x), y))
-
-
 class ForgetMonitor:
     """Stops a forgetting loop once the model is no more accurate on the forget set than
     a model that never saw it would be (``expected_forget_accuracy``).
@@ -147,3 +137,31 @@ class ForgetMonitor:
         reached = accuracy(self.model, self.forget) <= self.target
         self.model.train()
         return reached
+
+    def still_seen(self) -> bool:
+        """Whether the forget set still looks seen; re-measured every ``every`` calls."""
+        if self.target is None:
+            return True
+        if self.steps % self.every == 0:
+            self._seen = accuracy(self.model, self.forget) > self.target
+            self.model.train()
+        self.steps += 1
+        return self._seen
+
+
+def forget_while_healing(model, optimizer, forget: Split, retain: Split, monitor: ForgetMonitor, *, steps: int,
+                         batch_size: int, gen, forget_loss, mask=None) -> None:
+    """Every step trains on a retain batch; while the forget set still looks seen, the
+    step also carries ``forget_loss`` on a forget batch. The retain half keeps the model
+    whole, the controller keeps the forget set where unseen data sits, not below it."""
+    forget_batches, retain_batches = forget.cycle(batch_size, gen), retain.cycle(batch_size, gen)
+    model.train()
+    for _ in range(steps):
+        xr, yr = next(retain_batches)
+        loss = torch.nn.functional.cross_entropy(model(xr), yr)
+        if monitor.still_seen():
+            xf, yf = next(forget_batches)
+            # Weighted per row like the retain batch: a 3-row owner must not weigh as much
+            # as 128 retain rows.
+            loss = loss + forget_loss(model, xf, yf) * (len(yf) / len(yr))
+        step(model, optimizer, loss, mask)

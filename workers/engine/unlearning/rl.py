@@ -1,51 +1,46 @@
-"""RL: relabel the forget set at random and train on it together with the retain set
-(Golatkar et al.'s baseline), stopped once the forget set looks like held-out data."""
+"""RL: relabel the forget set at random (Golatkar et al.'s baseline), trained next to the
+retain set; the random-label term is on only while the forget set still looks seen."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
 from workers.engine.unlearning.base import (
     ForgetMonitor,
     Split,
+    forget_while_healing,
     generator,
     num_classes,
     random_other_labels,
-    repair,
     sgd,
-    step,
 )
 
 
 @dataclass(frozen=True)
 class Config:
-    epochs: float = 3.0  # passes over the forget set, at most; each forget batch meets a retain batch
+    retain_epochs: float = 1.0  # passes over the retain set; forget batches ride along while needed
     lr: float = 2e-3
-    repair_steps: int = 0  # retain-only steps after forgetting
     batch_size: int = 128
+    check_every: int = 5  # steps between looks at the forget set
     seed: int = 0
 
 
-def relabel_steps(model, forget: Split, retain: Split, cfg, heldout, mask=None):
-    """Shared by RL and SalUn: forget batches with random labels, each next to a retain batch."""
+def relabel(model, forget: Split, retain: Split, cfg, heldout, mask=None):
+    """Shared by RL and SalUn (which passes a weight mask)."""
     gen = generator(cfg.seed)
     k = num_classes(model, forget)
     optimizer = sgd(model.parameters(), cfg.lr)
-    monitor = ForgetMonitor(model, forget, retain, heldout, gen, every=1)
-    retain_batches = retain.cycle(cfg.batch_size, gen)
-    model.train()
-    for x, y in forget.batches(cfg.batch_size, gen, cfg.epochs):
-        xr, yr = next(retain_batches)
-        inputs = torch.cat([x, xr])
-        targets = torch.cat([random_other_labels(y, k, gen), yr])
-        step(model, optimizer, F.cross_entropy(model(inputs), targets), mask)
-        if monitor.done():
-            break
-    repair(model, optimizer, retain, cfg.repair_steps, cfg.batch_size, gen)
+    monitor = ForgetMonitor(model, forget, retain, heldout, gen, every=cfg.check_every)
+
+    def loss(m, x, y):
+        return F.cross_entropy(m(x), random_other_labels(y, k, gen))
+
+    steps = max(1, round(cfg.retain_epochs * len(retain) / cfg.batch_size))
+    forget_while_healing(model, optimizer, forget, retain, monitor, steps=steps, batch_size=cfg.batch_size,
+                         gen=gen, forget_loss=loss, mask=mask)
     return model
 
 
 def unlearn(model, forget: Split, retain: Split, cfg: Config, *, heldout: Split | None = None):
-    return relabel_steps(model, forget, retain, cfg, heldout)
+    return relabel(model, forget, retain, cfg, heldout)

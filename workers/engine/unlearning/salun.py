@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from workers.engine.unlearning.base import Split
-from workers.engine.unlearning.rl import relabel_steps
+from workers.engine.unlearning.rl import relabel
 
 @dataclass(frozen=True)
 class Config:
     saliency: float = 0.5  # fraction of weights that may change (the top |gradient|)
-    epochs: float = 3.0  # passes over the forget set, at most
+    retain_epochs: float = 1.0  # passes over the retain set; forget batches ride along while needed
     lr: float = 2e-3
-    repair_steps: int = 0  # retain-only steps after forgetting (all weights)
     batch_size: int = 128
+    check_every: int = 5
     seed: int = 0
 
 def saliency_mask(model, forget: Split, fraction: float, batch_size: int = 256) -> dict:
@@ -35,4 +35,4 @@ def saliency_mask(model, forget: Split, fraction: float, batch_size: int = 256) 
 
 def unlearn(model, forget: Split, retain: Split, cfg: Config, *, heldout: Split | None = None):
     mask = saliency_mask(model, forget, cfg.saliency)
-    return relabel_steps(model, forget, retain, cfg, heldout, mask)
+    return relabel(model, forget, retain, cfg, heldout, mask)
