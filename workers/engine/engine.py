@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models_store import ModelStore, StoreError, UnknownModel, UnknownVersion, open_backend
-from workers.engine import checkpoints, nets, sisa, sources, unlearning, verification
+from models_store import ModelStore, UnknownModel, UnknownVersion, open_backend
+from workers.engine import approximate, evidence, nets, sisa, sources, unlearning, verification
 from workers.engine.digests import ids_digest, sha256_bytes
 from workers.engine.errors import DatasetError, DatasetExists, ModelError, ModelNotFound, VersionNotFound
 from workers.engine.ledger import Arrays, Dataset, DatasetInfo, DatasetStore, check_name
@@ -223,7 +223,7 @@ class Engine:
         ds = self.dataset(spec["dataset"])
         scratch_key = job or f"plan-{os.getpid()}-{time.time_ns()}"
         if owner_ids:
-            self._keep_forget_rows(ds, owner_ids, scratch_key)
+            approximate.keep_forget_rows(self, ds, owner_ids, scratch_key)
             ds.erase_owners(owner_ids, reference=",".join(requests or []) or None)
         parent = self.version(name)
         parent_slices = self.slice_ids(parent)
@@ -275,17 +275,9 @@ class Engine:
             plan["method"] = {"name": method, "config": dataclasses.asdict(unlearning.config(method, method_config))}
         return plan
 
-    def _keep_forget_rows(self, ds: Dataset, owner_ids: list[str], key: str) -> None:
-        ids = [ds.owner_sample_ids(o) for o in owner_ids if ds.knows_owner(o)]
-        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-        arrays = ds.load_arrays()
-        rows = np.flatnonzero(np.isin(arrays.sample_ids, ids))
-        if len(rows):
-            self.scratch.keep(key, arrays.sample_ids[rows], arrays.x[rows], arrays.y[rows])
-
     def get_ids(self, key: str) -> np.ndarray:
         """Sample ids stored as a blob (a slice, a forget set)."""
-        return self._slice_blobs([key])[0]
+        return self.slice_blobs([key])[0]
 
     def _plan_shard(self, shard: int, slices: list[np.ndarray], status: str, from_slice, checkpoints_kept) -> dict:
         return {
@@ -319,9 +311,9 @@ class Engine:
         if entry["status"] == "reused":
             return []
         if entry["status"] == "approximate":
-            return [self._unlearn_constituent(plan, entry)]
+            return [approximate.unlearn_constituent(self, plan, entry)]
         spec = plan["spec"]
-        slice_ids = self._slice_blobs(entry["slices"])
+        slice_ids = self.slice_blobs(entry["slices"])
         r = entry["from_slice"]
         start = self.store.get_blob(entry["checkpoints"][r - 1]) if r > 0 else None
         verb = "retraining" if entry["status"] == "retrained" else "training"
@@ -335,7 +327,7 @@ class Engine:
                 cfg=TrainConfig(**spec["recipe"]),
                 shard=shard,
                 slice_ids=slice_ids,
-                data=self._device_data(ds),
+                data=self.device_data(ds),
                 start_slice=r,
                 start_checkpoint=start,
                 progress=self.progress,
@@ -343,42 +335,6 @@ class Engine:
         except KeyError:
             raise DatasetError(f"dataset {spec['dataset']!r} changed while shard {shard} was planned") from None
         return [self.store.put_blob(c) for c in made]
-
-    def _unlearn_constituent(self, plan: dict, entry: dict) -> str:
-        """Run the plan's approximate method on one constituent; return the new weights' digest."""
-        spec, shard = plan["spec"], entry["shard"]
-        ds = self.dataset(spec["dataset"])
-        data = self._device_data(ds)
-        kept = np.concatenate(self._slice_blobs(entry["slices"]))
-        forget_ids = self.get_ids(entry["forget_ids"])
-        ids, x, y = self.scratch.load(plan.get("scratch"))
-        rows = np.isin(ids, forget_ids)
-        if rows.sum() != len(forget_ids):
-            raise ModelError(f"shard {shard}: the forget set is no longer available; unlearn exactly instead")
-        forget = verification.split_of(self, ds, x[rows], y[rows])
-        try:
-            retain = unlearning.Split(data.x[data.rows(kept)], data.y[data.rows(kept)])
-        except KeyError:
-            raise DatasetError(f"dataset {spec['dataset']!r} changed while shard {shard} was planned") from None
-        test = self.test_tensors(ds)
-        heldout = unlearning.Split(*test) if test is not None else None
-        model = sisa.load_constituent(self.store.get_blob(entry["parent_weights"]), self.device)
-        method = plan["method"]
-        self.progress(f"unlearning {len(forget_ids)} samples from shard {shard} with {method['name']}")
-        result = unlearning.run(method["name"], model, forget, retain, heldout=heldout, overrides=method["config"])
-        info = {
-            "architecture": spec["architecture"],
-            "input_shape": spec["input_shape"],
-            "num_classes": spec["num_classes"],
-            "shard": shard,
-            "samples_seen": int(len(kept)),
-            "manifest_digest": ids_digest(kept),
-            "unlearned_from": entry["parent_weights"],
-            "forgot_sample_ids_digest": ids_digest(forget_ids),
-            "method": method,
-        }
-        blob = checkpoints.dumps(result.model, torch.optim.SGD(result.model.parameters(), lr=0.0), info)
-        return self.store.put_blob(blob)
 
     def finish(self, plan: dict, results: dict[int, list[str]], seconds: dict[int, float] | None = None) -> dict:
         """Publish the version ``plan`` describes, given each trained shard's checkpoints.
@@ -421,7 +377,8 @@ class Engine:
         seconds = {int(k): v for k, v in (seconds or {}).items()}
         return self._candidate(plan, steps, status, sum(seconds.values()) if seconds else None)
 
-    def _slice_blobs(self, keys: list[str]) -> list[np.ndarray]:
+    def slice_blobs(self, keys: list[str]) -> list[np.ndarray]:
+        """Sample-id lists stored as blobs, read back."""
         return [np.frombuffer(self.store.get_blob(k), dtype="<i8").astype(np.int64) for k in keys]
 
     def _create_or_resume(self, name: str, spec: dict) -> None:
@@ -434,7 +391,8 @@ class Engine:
         if existing != spec or self.store.version_numbers(name):
             raise ModelError(f"model {name!r} already exists")
 
-    def _device_data(self, ds: Dataset, arrays: Arrays | None = None) -> DeviceData:
+    def device_data(self, ds: Dataset, arrays: Arrays | None = None) -> DeviceData:
+        """The dataset's rows as tensors on this engine's device."""
         arrays = arrays or ds.load_arrays()
         return DeviceData(arrays.sample_ids, arrays.x, arrays.y, ds.info().x_scale, self.device)
 
@@ -472,7 +430,7 @@ class Engine:
 
     def slice_ids(self, record: dict) -> list[list[np.ndarray]]:
         """The sample ids each constituent trained on, slice by slice, read back from the store."""
-        return [self._slice_blobs([s["sample_ids"] for s in c["slices"]]) for c in record["constituents"]]
+        return [self.slice_blobs([s["sample_ids"] for s in c["slices"]]) for c in record["constituents"]]
 
     def load(self, name: str, number: int | str = "latest") -> sisa.Ensemble:
         """The published version as an ensemble that predicts exactly as when published."""
@@ -485,56 +443,8 @@ class Engine:
         return sisa.Ensemble(models, record["strategy"]["aggregation"])
 
     def verify(self, name: str, number: int | str = "latest") -> dict:
-        """Re-derive a version's evidence from the stored bytes.
-
-        Checks every artifact against its sha256, recomputes each constituent's and the
-        model's manifest digest from the stored sample ids, checks each final checkpoint
-        records the same manifest, and lists erased samples the version was trained on
-        (expected only for versions published before that erasure). ``exact`` is False
-        for a version with approximately unlearned constituents: its manifest excludes the
-        removed samples, but its weights were derived from a model that saw them.
-        """
-        record = self.version(name, number)
-        problems = []
-        try:
-            slice_ids = self.slice_ids(record)
-        except StoreError as exc:
-            return {"model": name, "version": record["version"], "ok": False, "problems": [exc.detail]}
-        for digest in record["artifacts"].values():
-            try:
-                self.store.get_blob(digest)
-            except StoreError as exc:
-                problems.append(exc.detail)
-        for c, slices in zip(record["constituents"], slice_ids):
-            ids = np.concatenate(slices)
-            if ids_digest(ids) != c["manifest_digest"] or len(ids) != c["n_samples"]:
-                problems.append(f"shard {c['shard']}: manifest digest does not match its sample ids")
-            try:
-                info = checkpoints.loads(self.store.get_blob(c["weights"])).info
-            except StoreError:
-                continue  # already reported with the artifacts
-            # Approximately unlearned weights are not a slice checkpoint; they name their origin.
-            if c["weights"] != c["slices"][-1]["checkpoint"] and "unlearned_from" not in info:
-                problems.append(f"shard {c['shard']}: weights are not the last slice's checkpoint")
-            if info["manifest_digest"] != c["manifest_digest"]:
-                problems.append(f"shard {c['shard']}: checkpoint was trained on other samples")
-        every_id = np.concatenate([np.concatenate(s) for s in slice_ids])
-        if ids_digest(every_id) != record["manifest_digest"]:
-            problems.append("model manifest digest does not match its sample ids")
-        erased_in = []
-        for e in self.dataset(record["dataset"]).erasures():
-            n = int(np.isin(np.asarray(e.sample_ids, dtype=np.int64), every_id).sum())
-            if n:
-                erased_in.append({"owner_id": e.owner_id, "samples": n, "erased_at": e.erased_at})
-        return {
-            "model": name,
-            "version": record["version"],
-            "ok": not problems,
-            "exact": record.get("exact", True),
-            "problems": problems,
-            "manifest_digest": record["manifest_digest"],
-            "erased_owners_in_manifest": erased_in,
-        }
+        """Re-derive a version's evidence from the stored bytes; see ``evidence.verify``."""
+        return evidence.verify(self, name, number)
 
     def test_tensors(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
         test = ds.load_test()
@@ -561,7 +471,7 @@ class Engine:
                 artifacts[f"shard{shard}.slice{r}.sample_ids"] = ids_key
                 artifacts[f"shard{shard}.slice{r}.checkpoint"] = ckpt_key
                 slices_out.append({"sample_ids": ids_key, "n_samples": n, "checkpoint": ckpt_key})
-            all_ids = np.concatenate(self._slice_blobs([s["sample_ids"] for s in slices_out]))
+            all_ids = np.concatenate(self.slice_blobs([s["sample_ids"] for s in slices_out]))
             every_id.append(all_ids)
             state, from_slice, cached, weights, tainted = status[shard]
             constituent = {

@@ -1,0 +1,61 @@
+"""Re-deriving a version's evidence from the stored bytes (what an auditor runs)."""
+from __future__ import annotations
+
+import numpy as np
+
+from models_store import StoreError
+from workers.engine import checkpoints
+from workers.engine.digests import ids_digest
+
+
+def verify(engine, name: str, number: int | str = "latest") -> dict:
+    """Re-derive a version's evidence from the stored bytes.
+
+    Checks every artifact against its sha256, recomputes each constituent's and the
+    model's manifest digest from the stored sample ids, checks each final checkpoint
+    records the same manifest, and lists erased samples the version was trained on
+    (expected only for versions published before that erasure). ``exact`` is False
+    for a version with approximately unlearned constituents: its manifest excludes the
+    removed samples, but its weights were derived from a model that saw them.
+    """
+    record = engine.version(name, number)
+    problems = []
+    try:
+        slice_ids = engine.slice_ids(record)
+    except StoreError as exc:
+        return {"model": name, "version": record["version"], "ok": False, "problems": [exc.detail]}
+    for digest in record["artifacts"].values():
+        try:
+            engine.store.get_blob(digest)
+        except StoreError as exc:
+            problems.append(exc.detail)
+    for c, slices in zip(record["constituents"], slice_ids):
+        ids = np.concatenate(slices)
+        if ids_digest(ids) != c["manifest_digest"] or len(ids) != c["n_samples"]:
+            problems.append(f"shard {c['shard']}: manifest digest does not match its sample ids")
+        try:
+            info = checkpoints.loads(engine.store.get_blob(c["weights"])).info
+        except StoreError:
+            continue  # already reported with the artifacts
+        # Approximately unlearned weights are not a slice checkpoint; they name their origin.
+        if c["weights"] != c["slices"][-1]["checkpoint"] and "unlearned_from" not in info:
+            problems.append(f"shard {c['shard']}: weights are not the last slice's checkpoint")
+        if info["manifest_digest"] != c["manifest_digest"]:
+            problems.append(f"shard {c['shard']}: checkpoint was trained on other samples")
+    every_id = np.concatenate([np.concatenate(s) for s in slice_ids])
+    if ids_digest(every_id) != record["manifest_digest"]:
+        problems.append("model manifest digest does not match its sample ids")
+    erased_in = []
+    for e in engine.dataset(record["dataset"]).erasures():
+        n = int(np.isin(np.asarray(e.sample_ids, dtype=np.int64), every_id).sum())
+        if n:
+            erased_in.append({"owner_id": e.owner_id, "samples": n, "erased_at": e.erased_at})
+    return {
+        "model": name,
+        "version": record["version"],
+        "ok": not problems,
+        "exact": record.get("exact", True),
+        "problems": problems,
+        "manifest_digest": record["manifest_digest"],
+        "erased_owners_in_manifest": erased_in,
+    }
