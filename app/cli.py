@@ -65,7 +65,10 @@ def cmd_train(args):
 
 def cmd_unlearn(args):
     engine = _engine(args)
-    v = engine.unlearn(args.model, args.owner, requests=args.request, mode="full" if args.full else "sisa")
+    if args.method and args.full:
+        raise EngineError("--full and --method exclude each other")
+    mode = "full" if args.full else "approximate" if args.method else "sisa"
+    v = engine.unlearn(args.model, args.owner, requests=args.request, mode=mode, method=args.method)
     if v is None:
         _print(args, None, f"nothing to unlearn: {args.model} already excludes those owners' samples")
     else:
@@ -153,9 +156,14 @@ def cmd_demo(args):
 
 def _summary(v: dict) -> str:
     m = v["metrics"]
-    return (f"published {v['model']} v{v['version']} ({v['kind']}): {v['n_samples']} samples, "
+    text = (f"published {v['model']} v{v['version']} ({v['kind']}): {v['n_samples']} samples, "
             f"test accuracy {m['test_accuracy']}, {m['wall_seconds']}s, retrained shards {m['retrained_shards']}, "
             f"manifest {v['manifest_digest'][:16]}")
+    if m.get("ua") is not None:
+        text += (f"\nforget set {m['forget_size']}: UA {m['ua']:.4f} (expected {m['expected_ua']}), "
+                 f"MIA-efficacy {m['mia_efficacy']} (held-out {m['mia_heldout']}), RA {m['ra']}, TA {m['ta']}"
+                 f"{'' if v.get('exact', True) else ', approximate (' + v['method']['name'] + ')'}")
+    return text
 
 
 def _details(v: dict) -> str:
@@ -227,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--owner", action="append", required=True, help="owner id (repeat for a batch)")
     s.add_argument("--request", action="append", default=None, help="request id(s) to record")
     s.add_argument("--full", action="store_true", help="retrain every shard from scratch instead")
+    s.add_argument("--method", default=None,
+                   help="unlearn the touched constituents approximately with this method: ft, ga, rl, iu, "
+                        "l1_sparse, fisher, ssd, salun or scrub (no gate here: "
+                        "the version is published with its metrics; the service gates it)")
     s.set_defaults(func=cmd_unlearn)
 
     s = sub.add_parser("retrain", help="full retrain of every shard on the current data (the reference)")

@@ -56,3 +56,17 @@ def test_demo_forgets_the_largest_owner_and_can_run_again(tmp_path, capsys):
     assert "digits-sisa v2" in out and "now holds 0 samples" in out
     code, out, _ = run(tmp_path, "demo", capsys=capsys)
     assert code == 0 and "digits-sisa v3" in out
+
+
+def test_unlearn_with_an_approximate_method_reports_its_metrics(tmp_path, capsys):
+    assert run(tmp_path, "import", "digits", "--source", "digits", capsys=capsys)[0] == 0
+    code, out, _ = run(tmp_path, "--json", "owners", "digits", "--limit", "1", capsys=capsys)
+    owner = json.loads(out)[0]["owner_id"]
+    assert run(tmp_path, "train", "m", "--dataset", "digits", "--epochs", "2", capsys=capsys)[0] == 0
+    code, out, _ = run(tmp_path, "unlearn", "m", "--owner", owner, "--method", "ssd", capsys=capsys)
+    assert code == 0 and "published m v2 (approximate)" in out and "approximate (ssd)" in out and "UA " in out
+    code, out, _ = run(tmp_path, "--json", "verify", "m", capsys=capsys)
+    report = json.loads(out)
+    assert report["ok"] is True and report["exact"] is False
+    code, _, err = run(tmp_path, "unlearn", "m", "--owner", owner, "--method", "nope", capsys=capsys)
+    assert code == 2
