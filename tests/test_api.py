@@ -368,3 +368,11 @@ def test_a_job_is_claimed_once_while_its_lease_lasts_and_resumed_after(ready):
     assert resumed.job_id == first.job_id and resumed.request_ids == first.request_ids
     events = ready.get("/v1/audit?model=m&limit=1000", headers=A).json()["events"]
     assert [e["kind"] for e in events][-1] == "job.resumed"
+
+
+def test_out_of_range_audit_cursor_and_odd_version_numbers_are_422(ready):
+    r = ready.get(f"/v1/audit?cursor={2**63}", headers=A)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request"
+    for number in ("²", "0", "-1", "v1"):
+        r = ready.get(f"/v1/models/m/versions/{number}", headers=C)
+        assert r.status_code == 422 and r.json()["code"] == "invalid_version", number

@@ -73,7 +73,7 @@ def versions(*, session: Session, name: str) -> list[ModelVersionRow]:
 def parse_version(number: str) -> int | str:
     if number == "latest":
         return number
-    if not number.isdigit() or int(number) < 1:
+    if not (number.isascii() and number.isdigit()) or int(number) < 1:
         raise ApiError(422, "invalid_version", f"version must be a positive integer or 'latest', got {number!r}")
     return int(number)
 
