@@ -73,6 +73,15 @@ def sgd(params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> 
     return torch.optim.SGD(list(params), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def optimizer(name: str, params, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``sgd`` (with momentum) or ``adam`` (the benchmark's models were trained with Adam)."""
+    if name == "adam":
+        return torch.optim.Adam(list(params), lr=lr)
+    if name == "sgd":
+        return sgd(params, lr, momentum)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+
+
 def step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, mask=None) -> None:
     """One optimiser step; ``mask`` (param -> 0/1 tensor) zeroes the gradient of frozen weights."""
     optimizer.zero_grad(set_to_none=True)
@@ -150,11 +159,12 @@ class ForgetMonitor:
 
 
 def forget_while_healing(model, optimizer, forget: Split, retain: Split, monitor: ForgetMonitor, *, steps: int,
-                         batch_size: int, gen, forget_loss, mask=None) -> None:
+                         batch_size: int, gen, forget_loss, mask=None, forget_batch_size: int | None = None) -> None:
     """Every step trains on a retain batch; while the forget set still looks seen, the
     step also carries ``forget_loss`` on a forget batch. The retain half keeps the model
     whole, the controller keeps the forget set where unseen data sits, not below it."""
-    forget_batches, retain_batches = forget.cycle(batch_size, gen), retain.cycle(batch_size, gen)
+    forget_batches = forget.cycle(forget_batch_size or batch_size, gen)
+    retain_batches = retain.cycle(batch_size, gen)
     model.train()
     for _ in range(steps):
         xr, yr = next(retain_batches)

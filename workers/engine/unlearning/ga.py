@@ -7,23 +7,25 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from workers.engine.unlearning.base import ForgetMonitor, Split, forget_while_healing, generator, sgd
+from workers.engine.unlearning.base import ForgetMonitor, Split, forget_while_healing, generator, optimizer
 
 
 @dataclass(frozen=True)
 class Config:
     retain_epochs: float = 1.0  # passes over the retain set; forget batches ride along while needed
-    lr: float = 1e-2
-    momentum: float = 0.0  # momentum would carry ascent past the stopping point
+    lr: float = 2e-3
+    optimizer: str = "adam"  # as the model was trained; SGD from a converged Adam model costs retain accuracy
+    momentum: float = 0.0  # SGD only: momentum would carry ascent past the stopping point
     ascent: float = 1.0  # weight of the ascent term
-    batch_size: int = 128
+    batch_size: int = 256
+    forget_batch_size: int = 256  # rows of the forget set per step (the ascent term is weighted per row)
     check_every: int = 5
     seed: int = 0
 
 
 def unlearn(model, forget: Split, retain: Split, cfg: Config, *, heldout: Split | None = None):
     gen = generator(cfg.seed)
-    optimizer = sgd(model.parameters(), cfg.lr, momentum=cfg.momentum)
+    opt = optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum)
     monitor = ForgetMonitor(model, forget, retain, heldout, gen, every=cfg.check_every)
 
     def loss(m, x, y):
@@ -36,6 +38,6 @@ def unlearn(model, forget: Split, retain: Split, cfg: Config, *, heldout: Split 
         return -cfg.ascent * F.cross_entropy(logits[right], y[right])
 
     steps = max(1, round(cfg.retain_epochs * len(retain) / cfg.batch_size))
-    forget_while_healing(model, optimizer, forget, retain, monitor, steps=steps, batch_size=cfg.batch_size,
-                         gen=gen, forget_loss=loss)
+    forget_while_healing(model, opt, forget, retain, monitor, steps=steps, batch_size=cfg.batch_size,
+                         gen=gen, forget_loss=loss, forget_batch_size=cfg.forget_batch_size)
     return model

@@ -12,8 +12,8 @@ from workers.engine.unlearning.base import (
     forget_while_healing,
     generator,
     num_classes,
+    optimizer,
     random_other_labels,
-    sgd,
 )
 
 
@@ -21,6 +21,7 @@ from workers.engine.unlearning.base import (
 class Config:
     retain_epochs: float = 1.0  # passes over the retain set; forget batches ride along while needed
     lr: float = 2e-3
+    optimizer: str = "sgd"
     batch_size: int = 128
     check_every: int = 5  # steps between looks at the forget set
     seed: int = 0
@@ -30,14 +31,14 @@ def relabel(model, forget: Split, retain: Split, cfg, heldout, mask=None):
     """Shared by RL and SalUn (which passes a weight mask)."""
     gen = generator(cfg.seed)
     k = num_classes(model, forget)
-    optimizer = sgd(model.parameters(), cfg.lr)
+    opt = optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     monitor = ForgetMonitor(model, forget, retain, heldout, gen, every=cfg.check_every)
 
     def loss(m, x, y):
         return F.cross_entropy(m(x), random_other_labels(y, k, gen))
 
     steps = max(1, round(cfg.retain_epochs * len(retain) / cfg.batch_size))
-    forget_while_healing(model, optimizer, forget, retain, monitor, steps=steps, batch_size=cfg.batch_size,
+    forget_while_healing(model, opt, forget, retain, monitor, steps=steps, batch_size=cfg.batch_size,
                          gen=gen, forget_loss=loss, mask=mask)
     return model
 

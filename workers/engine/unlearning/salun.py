@@ -15,6 +15,7 @@ class Config:
     saliency: float = 0.5  # fraction of weights that may change (the top |gradient|)
     retain_epochs: float = 1.0  # passes over the retain set; forget batches ride along while needed
     lr: float = 2e-3
+    optimizer: str = "sgd"
     batch_size: int = 128
     check_every: int = 5
     seed: int = 0
