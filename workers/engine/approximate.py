@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from workers.engine import checkpoints, sisa, unlearning, verification
+from workers.engine import checkpoints, sisa, unlearning
 from workers.engine.digests import ids_digest
 from workers.engine.errors import DatasetError, ModelError
 
@@ -31,7 +31,7 @@ def unlearn_constituent(engine, plan: dict, entry: dict) -> str:
     rows = np.isin(ids, forget_ids)
     if rows.sum() != len(forget_ids):
         raise ModelError(f"shard {shard}: the forget set is no longer available; unlearn exactly instead")
-    forget = verification.split_of(engine, ds, x[rows], y[rows])
+    forget = _split(engine, ds, x[rows], y[rows])
     try:
         retain = unlearning.Split(data.x[data.rows(kept)], data.y[data.rows(kept)])
     except KeyError:
@@ -55,3 +55,9 @@ def unlearn_constituent(engine, plan: dict, entry: dict) -> str:
     }
     blob = checkpoints.dumps(result.model, torch.optim.SGD(result.model.parameters(), lr=0.0), info)
     return engine.store.put_blob(blob)
+
+
+def _split(engine, ds, x: np.ndarray, y: np.ndarray) -> unlearning.Split:
+    scale = np.float32(ds.info().x_scale)
+    return unlearning.Split(torch.as_tensor(x.astype(np.float32) * scale).to(engine.device),
+                            torch.as_tensor(y.astype(np.int64)).to(engine.device))

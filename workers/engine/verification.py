@@ -9,15 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from workers.engine import metrics, sisa
-from workers.engine.unlearning.base import Split
+from workers.engine import checkpoints, metrics, sisa
 
 RETAIN_SAMPLE = 2000
 
 
 def _state(engine, digest: str) -> dict:
-    from workers.engine import checkpoints
-
     return checkpoints.loads(engine.store.get_blob(digest)).model_state
 
 
@@ -87,8 +84,3 @@ def measure(engine, plan: dict, record: dict, every_id: np.ndarray) -> dict:
         out["expected_ua"] = metrics.expected_ua(forget[1], test, present)
     return out
 
-
-def split_of(engine, ds, x: np.ndarray, y: np.ndarray) -> Split:
-    scale = np.float32(ds.info().x_scale)
-    return Split(torch.as_tensor(x.astype(np.float32) * scale).to(engine.device),
-                 torch.as_tensor(y.astype(np.int64)).to(engine.device))
