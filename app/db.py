@@ -1,18 +1,18 @@
-"""Database engine and sessions: one unit of work per HTTP request or task.
+"""Database engine and sessions: one unit of work per HTTP request, per batch of intake
+and per step of a task.
 
-Service functions never commit; the session scope commits once on success and rolls
-back on error, so a request row, its audit event and its outbox row land together.
+Service functions never commit. Whoever opens the session owns its transaction: the
+API's session dependency (``deps.get_session``), the intake writer, and
+:func:`session_scope` for the job flow and the relay. Each commits once on success and
+rolls back on error, so a request row, its audit event and its outbox row land together.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
-
-from app.settings import get_settings
 
 
 def normalise_url(url: str) -> str:
@@ -24,7 +24,8 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, pool_size: int = 4) -> Engine:
+def make_db_engine(url: str, pool_size: int = 4) -> Engine:
+    """A SQLAlchemy engine for ``url`` (PostgreSQL, or a SQLite file for the embedded default)."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -48,20 +49,14 @@ def make_engine(url: str, pool_size: int = 4) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_recycle=1800)
 
 
-@lru_cache
-def get_engine() -> Engine:
-    return make_engine(get_settings().db_url, get_settings().db_pool_size)
-
-
-@lru_cache
-def get_sessionmaker() -> sessionmaker[Session]:
-    return sessionmaker(get_engine(), expire_on_commit=False)
+def make_sessionmaker(url: str, pool_size: int = 4) -> sessionmaker[Session]:
+    return sessionmaker(make_db_engine(url, pool_size), expire_on_commit=False)
 
 
 @contextmanager
-def session_scope(factory: sessionmaker[Session] | None = None) -> Iterator[Session]:
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session that commits once on success and rolls back on any error."""
-    session = (factory or get_sessionmaker())()
+    session = factory()
     try:
         yield session
         session.commit()

@@ -1,22 +1,27 @@
-"""Typed dependencies: the database session and the authenticated caller."""
+"""Typed dependencies of the API edge: the request's unit of work, the authenticated
+caller, the settings and the unlearning engine."""
 from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.callers import Caller
 from app.errors import ApiError
+from app.outbox import has_outbox_rows
 from app.settings import Settings
 from workers.engine.engine import Engine
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    """A session for one request. Write routes commit it themselves before they answer,
-    so a 2xx is only ever sent for work that is in the database; anything else rolls back.
+    """The request's unit of work: committed when the route returns, rolled back if it
+    raises. The commit runs before the response is sent, so a 2xx is only ever sent for
+    work that is in the database; after it, the outbox relay is poked if the work queued
+    a task.
 
     The dependencies here are ``async`` because they do no I/O worth a thread (a session
     connects lazily, in the route's thread): each sync dependency would cost a hop
@@ -25,36 +30,33 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     session = request.app.state.sessionmaker()
     try:
         yield session
-    finally:
+        session.commit()
+    except BaseException:
         session.rollback()
+        raise
+    finally:
         session.close()
+    if has_outbox_rows(session):
+        request.app.state.poke_relay()
 
 
-async def get_settings_dep(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_engine(request: Request) -> Engine:
+async def get_unlearning_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-@dataclass(frozen=True)
-class Caller:
-    key_id: str  # sha256 prefix of the API key: names the caller without revealing the key
-    role: str  # client | admin
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
+bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer <key>`")
 
 
-async def get_caller(request: Request) -> Caller:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+async def get_caller(request: Request,
+                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
+    if credentials is None or not credentials.credentials.strip():
         raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'",
                        headers={"WWW-Authenticate": "Bearer"})
-    digest = hashlib.sha256(key.strip().encode()).hexdigest()
+    digest = hashlib.sha256(credentials.credentials.strip().encode()).hexdigest()
     role = request.app.state.key_roles.get(digest)
     if role is None:
         raise ApiError(401, "unauthorized", "unknown API key", headers={"WWW-Authenticate": "Bearer"})
@@ -70,5 +72,5 @@ async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Calle
 SessionDep = Annotated[Session, Depends(get_session)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 AdminDep = Annotated[Caller, Depends(require_admin)]
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_unlearning_engine)]

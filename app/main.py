@@ -1,4 +1,8 @@
-"""The FastAPI application: routes, error handlers, and the outbox relay's lifetime."""
+"""The FastAPI application factory: routes, error handlers, and the outbox relay's lifetime.
+
+``create_app(settings)`` takes the settings its edge built (``lethe api``, ``lethe
+serve``, a test); ``from_environment`` is the factory for running under uvicorn directly.
+"""
 from __future__ import annotations
 
 import gc
@@ -8,88 +12,48 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from sqlalchemy import delete, select, text
+from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
-from app import errors
 from app.audit.routes import router as audit_router
 from app.datasets.routes import router as datasets_router
-from app.db import make_engine
+from app.db import make_db_engine, session_scope
 from app.deletions.intake import Intake
 from app.deletions.routes import router as deletions_router
-from app.jobs.service import stalled_models
+from app.engine import build_engine
+from app.http import BodyLimit, install_error_handlers
+from app.jobs.flow import check_settings
+from app.jobs.service import requeue_stalled
 from app.models.routes import router as models_router
 from app.models.service import EnsembleCache
-from app.outbox import ADVANCE, Relay, enqueue_advance
+from app.outbox import Relay, prune_sent
 from app.owners.routes import router as owners_router
-from app.settings import Settings, get_settings
-from app.tables import OutboxRow, utcnow
-from workers.engine.engine import Engine
+from app.settings import Settings
+from app.worker import create_celery
 
 log = logging.getLogger("lethe.api")
 
 
-class BodyLimit:
-    """Answers 413 once a request body passes ``limit`` bytes, declared or streamed."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large(scope, receive, send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return message
-
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._too_large(scope, receive, send)
-
-    async def _too_large(self, scope, receive, send):
-        body = {"code": "payload_too_large", "detail": f"request body is larger than {self.limit} bytes"}
-        await JSONResponse(body, status_code=413)(scope, receive, send)
+def from_environment() -> FastAPI:
+    """The app for ``LETHE_*`` settings (``uvicorn --factory app.main:from_environment``)."""
+    return create_app(Settings())
 
 
-class _TooLarge(Exception):
-    pass
-
-
-def create_app(settings: Settings | None = None, *, run_relay: bool | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
+    check_settings(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = make_engine(settings.db_url, settings.db_pool_size)
+    db = make_db_engine(settings.db_url, settings.db_pool_size)
     factory = sessionmaker(db, expire_on_commit=False)
     run_relay = settings.relay_in_api if run_relay is None else run_relay
-
-    from workers.celery_app import make_celery  # the API only sends tasks by name
-
-    celery = make_celery(settings)
+    celery = create_celery(settings)  # the API only sends tasks by name
 
     def send(task: str, payload: dict) -> None:
         celery.send_task(task, kwargs=payload)
 
     def reconcile() -> None:
-        with factory() as session:
-            unsent = {p.get("model") for p in session.scalars(select(OutboxRow.payload).where(
-                OutboxRow.sent_at.is_(None), OutboxRow.task == ADVANCE))}
-            for model in stalled_models(session):
-                if model not in unsent:
-                    enqueue_advance(session, model)
-            # Sent outbox rows are only history; keep a week of it.
-            session.execute(delete(OutboxRow).where(OutboxRow.sent_at < utcnow() - timedelta(days=7)))
-            session.commit()
+        with session_scope(factory) as session:
+            requeue_stalled(session)
+            prune_sent(session, timedelta(days=7))  # sent rows are only history
 
     relay = Relay(factory, send, interval=settings.relay_interval, reconcile=reconcile,
                   reconcile_interval=settings.reconcile_interval)
@@ -117,13 +81,13 @@ def create_app(settings: Settings | None = None, *, run_relay: bool | None = Non
     app.state.settings = settings
     app.state.sessionmaker = factory
     app.state.key_roles = settings.roles_by_key_hash()
-    app.state.engine = Engine(settings.data_dir, store_url=settings.store_url, device=settings.device)
+    app.state.engine = build_engine(settings)
     app.state.ensembles = EnsembleCache()
     app.state.celery = celery
     app.state.relay = relay
     app.state.poke_relay = relay.poke if run_relay else (lambda: None)
     app.state.intake = Intake(factory, app.state.engine, on_commit=app.state.poke_relay)
-    errors.install(app)
+    install_error_handlers(app)
     for router in (datasets_router, models_router, deletions_router, owners_router, audit_router):
         app.include_router(router)
 

@@ -11,10 +11,13 @@ import json
 import logging
 import threading
 import time
+from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import RetryError, Retrying, retry_if_exception_type, wait_exponential
 
+from app.db import session_scope
 from app.tables import OutboxRow, utcnow
 
 log = logging.getLogger("lethe.outbox")
@@ -22,13 +25,30 @@ ADVANCE = "lethe.advance"  # "look at this model's pending work": the one task t
 
 
 def enqueue(session: Session, task: str, payload: dict) -> OutboxRow:
+    """Add work for the broker to the caller's transaction; whoever commits it pokes the
+    relay (``has_outbox_rows`` says whether to)."""
     row = OutboxRow(task=task, payload=payload)
     session.add(row)
+    session.info["outbox"] = True
     return row
+
+
+def has_outbox_rows(session: Session) -> bool:
+    return bool(session.info.get("outbox"))
 
 
 def enqueue_advance(session: Session, model: str) -> OutboxRow:
     return enqueue(session, ADVANCE, {"model": model})
+
+
+def unsent_advances(session: Session) -> set[str]:
+    """Models with an ``advance`` waiting in the outbox."""
+    return {p.get("model") for p in session.scalars(select(OutboxRow.payload).where(
+        OutboxRow.sent_at.is_(None), OutboxRow.task == ADVANCE))}
+
+
+def prune_sent(session: Session, older_than: timedelta) -> None:
+    session.execute(delete(OutboxRow).where(OutboxRow.sent_at < utcnow() - older_than))
 
 
 def relay_batch(factory: sessionmaker[Session], send, limit: int = 500) -> int:
@@ -38,7 +58,7 @@ def relay_batch(factory: sessionmaker[Session], send, limit: int = 500) -> int:
     sent once. Rows are locked with SKIP LOCKED, so several relays never send the same
     row at the same time. A row is marked sent only after its message went out.
     """
-    with factory() as session:
+    with session_scope(factory) as session:
         rows = session.execute(
             select(OutboxRow.id, OutboxRow.task, OutboxRow.payload).where(OutboxRow.sent_at.is_(None))
             .order_by(OutboxRow.id).limit(limit).with_for_update(skip_locked=True)
@@ -61,13 +81,20 @@ def relay_batch(factory: sessionmaker[Session], send, limit: int = 500) -> int:
         if failed:
             session.execute(update(OutboxRow).where(OutboxRow.id == failed[0])
                             .values(attempts=OutboxRow.attempts + 1, last_error=failed[1]))
-        session.commit()
         return len(sent_ids)
+
+
+class BrokerDown(Exception):
+    """An unsent row's last send failed: the broker is (still) down."""
 
 
 class Relay:
     """A background thread that drains the outbox: woken at once by ``poke()`` after a
-    commit, and every ``interval`` seconds anyway; it also runs ``reconcile`` now and then."""
+    commit, and every ``interval`` seconds anyway; it also runs ``reconcile`` now and then.
+
+    While the broker or the database is down, rounds are retried with exponential
+    back-off (tenacity), up to 10 s apart; a poke still wakes the relay at once.
+    """
 
     def __init__(self, factory: sessionmaker[Session], send, *, interval: float, reconcile=None,
                  reconcile_interval: float = 30.0):
@@ -77,6 +104,7 @@ class Relay:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_reconcile = 0.0
 
     def poke(self) -> None:
         self._wake.set()
@@ -92,27 +120,39 @@ class Relay:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        last_reconcile, failures = 0.0, 0
+        retrying = Retrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential(multiplier=self.interval, max=10.0),
+            stop=lambda _: self._stop.is_set(),
+            sleep=self._pause,
+            before_sleep=lambda state: log.warning("outbox relay round failed (%s); retrying",
+                                                   state.outcome.exception()),
+        )
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                if self.reconcile and time.monotonic() - last_reconcile >= self.reconcile_interval:
-                    last_reconcile = time.monotonic()
-                    self.reconcile()
-                while relay_batch(self.factory, self.send) and not self._stop.is_set():
-                    pass
-                failures = failures + 1 if self._failing() else 0
-            except Exception:
-                failures += 1
-                log.exception("outbox relay round failed; retrying")
-            # Back off while the broker or database is down; a poke still wakes us at once.
-            self._wake.wait(min(self.interval * 2 ** min(failures, 6), 10.0))
-            # Under load, pokes arrive faster than rounds: a short pause lets one round
-            # carry many rows (and send one message per model) instead of one row each.
-            self._stop.wait(self.min_gap)
+                retrying(self._round)
+            except RetryError:
+                return  # stopped while failing
+            self._pause(self.interval)
+
+    def _round(self) -> None:
+        if self.reconcile and time.monotonic() - self._last_reconcile >= self.reconcile_interval:
+            self._last_reconcile = time.monotonic()
+            self.reconcile()
+        while relay_batch(self.factory, self.send) and not self._stop.is_set():
+            pass
+        if self._failing():
+            raise BrokerDown("an outbox row could not be sent")
+
+    def _pause(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
+        # Under load, pokes arrive faster than rounds: a short pause lets one round carry
+        # many rows (and send one message per model) instead of one row each.
+        self._stop.wait(self.min_gap)
 
     def _failing(self) -> bool:
-        """An unsent row whose last send failed: the broker is (still) down."""
         with self.factory() as session:
             return session.scalars(select(OutboxRow.id).where(
                 OutboxRow.sent_at.is_(None), OutboxRow.last_error.is_not(None)).limit(1)).first() is not None

@@ -2,11 +2,14 @@
 
 Unset URLs fall back to SQLite files under ``LETHE_DATA_DIR``: the database, a
 server-less Celery broker (kombu's SQLAlchemy transport) and the Celery result store.
+
+A ``Settings`` object is built once, at an edge (the CLI's options, the API's and the
+worker's start-up, a test), and handed to what needs it: the API factory, the Celery
+factory, the job flow, the engine. Nothing reads the environment after that.
 """
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +28,7 @@ class Settings(BaseSettings):
     admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     client_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str | None = None  # default: cuda when present, else cpu
+    fashion_mnist_dir: Path | None = None  # default: where Debian's dataset-fashion-mnist puts it
 
     db_pool_size: int = 4  # database connections per process
     max_upload_bytes: int = 200 * 1024 * 1024
@@ -37,6 +41,7 @@ class Settings(BaseSettings):
     relay_in_api: bool = True  # run the outbox relay inside the API process
     worker_concurrency: int = 1
     worker_max_tasks_per_child: int = 0  # 1 on GPU workers: a fresh process per task frees GPU memory
+    torch_threads: int = 0  # per worker process; 0: the cores divided among the pool's processes
     broker_polling_interval: float = 0.05  # kombu SQLAlchemy transport only
 
     # Approximate unlearning: what `method: auto` runs, and the verify-then-publish gate.
@@ -50,15 +55,6 @@ class Settings(BaseSettings):
     # Share of approximate deletions that also get an exact retrain, unpublished, as a
     # reference: the gap between the two is recorded (0 = never, 1 = always).
     spot_check_rate: float = 0.0
-
-    @field_validator("auto_method")
-    @classmethod
-    def _known_method(cls, value):
-        from workers.engine.unlearning import METHODS
-
-        if value not in METHODS:
-            raise ValueError(f"auto_method must be one of {', '.join(METHODS)}")
-        return value
 
     @field_validator("admin_keys", "client_keys", mode="before")
     @classmethod
@@ -93,7 +89,6 @@ class Settings(BaseSettings):
         roles.update({hashlib.sha256(k.encode()).hexdigest(): "admin" for k in self.admin_keys})
         return roles
 
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()
+    def source_paths(self) -> dict[str, Path]:
+        """Default locations of the dataset sources that read files by name."""
+        return {"fashion-mnist": self.fashion_mnist_dir} if self.fashion_mnist_dir else {}

@@ -1,8 +1,9 @@
-"""Alembic environment: the database URL comes from Lethe's settings (or the caller's config)."""
+"""Alembic environment: the database URL comes from the caller's config (``lethe migrate``),
+else from ``LETHE_*`` settings (plain ``alembic upgrade head``)."""
 from alembic import context
 
-from app.db import make_engine
-from app.settings import get_settings
+from app.db import make_db_engine
+from app.settings import Settings
 from app.tables import Base
 
 config = context.config
@@ -10,7 +11,7 @@ target_metadata = Base.metadata
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=config.get_main_option("sqlalchemy.url") or get_settings().db_url,
+    context.configure(url=config.get_main_option("sqlalchemy.url") or Settings().db_url,
                       target_metadata=target_metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
@@ -23,7 +24,7 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = make_engine(config.get_main_option("sqlalchemy.url") or get_settings().db_url)
+    engine = make_db_engine(config.get_main_option("sqlalchemy.url") or Settings().db_url)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():

@@ -1,25 +1,28 @@
-"""Versioned, immutable, content-addressed model store."""
+"""Versioned, immutable, content-addressed model store: the bottom layer (it imports
+nothing of Lethe's)."""
 from models_store.backends import Backend, FsspecBackend, LocalBackend, open_backend
-from models_store.store import (
+from models_store.errors import (
     BlobCorrupt,
+    LetheError,
     ModelExists,
-    ModelStore,
+    ModelNotFound,
     StoreError,
-    UnknownModel,
-    UnknownVersion,
     VersionConflict,
+    VersionNotFound,
 )
+from models_store.store import ModelStore
 
 __all__ = [
     "Backend",
     "BlobCorrupt",
     "FsspecBackend",
+    "LetheError",
     "LocalBackend",
     "ModelExists",
+    "ModelNotFound",
     "ModelStore",
     "StoreError",
-    "UnknownModel",
-    "UnknownVersion",
     "VersionConflict",
+    "VersionNotFound",
     "open_backend",
 ]

@@ -17,34 +17,7 @@ import json
 from datetime import datetime, timezone
 
 from models_store.backends import Backend
-
-
-class StoreError(Exception):
-    code = "store_error"
-
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self.detail = detail
-
-
-class ModelExists(StoreError):
-    code = "model_exists"
-
-
-class UnknownModel(StoreError):
-    code = "model_not_found"
-
-
-class UnknownVersion(StoreError):
-    code = "version_not_found"
-
-
-class VersionConflict(StoreError):
-    code = "version_conflict"
-
-
-class BlobCorrupt(StoreError):
-    code = "blob_corrupt"
+from models_store.errors import BlobCorrupt, ModelExists, ModelNotFound, StoreError, VersionConflict, VersionNotFound
 
 
 def _blob_key(digest: str) -> str:
@@ -88,7 +61,7 @@ class ModelStore:
         try:
             return json.loads(self.backend.read(f"models/{name}/model.json"))
         except FileNotFoundError:
-            raise UnknownModel(f"model {name!r} does not exist") from None
+            raise ModelNotFound(f"model {name!r} does not exist") from None
 
     def model_names(self) -> list[str]:
         return [n for n in self.backend.list("models") if self.backend.exists(f"models/{n}/model.json")]
@@ -107,12 +80,12 @@ class ModelStore:
         if number == "latest":
             number = self.latest_number(name)
             if number is None:
-                raise UnknownVersion(f"model {name!r} has no versions yet")
+                raise VersionNotFound(f"model {name!r} has no versions yet")
         try:
             raw = self.backend.read(f"models/{name}/versions/{int(number):08d}.json")
         except FileNotFoundError:
             self.model_spec(name)
-            raise UnknownVersion(f"model {name!r} has no version {number}") from None
+            raise VersionNotFound(f"model {name!r} has no version {number}") from None
         record = json.loads(raw)
         record["record_sha256"] = hashlib.sha256(raw).hexdigest()
         return record

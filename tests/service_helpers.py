@@ -18,33 +18,22 @@ TINY_MODEL = {
 }
 
 
-def use_settings(monkeypatch, data_dir, **extra) -> Settings:
-    """Point every cached settings/DB/engine helper at ``data_dir``."""
-    from app import db
-    from app.settings import get_settings
-
-    env = {"LETHE_DATA_DIR": str(data_dir), "LETHE_ADMIN_KEYS": ADMIN, "LETHE_CLIENT_KEYS": f"{CLIENT},{CLIENT2}",
-           "LETHE_DEVICE": "cpu", **extra}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    for name in ("LETHE_DATABASE_URL", "LETHE_BROKER_URL", "LETHE_RESULT_BACKEND"):
-        if name not in env:
-            monkeypatch.delenv(name, raising=False)
-    get_settings.cache_clear()
-    db.get_engine.cache_clear()
-    db.get_sessionmaker.cache_clear()
-    return get_settings()
+def make_settings(data_dir, **overrides) -> Settings:
+    """Settings for an app on a SQLite database and broker under ``data_dir``."""
+    return Settings(data_dir=data_dir, admin_keys=[ADMIN], client_keys=[CLIENT, CLIENT2], device="cpu",
+                    database_url=None, broker_url=None, result_backend=None, **overrides)
 
 
 def run_worker_inline(app) -> int:
-    """Deliver every outbox message to the tasks, in this process, until none is left."""
+    """Deliver every outbox message to the tasks, in this process, until none is left.
+
+    The tasks run on a Celery app built from ``app.state.settings`` (a test may replace
+    those settings between calls)."""
     from app.outbox import relay_batch
-    from workers import tasks
-    from workers.celery_app import celery_app
+    from app.worker import create_celery
 
-    celery_app.conf.task_always_eager = True
-    tasks.engine.cache_clear()
-
+    celery = create_celery(app.state.settings)
+    celery.conf.task_always_eager = True
     total = 0
     while True:
         batch = []
@@ -52,5 +41,5 @@ def run_worker_inline(app) -> int:
         if not relay_batch(app.state.sessionmaker, lambda task, payload: batch.append((task, payload))):
             return total
         for task, payload in batch:
-            celery_app.tasks[task].apply(kwargs=payload)
+            celery.tasks[task].apply(kwargs=payload)
         total += len(batch)

@@ -10,15 +10,15 @@ from sqlalchemy import select, text
 
 from app.migrate import upgrade
 from app.tables import AuditEventRow, OutboxRow
-from tests.service_helpers import A, C, C2, TINY_MODEL, run_worker_inline, use_settings
+from tests.service_helpers import A, C, C2, TINY_MODEL, make_settings, run_worker_inline
 
 warnings.filterwarnings("ignore", message=".*httpx.*")
 from fastapi.testclient import TestClient  # noqa: E402
 
 
 @pytest.fixture
-def client(tmp_path, monkeypatch):
-    settings = use_settings(monkeypatch, tmp_path / "lethe")
+def client(tmp_path):
+    settings = make_settings(tmp_path / "lethe")
     settings.data_dir.mkdir(parents=True)
     upgrade(settings.db_url)
     from app.main import create_app
@@ -87,8 +87,8 @@ def test_unsupported_method_is_422(ready):
     assert r.status_code == 422 and r.json()["code"] == "invalid_request"
 
 
-def test_oversized_upload_is_413(tmp_path, monkeypatch):
-    settings = use_settings(monkeypatch, tmp_path / "small", LETHE_MAX_UPLOAD_BYTES="1000")
+def test_oversized_upload_is_413(tmp_path):
+    settings = make_settings(tmp_path / "small", max_upload_bytes=1000)
     settings.data_dir.mkdir(parents=True)
     upgrade(settings.db_url)
     from app.main import create_app
@@ -315,7 +315,7 @@ def test_openapi_lists_the_v1_routes(client):
 def test_one_group_commit_accepts_many_and_isolates_bad_requests(ready):
     from app.deletions.schemas import DeletionCreate
     from app.deletions.service import Accepted, Submission
-    from app.deps import Caller
+    from app.callers import Caller
     from app.errors import ApiError
 
     owners = [o["owner_id"] for o in ready.get("/v1/datasets/digits/owners?limit=3", headers=A).json()["owners"]]

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import pytest
 
-from app.settings import get_settings
 from tests.service_helpers import A, C
 from tests.test_api import an_owner, client, ready  # noqa: F401  (fixtures)
 
 VERIFICATION = ("ua", "ra", "ta", "mia_efficacy", "mia_heldout", "loss_auc", "expected_ua", "l2_to_parent", "rte_seconds")
 
 
-def _gate(monkeypatch, ua: float, mia: float, ta_drop: float) -> None:
-    monkeypatch.setenv("LETHE_GATE_UA_TOLERANCE", str(ua))
-    monkeypatch.setenv("LETHE_GATE_MIA_TOLERANCE", str(mia))
-    monkeypatch.setenv("LETHE_GATE_MAX_TA_DROP", str(ta_drop))
-    get_settings.cache_clear()
+def _settings(client, **changes) -> None:
+    """Change the settings the (inline) worker runs with from now on."""
+    client.app_.state.settings = client.app_.state.settings.model_copy(update=changes)
+
+
+def _gate(client, ua: float, mia: float, ta_drop: float) -> None:
+    _settings(client, gate_ua_tolerance=ua, gate_mia_tolerance=mia, gate_max_ta_drop=ta_drop)
 
 
 def _delete(client, method: str, owner: str | None = None) -> dict:
@@ -44,8 +45,8 @@ def test_every_version_carries_verification_metrics(ready):
     assert req["outcomes"][0]["metrics"]["ua"] == v["metrics"]["ua"]
 
 
-def test_approximate_version_is_published_when_it_passes_the_gate(ready, monkeypatch):
-    _gate(monkeypatch, ua=1.0, mia=1.0, ta_drop=1.0)
+def test_approximate_version_is_published_when_it_passes_the_gate(ready):
+    _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0)
     req = _delete(ready, "ssd")
     assert req["status"] == "completed" and req["method"] == "ssd"
     v = ready.get("/v1/models/m/versions/2", headers=C).json()
@@ -58,8 +59,8 @@ def test_approximate_version_is_published_when_it_passes_the_gate(ready, monkeyp
     assert attempts[0]["data"]["metrics"]["ua"] == v["metrics"]["ua"]
 
 
-def test_gate_falls_back_to_exact_when_thresholds_are_impossible(ready, monkeypatch):
-    _gate(monkeypatch, ua=-1.0, mia=-1.0, ta_drop=-1.0)
+def test_gate_falls_back_to_exact_when_thresholds_are_impossible(ready):
+    _gate(ready, ua=-1.0, mia=-1.0, ta_drop=-1.0)
     req = _delete(ready, "auto")
     assert req["status"] == "completed"
     v = ready.get("/v1/models/m/versions/latest", headers=C).json()
@@ -68,14 +69,14 @@ def test_gate_falls_back_to_exact_when_thresholds_are_impossible(ready, monkeypa
     kinds = [e["kind"] for e in _audit(ready, req["id"])]
     assert kinds.index("unlearning.attempt") < kinds.index("request.model_unlearned")
     attempt = next(e for e in _audit(ready, req["id"]) if e["kind"] == "unlearning.attempt")
-    assert attempt["data"]["passed"] is False and attempt["data"]["method"] == get_settings().auto_method
+    assert attempt["data"]["passed"] is False and attempt["data"]["method"] == ready.app_.state.settings.auto_method
     assert attempt["data"]["failures"] and attempt["data"]["metrics"]["ua"] is not None
     done = next(e for e in _audit(ready, req["id"]) if e["kind"] == "request.model_unlearned")
     assert done["data"]["metrics"]["ua"] == v["metrics"]["ua"]  # the exact attempt's numbers
 
 
-def test_exact_pass_after_an_approximate_one_retrains_from_the_tainted_slice(ready, monkeypatch):
-    _gate(monkeypatch, ua=1.0, mia=1.0, ta_drop=1.0)
+def test_exact_pass_after_an_approximate_one_retrains_from_the_tainted_slice(ready):
+    _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0)
     owners = [o["owner_id"] for o in ready.get("/v1/datasets/digits/owners?limit=40", headers=A).json()["owners"]]
     _delete(ready, "ft", owners[0])
     tainted = {c["shard"]: c["tainted_from_slice"] for c in
@@ -89,10 +90,10 @@ def test_exact_pass_after_an_approximate_one_retrains_from_the_tainted_slice(rea
         assert c["status"] == "retrained" and c["retrained_from_slice"] <= r
 
 
-def test_forget_rows_leave_scratch_when_the_job_ends(ready, monkeypatch):
-    _gate(monkeypatch, ua=-1.0, mia=-1.0, ta_drop=-1.0)
+def test_forget_rows_leave_scratch_when_the_job_ends(ready):
+    _gate(ready, ua=-1.0, mia=-1.0, ta_drop=-1.0)
     _delete(ready, "rl")
-    scratch = get_settings().data_dir / "scratch"
+    scratch = ready.app_.state.settings.data_dir / "scratch"
     assert not scratch.exists() or not any(scratch.iterdir())
 
 
@@ -102,10 +103,9 @@ def test_unknown_method_is_422(ready, method):
     assert r.status_code == 422 and r.json()["code"] == "invalid_request"
 
 
-def test_spot_check_records_the_gap_to_an_exact_reference(ready, monkeypatch):
-    _gate(monkeypatch, ua=1.0, mia=1.0, ta_drop=1.0)
-    monkeypatch.setenv("LETHE_SPOT_CHECK_RATE", "1")
-    get_settings.cache_clear()
+def test_spot_check_records_the_gap_to_an_exact_reference(ready):
+    _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0)
+    _settings(ready, spot_check_rate=1.0)
     req = _delete(ready, "ssd")
     assert req["status"] == "completed"
     v = ready.get("/v1/models/m/versions/latest", headers=C).json()

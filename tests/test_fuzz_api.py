@@ -9,13 +9,12 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from app.migrate import upgrade
-from tests.service_helpers import A, TINY_MODEL, run_worker_inline, use_settings
+from tests.service_helpers import A, TINY_MODEL, make_settings, run_worker_inline
 
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    settings_ = use_settings(mp, tmp_path_factory.mktemp("fuzz") / "lethe")
+    settings_ = make_settings(tmp_path_factory.mktemp("fuzz") / "lethe")
     settings_.data_dir.mkdir(parents=True)
     upgrade(settings_.db_url)
     from fastapi.testclient import TestClient
@@ -28,7 +27,6 @@ def api_schema(tmp_path_factory):
         c.post("/v1/models", json=TINY_MODEL, headers=A)
         run_worker_inline(app)
         yield schemathesis.openapi.from_asgi("/openapi.json", app)
-    mp.undo()
 
 
 def test_no_input_gives_a_server_error(api_schema):

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from app.audit import service
 from app.deps import AdminDep, SessionDep
@@ -13,6 +14,8 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 
 class AuditEvent(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     seq: int
     at: str
     actor: str
@@ -24,6 +27,11 @@ class AuditEvent(BaseModel):
     data: dict
     prev_hash: str
     hash: str
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _parse(cls, value):
+        return json.loads(value) if isinstance(value, str) else value
 
 
 class AuditPage(BaseModel):
@@ -49,9 +57,7 @@ def list_events(
     """Audit events in chain order, filtered; pass ``next_cursor`` back as ``cursor``."""
     flt = service.AuditFilter(owner_id=owner_id, request_id=request_id, model=model, since=since, until=until)
     rows = service.query(session, flt, after=cursor, limit=limit)
-    events = [AuditEvent(seq=r.seq, at=r.at, actor=r.actor, kind=r.kind, owner_id=r.owner_id,
-                         request_id=r.request_id, model=r.model, version=r.version,
-                         data=service.json.loads(r.data), prev_hash=r.prev_hash, hash=r.hash) for r in rows]
+    events = [AuditEvent.model_validate(r) for r in rows]
     return AuditPage(events=events, next_cursor=rows[-1].seq if len(rows) == limit else None)
 
 

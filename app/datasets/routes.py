@@ -38,12 +38,6 @@ _IMPORT_BODY = {
 }
 
 
-def _out(row) -> DatasetOut:
-    return DatasetOut(name=row.name, source=row.source, n_samples=row.n_samples, n_owners=row.n_owners,
-                      n_test=row.info["n_test"], num_classes=row.info["num_classes"],
-                      input_shape=row.info["input_shape"], x_scale=row.info["x_scale"], created_at=row.created_at)
-
-
 @router.post("", status_code=201, response_model=DatasetOut, openapi_extra=_IMPORT_BODY)
 async def import_dataset(request: Request, session: SessionDep, engine: EngineDep, caller: AdminDep) -> DatasetOut:
     """Import ``fashion-mnist`` or ``digits`` (JSON body), or upload an ``.npz`` (multipart)."""
@@ -72,19 +66,19 @@ async def import_dataset(request: Request, session: SessionDep, engine: EngineDe
             service.import_dataset, session=session, engine=engine, actor=caller.key_id,
             name=body.name, source=body.source, seed=body.seed, owners=body.owners, zipf_a=body.zipf_a,
         )
-    await run_in_threadpool(session.commit)
-    return _out(row)
+    return DatasetOut.model_validate(row)
 
 
 @router.get("", response_model=list[DatasetOut])
 def list_datasets(session: SessionDep, engine: EngineDep, _: CallerDep) -> list[DatasetOut]:
-    return [_out(service.refresh_counts(session=session, engine=engine, row=r)) for r in service.list_all(session=session)]
+    return [DatasetOut.model_validate(service.refresh_counts(session=session, engine=engine, row=r))
+            for r in service.list_all(session=session)]
 
 
 @router.get("/{name}", response_model=DatasetOut)
 def get_dataset(name: str, session: SessionDep, engine: EngineDep, _: CallerDep) -> DatasetOut:
     row = service.get(session=session, name=name)
-    return _out(service.refresh_counts(session=session, engine=engine, row=row))
+    return DatasetOut.model_validate(service.refresh_counts(session=session, engine=engine, row=row))
 
 
 @router.get("/{name}/owners", response_model=OwnerPage)

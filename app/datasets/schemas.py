@@ -3,30 +3,40 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
-NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+from workers.engine.ledger import NAME_PATTERN as NAME
+from workers.engine.sources import SOURCES
+
+# Sources read by name (an upload source such as npz comes as multipart instead).
+PUBLIC_SOURCES = tuple(n for n in SOURCES if not SOURCES.get(n).needs_file)
+
+
+def _info(name: str):
+    return Field(validation_alias=AliasChoices(name, AliasPath("info", name)))
 
 
 class DatasetImport(BaseModel):
     """Import a public data set; owners are assigned from ``seed`` with a Zipf skew."""
 
     name: str = Field(pattern=NAME)
-    source: Literal["fashion-mnist", "digits"]
+    source: Literal[PUBLIC_SOURCES]
     seed: int = Field(0, ge=0, le=2**31 - 1)
     owners: int | None = Field(None, ge=1, description="number of owners (default: samples / 20)")
     zipf_a: float = Field(0.75, ge=0.0, le=5.0)
 
 
 class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     source: str
     n_samples: int
     n_owners: int
-    n_test: int
-    num_classes: int
-    input_shape: list[int]
-    x_scale: float
+    n_test: int = _info("n_test")
+    num_classes: int = _info("num_classes")
+    input_shape: list[int] = _info("input_shape")
+    x_scale: float = _info("x_scale")
     created_at: datetime
 
 

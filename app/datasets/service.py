@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit.service import append
-from app.errors import ApiError, not_found
+from app.errors import ApiError, get_or_404
 from app.tables import DatasetRow
 from workers.engine.engine import Engine
 from workers.engine.ledger import DatasetInfo
@@ -35,10 +35,7 @@ def _info(info: DatasetInfo) -> dict:
 
 
 def get(*, session: Session, name: str) -> DatasetRow:
-    row = session.get(DatasetRow, name)
-    if row is None:
-        raise not_found("dataset_not_found", f"no dataset {name!r}")
-    return row
+    return get_or_404(session, DatasetRow, name, "dataset_not_found", f"no dataset {name!r}")
 
 
 def list_all(*, session: Session) -> list[DatasetRow]:

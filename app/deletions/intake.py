@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import session_scope
 from app.deletions.service import Accepted, Submission, accept_many
 from app.errors import ApiError
 from workers.engine.engine import Engine
@@ -73,14 +74,12 @@ class Intake:
         """Accept ``subs`` in one transaction; if an Idempotency-Key raced with another
         process, fall back to one transaction per request so only that one replays."""
         try:
-            with self.factory() as session:
+            with session_scope(self.factory) as session:  # one unit of work per batch
                 results = accept_many(session=session, engine=self.engine, subs=subs)
-                session.commit()
         except IntegrityError:
             if len(subs) == 1:
-                with self.factory() as session:  # the other process committed the key first
+                with session_scope(self.factory) as session:  # the other process committed the key first
                     results = accept_many(session=session, engine=self.engine, subs=subs)
-                    session.commit()
             else:
                 results = [r for sub in subs for r in self.write([sub])]
         if any(isinstance(r, Accepted) and not r.replayed for r in results):

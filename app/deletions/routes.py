@@ -1,25 +1,23 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from app.deletions import service
 from app.deletions.schemas import DeletionCreate, DeletionOut, Outcome
 from app.deps import CallerDep, SessionDep
+from app.statuses import RequestStatus
 
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
 
 
 def _out(session, row, outcomes=None) -> DeletionOut:
     outcomes = outcomes if outcomes is not None else service.outcomes(session=session, request_id=row.id)
-    return DeletionOut(
-        id=row.id, owner_id=row.owner_id, status=row.status, method=row.method, reason=row.reason,
-        failure_reason=row.failure_reason, models=[o.model for o in outcomes],
-        outcomes=[Outcome(model=o.model, status=o.status, method=o.method, version=o.version, metrics=o.metrics,
-                          seconds=o.seconds, error=o.error) for o in outcomes],
-        created_at=row.created_at, updated_at=row.updated_at, completed_at=row.completed_at,
-    )
+    out = DeletionOut.model_validate(row)
+    out.outcomes = [Outcome.model_validate(o) for o in outcomes]
+    out.models = [o.model for o in outcomes]
+    return out
 
 
 @router.post("", status_code=202, response_model=DeletionOut)
@@ -41,7 +39,7 @@ async def create_deletion(
 @router.get("", response_model=list[DeletionOut])
 def list_deletions(
     session: SessionDep, caller: CallerDep, owner_id: str | None = None,
-    status: Literal["queued", "running", "completed", "failed"] | None = None,
+    status: RequestStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[DeletionOut]:
     """The caller's own requests, newest first (an admin sees everyone's)."""

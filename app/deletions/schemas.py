@@ -3,8 +3,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from app.statuses import OutcomeStatus, RequestStatus
 from workers.engine.unlearning import METHODS
 
 DELETION_METHODS = ("exact", "auto", *METHODS)
@@ -21,8 +22,10 @@ class DeletionCreate(BaseModel):
 
 
 class Outcome(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     model: str
-    status: str
+    status: OutcomeStatus
     method: str
     version: int | None
     metrics: dict | None
@@ -31,14 +34,16 @@ class Outcome(BaseModel):
 
 
 class DeletionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     owner_id: str
-    status: str
+    status: RequestStatus
     method: str
     reason: str | None
     failure_reason: str | None
-    models: list[str]
-    outcomes: list[Outcome]
+    models: list[str] = []
+    outcomes: list[Outcome] = []
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None

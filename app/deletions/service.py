@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 
 from app.audit.service import Event, append_many
 from app.deletions.schemas import DeletionCreate
-from app.deps import Caller
+from app.callers import Caller
 from app.errors import ApiError, not_found
 from app.outbox import enqueue_advance
+from app.statuses import ModelStatus, OutcomeStatus, RequestStatus
 from app.tables import DeletionOutcomeRow, DeletionRequestRow, ModelRow, utcnow
 from workers.engine.engine import Engine
 
@@ -77,7 +78,7 @@ class _Targets:
                                 f"model {unknown[0]!r}'s dataset never held owner {body.owner_id!r}")
             return names
         names = [m.name for m in self.models.values()
-                 if m.status != "failed" and self._knows(m.dataset, body.owner_id)]
+                 if m.status != ModelStatus.FAILED and self._knows(m.dataset, body.owner_id)]
         if not names:
             raise not_found("owner_not_found", f"no model's dataset holds owner {body.owner_id!r}")
         return names
@@ -116,10 +117,10 @@ def accept_many(*, session: Session, engine: Engine, subs: list[Submission]) -> 
             continue
         request = DeletionRequestRow(
             id=str(uuid.uuid4()), owner_id=sub.body.owner_id, caller=sub.caller.key_id, method=sub.body.method,
-            reason=sub.body.reason, status="queued", idempotency_key=sub.idempotency_key, request_hash=sub.body_hash,
+            reason=sub.body.reason, status=RequestStatus.QUEUED, idempotency_key=sub.idempotency_key, request_hash=sub.body_hash,
             failure_reason=None, created_at=now, updated_at=now, completed_at=None,
         )
-        mine = [DeletionOutcomeRow(request_id=request.id, model=m, status="pending", method=sub.body.method,
+        mine = [DeletionOutcomeRow(request_id=request.id, model=m, status=OutcomeStatus.PENDING, method=sub.body.method,
                                    job_id=None, version=None, metrics=None, seconds=None, error=None, updated_at=now)
                 for m in names]
         requests.append(request)

@@ -1,4 +1,5 @@
 """The database side of jobs: claim work for a model, record its plan, finish or fail it.
+Each function works in the caller's transaction (the job flow's ``session_scope``).
 
 A job trains a model or removes owners from it. Only one job at a time changes the
 models of one dataset: the job holds a lease on the dataset row and its workers renew
@@ -16,7 +17,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.audit.service import append
-from app.outbox import enqueue_advance
+from app.outbox import enqueue_advance, unsent_advances
+from app.statuses import JobKind, JobStatus, ModelStatus, OutcomeStatus, RequestStatus
 from app.tables import (
     DatasetRow,
     DeletionOutcomeRow,
@@ -26,17 +28,18 @@ from app.tables import (
     ModelVersionRow,
     utcnow,
 )
+from workers.engine.ledger import Erasure
 
 WORKER = "worker"
-ACTIVE = ("queued", "running")
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 @dataclass
 class Claim:
     job_id: str
-    kind: str
+    kind: JobKind
     model: str
-    plan: dict | None
+    state: dict | None  # the job's saved state (plan and attempt) when it is resumed
     owner_ids: list[str]
     request_ids: list[str]
     methods: list[str]
@@ -65,33 +68,34 @@ def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
     if job is None:
         pending = session.scalars(
             select(DeletionOutcomeRow.request_id).where(
-                DeletionOutcomeRow.model == model, DeletionOutcomeRow.status == "pending"
+                DeletionOutcomeRow.model == model, DeletionOutcomeRow.status == OutcomeStatus.PENDING
             ).limit(1)
         ).first()
         if pending is None:
             return None
-        job = JobRow(id=str(uuid.uuid4()), kind="unlearn", model=model, status="queued")
-        session.add(job)
+    job_id = job.id if job is not None else str(uuid.uuid4())
     now = utcnow()
     took = session.execute(
         update(DatasetRow)
         .where(DatasetRow.name == m.dataset, or_(DatasetRow.busy_job.is_(None), DatasetRow.busy_until < now))
-        .values(busy_job=job.id, busy_until=now + timedelta(seconds=lease_seconds))
+        .values(busy_job=job_id, busy_until=now + timedelta(seconds=lease_seconds))
     ).rowcount
     if not took:
-        session.rollback()
-        return None
-    resumed = job.status == "running"
-    job.status, job.heartbeat_at = "running", now
+        return None  # nothing was written: the lease is another job's
+    if job is None:
+        job = JobRow(id=job_id, kind=JobKind.UNLEARN, model=model, status=JobStatus.QUEUED)
+        session.add(job)
+    resumed = job.status == JobStatus.RUNNING
+    job.status, job.heartbeat_at = JobStatus.RUNNING, now
     job.started_at = job.started_at or now
-    if job.kind == "unlearn" and job.plan is None:
+    if job.kind == JobKind.UNLEARN and job.plan is None:
         session.execute(
             update(DeletionOutcomeRow)
-            .where(DeletionOutcomeRow.model == model, DeletionOutcomeRow.status == "pending")
-            .values(status="running", job_id=job.id, updated_at=now)
+            .where(DeletionOutcomeRow.model == model, DeletionOutcomeRow.status == OutcomeStatus.PENDING)
+            .values(status=OutcomeStatus.RUNNING, job_id=job.id, updated_at=now)
         )
-    if job.kind == "train":
-        m.status = "training"
+    if job.kind == JobKind.TRAIN:
+        m.status = ModelStatus.TRAINING
     session.flush()
     rows = session.execute(
         select(DeletionRequestRow)
@@ -102,18 +106,18 @@ def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
     append(session, "job.resumed" if resumed else "job.started", actor=WORKER, model=model,
            data={"job_id": job.id, "kind": job.kind, "requests": [r.id for r in rows]})
     for r in rows:
-        if r.status == "queued":
-            r.status = "running"
+        if r.status == RequestStatus.QUEUED:
+            r.status = RequestStatus.RUNNING
             append(session, "request.running", actor=WORKER, owner_id=r.owner_id, request_id=r.id, model=model,
                    data={"job_id": job.id})
-    return Claim(job.id, job.kind, model, job.plan, sorted({r.owner_id for r in rows}), [r.id for r in rows],
+    return Claim(job.id, JobKind(job.kind), model, job.plan, sorted({r.owner_id for r in rows}), [r.id for r in rows],
                  [r.method for r in rows])
 
 
 def renew_lease(session: Session, job_id: str, lease_seconds: float, progress: str | None = None) -> bool:
     """Extend the job's dataset lease; False if the job no longer holds it."""
     job = session.get(JobRow, job_id)
-    if job is None or job.status != "running":
+    if job is None or job.status != JobStatus.RUNNING:
         return False
     now = utcnow()
     if progress is not None:
@@ -124,24 +128,33 @@ def renew_lease(session: Session, job_id: str, lease_seconds: float, progress: s
     ).rowcount)
 
 
-def record_plan(session: Session, job_id: str, plan: dict, erasures: list[dict]) -> None:
-    """Save the job's plan; audit each owner erasure (ids digest and count, never samples)."""
+def running_state(session: Session, job_id: str) -> dict | None:
+    """The saved state of a running job; None once it ended (or before it was planned)."""
     job = session.get(JobRow, job_id)
-    job.plan = plan
+    if job is None or job.status != JobStatus.RUNNING:
+        return None
+    return job.plan
+
+
+def record_plan(session: Session, job_id: str, state: dict, erasures: list[Erasure] = (),
+                dataset: str | None = None) -> None:
+    """Save the job's state; audit each owner erasure (ids digest and count, never samples)."""
+    job = session.get(JobRow, job_id)
+    job.plan = state
     for e in erasures:
-        append(session, "dataset.owner_erased", actor=WORKER, owner_id=e["owner_id"], model=job.model,
-               data={"job_id": job_id, "dataset": e["dataset"], "sample_count": e["sample_count"],
-                     "sample_ids_digest": e["digest"], "erased_at": e["erased_at"]})
+        append(session, "dataset.owner_erased", actor=WORKER, owner_id=e.owner_id, model=job.model,
+               data={"job_id": job_id, "dataset": dataset, "sample_count": len(e.sample_ids),
+                     "sample_ids_digest": e.digest, "erased_at": e.erased_at})
 
 
-def record_attempt(session: Session, job_id: str, plan: dict, metrics: dict, failures: list[str],
-                   phase: str = "gate", gaps: dict | None = None) -> None:
-    """Audit one unlearning attempt of the job, for each of its requests: the method, its
-    metrics (numbers only) and the gate's verdict (``phase="gate"``), or its gap to an
-    exact reference (``phase="spot_check"``)."""
+def record_attempt(session: Session, job_id: str, *, method: dict, parent: int | None, metrics: dict,
+                   failures: list[str], phase: str = "gate", gaps: dict | None = None) -> None:
+    """Audit one unlearning attempt of the job, for each of its requests: the method
+    (``{"name", "config"}``), its metrics (numbers only) and the gate's verdict
+    (``phase="gate"``), or its gap to an exact reference (``phase="spot_check"``)."""
     job = session.get(JobRow, job_id)
-    data = {"job_id": job_id, "phase": phase, "method": plan["method"]["name"], "config": plan["method"]["config"],
-            "parent": plan["parent"], "metrics": numbers(metrics)}
+    data = {"job_id": job_id, "phase": phase, "method": method["name"], "config": method["config"],
+            "parent": parent, "metrics": numbers(metrics)}
     if phase == "gate":
         data.update(passed=not failures, failures=failures)
     if gaps is not None:
@@ -164,8 +177,8 @@ def _release(session: Session, job: JobRow) -> None:
     session.execute(update(DatasetRow).where(DatasetRow.busy_job == job.id).values(busy_job=None, busy_until=None))
     waiting = session.scalars(
         select(ModelRow.name).where(ModelRow.dataset == dataset).where(
-            ModelRow.name.in_(select(DeletionOutcomeRow.model).where(DeletionOutcomeRow.status == "pending"))
-            | ModelRow.name.in_(select(JobRow.model).where(JobRow.status == "queued"))
+            ModelRow.name.in_(select(DeletionOutcomeRow.model).where(DeletionOutcomeRow.status == OutcomeStatus.PENDING))
+            | ModelRow.name.in_(select(JobRow.model).where(JobRow.status == JobStatus.QUEUED))
         )
     ).all()
     for name in waiting:
@@ -176,7 +189,7 @@ def complete(session: Session, job_id: str, record: dict | None) -> None:
     """Mark the job done. ``record`` is the published version (None: nothing to remove,
     the latest version already excludes the owners)."""
     job = session.get(JobRow, job_id)
-    if job is None or job.status == "completed":
+    if job is None or job.status == JobStatus.COMPLETED:
         return
     now = utcnow()
     model = session.get(ModelRow, job.model)
@@ -184,13 +197,13 @@ def complete(session: Session, job_id: str, record: dict | None) -> None:
     if record is not None:
         _record_version(session, job, record)
         model.latest_version = record["version"]
-    if job.kind == "train":
-        model.status, model.error = "ready", None
-    job.status, job.version, job.finished_at = "completed", version, now
+    if job.kind == JobKind.TRAIN:
+        model.status, model.error = ModelStatus.READY, None
+    job.status, job.version, job.finished_at = JobStatus.COMPLETED, version, now
     seconds = (now - job.started_at).total_seconds() if job.started_at else None
     metrics = dict(record["metrics"]) if record else {}
     for outcome in session.scalars(select(DeletionOutcomeRow).where(DeletionOutcomeRow.job_id == job_id)):
-        outcome.status, outcome.version, outcome.metrics = "completed", version, metrics
+        outcome.status, outcome.version, outcome.metrics = OutcomeStatus.COMPLETED, version, metrics
         outcome.seconds = round(seconds, 3) if seconds is not None else None
         request = session.get(DeletionRequestRow, outcome.request_id)
         append(session, "request.model_unlearned", actor=WORKER, owner_id=request.owner_id, request_id=request.id,
@@ -230,15 +243,15 @@ def _record_version(session: Session, job: JobRow, record: dict) -> None:
 def fail(session: Session, job_id: str, reason: str) -> None:
     """Mark the job failed with ``reason``; its requests fail for this model."""
     job = session.get(JobRow, job_id)
-    if job is None or job.status in ("completed", "failed"):
+    if job is None or job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
         return
     reason = reason[:2000]
-    job.status, job.error, job.finished_at = "failed", reason, utcnow()
-    if job.kind == "train":
+    job.status, job.error, job.finished_at = JobStatus.FAILED, reason, utcnow()
+    if job.kind == JobKind.TRAIN:
         model = session.get(ModelRow, job.model)
-        model.status, model.error = "failed", reason
+        model.status, model.error = ModelStatus.FAILED, reason
     for outcome in session.scalars(select(DeletionOutcomeRow).where(DeletionOutcomeRow.job_id == job_id)):
-        outcome.status, outcome.error = "failed", reason
+        outcome.status, outcome.error = OutcomeStatus.FAILED, reason
         refresh_request(session, session.get(DeletionRequestRow, outcome.request_id))
     append(session, "job.failed", actor=WORKER, model=job.model, data={"job_id": job_id, "kind": job.kind, "reason": reason})
     _release(session, job)
@@ -248,21 +261,21 @@ def refresh_request(session: Session, request: DeletionRequestRow) -> None:
     """Derive the request's status from its outcomes; audit a change."""
     session.flush()
     states = session.scalars(select(DeletionOutcomeRow.status).where(DeletionOutcomeRow.request_id == request.id)).all()
-    if any(s in ("pending", "running") for s in states):
-        new = "running" if "running" in states else request.status
-    elif "failed" in states:
-        new = "failed"
+    if any(s in (OutcomeStatus.PENDING, OutcomeStatus.RUNNING) for s in states):
+        new = RequestStatus.RUNNING if OutcomeStatus.RUNNING in states else RequestStatus(request.status)
+    elif OutcomeStatus.FAILED in states:
+        new = RequestStatus.FAILED
     else:
-        new = "completed"
+        new = RequestStatus.COMPLETED
     if new == request.status:
         return
     request.status = new
     data = {}
-    if new in ("completed", "failed"):
+    if new in (RequestStatus.COMPLETED, RequestStatus.FAILED):
         request.completed_at = utcnow()
-    if new == "failed":
+    if new == RequestStatus.FAILED:
         failed = session.scalars(select(DeletionOutcomeRow).where(
-            DeletionOutcomeRow.request_id == request.id, DeletionOutcomeRow.status == "failed")).all()
+            DeletionOutcomeRow.request_id == request.id, DeletionOutcomeRow.status == OutcomeStatus.FAILED)).all()
         request.failure_reason = "; ".join(f"{o.model}: {o.error}" for o in failed)[:2000]
         data["reason"] = request.failure_reason
     append(session, f"request.{new}", actor=WORKER, owner_id=request.owner_id, request_id=request.id, data=data)
@@ -278,7 +291,17 @@ def stalled_models(session: Session) -> list[str]:
     now = utcnow()
     free = select(DatasetRow.name).where(or_(DatasetRow.busy_job.is_(None), DatasetRow.busy_until < now))
     waiting = or_(
-        ModelRow.name.in_(select(DeletionOutcomeRow.model).where(DeletionOutcomeRow.status.in_(("pending", "running")))),
+        ModelRow.name.in_(select(DeletionOutcomeRow.model).where(
+            DeletionOutcomeRow.status.in_((OutcomeStatus.PENDING, OutcomeStatus.RUNNING)))),
         ModelRow.name.in_(select(JobRow.model).where(JobRow.status.in_(ACTIVE))),
     )
     return list(session.scalars(select(ModelRow.name).where(ModelRow.dataset.in_(free), waiting)))
+
+
+def requeue_stalled(session: Session) -> None:
+    """Queue an ``advance`` for every stalled model that has none waiting in the outbox
+    (the reconciler: a lost message or a dead worker's job is picked up again)."""
+    unsent = unsent_advances(session)
+    for model in stalled_models(session):
+        if model not in unsent:
+            enqueue_advance(session, model)

@@ -6,7 +6,6 @@ from fastapi.responses import Response
 from app.deps import AdminDep, CallerDep, EngineDep, SessionDep, SettingsDep
 from app.models import service
 from app.models.schemas import (
-    Constituent,
     JobOut,
     ModelAccepted,
     ModelCreate,
@@ -20,26 +19,17 @@ from app.models.schemas import (
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _job(job) -> JobOut | None:
-    if job is None:
-        return None
-    return JobOut(id=job.id, kind=job.kind, status=job.status, progress=job.progress, error=job.error,
-                  created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at)
-
-
 def _model(row, job) -> ModelOut:
-    return ModelOut(name=row.name, dataset=row.dataset, architecture=row.architecture, strategy=row.strategy,
-                    training=row.recipe, status=row.status, latest_version=row.latest_version, error=row.error,
-                    job=_job(job), created_at=row.created_at)
+    out = ModelOut.model_validate(row)
+    out.job = JobOut.model_validate(job) if job is not None else None
+    return out
 
 
 @router.post("", status_code=202, response_model=ModelAccepted)
-def create_model(body: ModelCreate, request: Request, session: SessionDep, caller: AdminDep) -> ModelAccepted:
+def create_model(body: ModelCreate, session: SessionDep, caller: AdminDep) -> ModelAccepted:
     """Queue training; poll ``GET /v1/models/{name}`` for status and progress."""
     model, job = service.create(session=session, actor=caller.key_id, model_in=body)
-    session.commit()
-    request.app.state.poke_relay()
-    return ModelAccepted(model=model.name, status=model.status, job=_job(job))
+    return ModelAccepted(model=model.name, status=model.status, job=JobOut.model_validate(job))
 
 
 @router.get("", response_model=list[ModelOut])
@@ -55,32 +45,13 @@ def get_model(name: str, session: SessionDep, _: CallerDep) -> ModelOut:
 
 @router.get("/{name}/versions", response_model=list[VersionSummary])
 def list_versions(name: str, session: SessionDep, _: CallerDep) -> list[VersionSummary]:
-    return [
-        VersionSummary(model=v.model, version=v.version, parent=v.parent, kind=v.kind, method=v.method,
-                       manifest_digest=v.manifest_digest, n_samples=v.n_samples, requests=v.requests,
-                       test_accuracy=v.metrics.get("test_accuracy"), created_at=v.created_at)
-        for v in service.versions(session=session, name=name)
-    ]
+    return [VersionSummary.model_validate(v) for v in service.versions(session=session, name=name)]
 
 
 @router.get("/{name}/versions/{number}", response_model=VersionOut)
 def get_version(name: str, number: str, session: SessionDep, engine: EngineDep, _: CallerDep) -> VersionOut:
     """A version's evidence: parent, digests, requests it covers, metrics, timings."""
-    r = service.record(session=session, engine=engine, name=name, number=number)
-    return VersionOut(
-        model=r["model"], version=r["version"], parent=r["parent"], kind=r["kind"],
-        method=r.get("method", {}).get("name", "exact"), method_config=r.get("method", {}).get("config"),
-        exact=r.get("exact", True), dataset=r["dataset"], architecture=r["architecture"],
-        strategy=r["strategy"], recipe=r["recipe"], device=r["device"], n_samples=r["n_samples"],
-        manifest_digest=r["manifest_digest"], record_sha256=r["record_sha256"], requests=r["removed"]["requests"],
-        removed=r["removed"], metrics=r["metrics"], artifacts=r["artifacts"], created_at=r["created_at"],
-        constituents=[
-            Constituent(shard=c["shard"], status=c["status"], retrained_from_slice=c["retrained_from_slice"],
-                        n_samples=c["n_samples"], manifest_digest=c["manifest_digest"], weights_sha256=c["weights"],
-                        tainted_from_slice=c.get("tainted_from_slice"))
-            for c in r["constituents"]
-        ],
-    )
+    return VersionOut.from_record(service.record(session=session, engine=engine, name=name, number=number))
 
 
 @router.get("/{name}/versions/{number}/artifact", response_class=Response,

@@ -3,16 +3,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
 from app.datasets.schemas import NAME
+from app.statuses import JobKind, JobStatus, ModelStatus
+from workers.engine.nets import ARCHITECTURES
+from workers.engine.sisa import AGGREGATIONS
 
 
 class SisaStrategy(BaseModel):
     kind: Literal["sisa"]
     shards: int = Field(ge=1, le=256)
     slices: int = Field(1, ge=1, le=64)
-    aggregation: Literal["mean_softmax", "vote"] = "mean_softmax"
+    aggregation: Literal[AGGREGATIONS.names()] = "mean_softmax"
 
 
 class MonolithicStrategy(BaseModel):
@@ -30,16 +33,18 @@ class TrainingSettings(BaseModel):
 class ModelCreate(BaseModel):
     name: str = Field(pattern=NAME)
     dataset: str
-    architecture: Literal["mlp", "cnn", "resnet18"] = "cnn"
+    architecture: Literal[ARCHITECTURES.names()] = "cnn"
     strategy: Annotated[SisaStrategy | MonolithicStrategy, Field(discriminator="kind")]
     training: TrainingSettings = TrainingSettings()
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
 class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
-    kind: str
-    status: str
+    kind: JobKind
+    status: JobStatus
     progress: str | None
     error: str | None
     created_at: datetime
@@ -49,24 +54,28 @@ class JobOut(BaseModel):
 
 class ModelAccepted(BaseModel):
     model: str
-    status: str
+    status: ModelStatus
     job: JobOut
 
 
 class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     dataset: str
     architecture: str
     strategy: dict
-    training: dict
-    status: str
+    training: dict = Field(validation_alias=AliasChoices("training", "recipe"))
+    status: ModelStatus
     latest_version: int | None
     error: str | None
-    job: JobOut | None
+    job: JobOut | None = None
     created_at: datetime
 
 
 class VersionSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     model: str
     version: int
     parent: int | None
@@ -75,7 +84,8 @@ class VersionSummary(BaseModel):
     manifest_digest: str
     n_samples: int
     requests: list[str]
-    test_accuracy: float | None
+    test_accuracy: float | None = Field(validation_alias=AliasChoices("test_accuracy",
+                                                                      AliasPath("metrics", "test_accuracy")))
     created_at: datetime
 
 
@@ -85,12 +95,14 @@ class Constituent(BaseModel):
     retrained_from_slice: int | None
     n_samples: int
     manifest_digest: str
-    weights_sha256: str
+    weights_sha256: str = Field(validation_alias=AliasChoices("weights_sha256", "weights"))
     tainted_from_slice: int | None = Field(
         None, description="approximately unlearned: checkpoints from this slice on still carry removed samples")
 
 
 class VersionOut(BaseModel):
+    """A version as its store record says (``from_record``)."""
+
     model: str
     version: int
     parent: int | None
@@ -112,6 +124,12 @@ class VersionOut(BaseModel):
     constituents: list[Constituent]
     artifacts: dict[str, str]
     created_at: str
+
+    @classmethod
+    def from_record(cls, r: dict) -> "VersionOut":
+        method = r.get("method", {})
+        return cls.model_validate({**r, "method": method.get("name", "exact"), "method_config": method.get("config"),
+                                   "exact": r.get("exact", True), "requests": r["removed"]["requests"]})
 
 
 class PredictIn(BaseModel):

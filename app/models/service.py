@@ -9,26 +9,25 @@ import zipfile
 from collections import OrderedDict
 
 import numpy as np
-import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit.service import append
-from app.errors import ApiError, not_found
+from app.errors import ApiError, get_or_404
 from app.models.schemas import ModelCreate
 from app.outbox import enqueue_advance
+from app.statuses import JobKind, JobStatus, ModelStatus
 from app.tables import DatasetRow, JobRow, ModelRow, ModelVersionRow
 from workers.engine.engine import Engine
 from workers.engine.sisa import Ensemble
+from workers.engine.training import scaled
 
 
 def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[ModelRow, JobRow]:
     """Record the model and its training job; the job reaches a worker through the outbox."""
     if session.get(ModelRow, model_in.name) is not None:
         raise ApiError(409, "model_exists", f"model {model_in.name!r} already exists")
-    dataset = session.get(DatasetRow, model_in.dataset)
-    if dataset is None:
-        raise not_found("dataset_not_found", f"no dataset {model_in.dataset!r}")
+    dataset = get_or_404(session, DatasetRow, model_in.dataset, "dataset_not_found", f"no dataset {model_in.dataset!r}")
     s = model_in.strategy
     strategy = {"kind": "sisa", "shards": s.shards, "slices": s.slices, "aggregation": s.aggregation} \
         if s.kind == "sisa" else {"kind": "monolithic", "shards": 1, "slices": 1, "aggregation": "mean_softmax"}
@@ -37,8 +36,8 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
                        f"least that many owners; dataset {dataset.name!r} has {dataset.n_owners}")
     recipe = {**model_in.training.model_dump(), "seed": model_in.seed}
     model = ModelRow(name=model_in.name, dataset=dataset.name, architecture=model_in.architecture,
-                     strategy=strategy, recipe=recipe, status="queued")
-    job = JobRow(id=str(uuid.uuid4()), kind="train", model=model.name, status="queued")
+                     strategy=strategy, recipe=recipe, status=ModelStatus.QUEUED)
+    job = JobRow(id=str(uuid.uuid4()), kind=JobKind.TRAIN, model=model.name, status=JobStatus.QUEUED)
     session.add(model)
     session.flush()  # the job row refers to the model row
     session.add(job)
@@ -50,10 +49,7 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
 
 
 def get(*, session: Session, name: str) -> ModelRow:
-    row = session.get(ModelRow, name)
-    if row is None:
-        raise not_found("model_not_found", f"no model {name!r}")
-    return row
+    return get_or_404(session, ModelRow, name, "model_not_found", f"no model {name!r}")
 
 
 def list_all(*, session: Session) -> list[ModelRow]:
@@ -134,6 +130,6 @@ def predict(*, engine: Engine, cache: EnsembleCache, record: dict, inputs: list,
     if not np.isfinite(x).all():
         raise ApiError(422, "invalid_inputs", "inputs must be finite numbers")
     scale = engine.dataset(record["dataset"]).info().x_scale
-    x = torch.as_tensor(x.reshape(len(x), *spec_shape) * np.float32(scale)).to(engine.device)
+    x = scaled(x.reshape(len(x), *spec_shape), scale, engine.device)
     ensemble = cache.get(engine, record["model"], record["version"])
     return ensemble.predict_proba(x).cpu().numpy()

@@ -1,12 +1,25 @@
-"""The unlearning engine: data ledger, models, SISA training and exact unlearning.
+"""The unlearning engine: a plain library (no HTTP, no Celery, no database) that the
+service, the CLI, the tests and the benchmarks call. Its rooms:
 
-It speaks neither HTTP nor Celery, so tests, benchmarks and the CLI call it directly.
+- ``ledger``, ``sources``, ``datasets``: the owner-keyed dataset store, where data comes
+  from, import and erasure;
+- ``plans``, ``planning``: the typed plan of a pass and how it is cut;
+- ``sisa``, ``training``, ``nets``, ``checkpoints``, ``shards``, ``approximate``,
+  ``unlearning/``: running one shard, exactly (SISA) or approximately (a method);
+- ``candidate``, ``verification``, ``metrics``, ``evidence``: the version record, its
+  verification metrics, and re-deriving the evidence from stored bytes;
+- ``publishing``: the next immutable version in ``models_store``;
+- ``engine.Engine``: the front door that holds the collaborators and runs whole passes.
+
+Architectures, dataset sources, aggregations and unlearning methods are registries
+(``registry.Registry``): an extension is one file and one registration line.
 """
 from workers.engine.errors import (
     DatasetError,
     DatasetExists,
     DatasetNotFound,
     EngineError,
+    LetheError,
     ModelError,
     ModelNotFound,
     OwnerNotFound,
@@ -18,6 +31,7 @@ __all__ = [
     "DatasetExists",
     "DatasetNotFound",
     "EngineError",
+    "LetheError",
     "ModelError",
     "ModelNotFound",
     "OwnerNotFound",

@@ -1,14 +1,13 @@
-"""Errors the engine raises; each carries a machine-readable ``code`` for callers."""
+"""Errors the engine raises; each carries a machine-readable ``code`` for callers.
+
+They belong to the store's family (:class:`models_store.LetheError`), and a missing
+model or version is the store's own error, so callers map one family of codes.
+"""
+from models_store.errors import LetheError, ModelNotFound, VersionNotFound
 
 
-class EngineError(Exception):
-    """Base error: ``code`` is stable and machine-readable, the message is for people."""
-
+class EngineError(LetheError):
     code = "engine_error"
-
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self.detail = detail
 
 
 class DatasetError(EngineError):
@@ -31,9 +30,14 @@ class ModelError(EngineError):
     code = "invalid_model"
 
 
-class ModelNotFound(EngineError):
-    code = "model_not_found"
-
-
-class VersionNotFound(EngineError):
-    code = "version_not_found"
+__all__ = [
+    "DatasetError",
+    "DatasetExists",
+    "DatasetNotFound",
+    "EngineError",
+    "LetheError",
+    "ModelError",
+    "ModelNotFound",
+    "OwnerNotFound",
+    "VersionNotFound",
+]

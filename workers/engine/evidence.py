@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from models_store import StoreError
+from models_store import ModelStore, StoreError
 from workers.engine import checkpoints
 from workers.engine.digests import ids_digest
+from workers.engine.ids import slice_ids as read_slice_ids
+from workers.engine.ledger import DatasetStore
 
 
-def verify(engine, name: str, number: int | str = "latest") -> dict:
+def verify(store: ModelStore, datasets: DatasetStore, name: str, number: int | str = "latest") -> dict:
     """Re-derive a version's evidence from the stored bytes.
 
     Checks every artifact against its sha256, recomputes each constituent's and the
@@ -18,15 +20,16 @@ def verify(engine, name: str, number: int | str = "latest") -> dict:
     for a version with approximately unlearned constituents: its manifest excludes the
     removed samples, but its weights were derived from a model that saw them.
     """
-    record = engine.version(name, number)
+    store.model_spec(name)
+    record = store.version(name, number)
     problems = []
     try:
-        slice_ids = engine.slice_ids(record)
+        slice_ids = read_slice_ids(store, record)
     except StoreError as exc:
         return {"model": name, "version": record["version"], "ok": False, "problems": [exc.detail]}
     for digest in record["artifacts"].values():
         try:
-            engine.store.get_blob(digest)
+            store.get_blob(digest)
         except StoreError as exc:
             problems.append(exc.detail)
     for c, slices in zip(record["constituents"], slice_ids):
@@ -34,7 +37,7 @@ def verify(engine, name: str, number: int | str = "latest") -> dict:
         if ids_digest(ids) != c["manifest_digest"] or len(ids) != c["n_samples"]:
             problems.append(f"shard {c['shard']}: manifest digest does not match its sample ids")
         try:
-            info = checkpoints.loads(engine.store.get_blob(c["weights"])).info
+            info = checkpoints.loads(store.get_blob(c["weights"])).info
         except StoreError:
             continue  # already reported with the artifacts
         # Approximately unlearned weights are not a slice checkpoint; they name their origin.
@@ -46,7 +49,7 @@ def verify(engine, name: str, number: int | str = "latest") -> dict:
     if ids_digest(every_id) != record["manifest_digest"]:
         problems.append("model manifest digest does not match its sample ids")
     erased_in = []
-    for e in engine.dataset(record["dataset"]).erasures():
+    for e in datasets.open(record["dataset"]).erasures():
         n = int(np.isin(np.asarray(e.sample_ids, dtype=np.int64), every_id).sum())
         if n:
             erased_in.append({"owner_id": e.owner_id, "samples": n, "erased_at": e.erased_at})

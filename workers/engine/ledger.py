@@ -28,7 +28,8 @@ import numpy as np
 from workers.engine.digests import ids_digest
 from workers.engine.errors import DatasetError, DatasetExists, DatasetNotFound, OwnerNotFound
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"  # dataset and model names (the API validates with it too)
+NAME_RE = re.compile(NAME_PATTERN)
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

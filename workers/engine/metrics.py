@@ -136,16 +136,22 @@ def gaps(metrics: dict, reference: dict) -> dict:
     return out
 
 
+def expected_accuracy(forget_y: np.ndarray, test_correct: np.ndarray, test_y: np.ndarray,
+                      present_classes: np.ndarray) -> float:
+    """The accuracy a model that never saw the forget set should show on it: its held-out
+    accuracy per class, weighted by the forget set's class mix, and zero for classes the
+    model no longer trains on (a model never shown a class never predicts it)."""
+    total = 0.0
+    for c in np.unique(forget_y):
+        rows = test_y == c
+        if c in present_classes and rows.any():
+            total += int((forget_y == c).sum()) * float(test_correct[rows].mean())
+    return total / max(len(forget_y), 1)
+
+
 def expected_ua(forget_y: np.ndarray, test: tuple, present_classes: np.ndarray) -> float | None:
-    """The UA a model that never saw the forget set should show: its test error per class,
-    weighted by the forget set's class mix, with error 1 for classes no longer trained on."""
+    """The UA (forget-set error) a model that never saw the forget set should show."""
     if not len(forget_y):
         return None
     pt, yt = test
-    right = pt.argmax(1) == yt
-    total = 0.0
-    for c in np.unique(forget_y):
-        n = int((forget_y == c).sum())
-        if c in present_classes and (yt == c).any():
-            total += n * float(right[yt == c].mean())
-    return round(1.0 - total / len(forget_y), 6)
+    return round(1.0 - expected_accuracy(forget_y, pt.argmax(1) == yt, yt, present_classes), 6)

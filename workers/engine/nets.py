@@ -1,10 +1,18 @@
-"""Architectures: a small MLP and CNN written here, and torchvision's ResNet-18."""
+"""Architectures, registered by name: a small MLP and CNN written here, and torchvision's
+ResNet-18. A builder takes ``(input_shape, num_classes)`` and returns an untrained
+``nn.Module``; it raises ValueError for inputs it cannot take. Adding an architecture is
+one builder and its ``@ARCHITECTURES.register`` line."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 
-ARCHITECTURES = ("mlp", "cnn", "resnet18")
+from workers.engine.registry import Registry
+
+Builder = Callable[[list[int], int], nn.Module]
+ARCHITECTURES: Registry[Builder] = Registry("architecture")
 
 
 class MLP(nn.Module):
@@ -53,6 +61,19 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+@ARCHITECTURES.register("mlp")
+def mlp(input_shape: list[int], num_classes: int) -> nn.Module:
+    return MLP(input_shape, num_classes)
+
+
+@ARCHITECTURES.register("cnn")
+def cnn(input_shape: list[int], num_classes: int) -> nn.Module:
+    if len(input_shape) == 3 and min(input_shape[1:]) < 4:
+        raise ValueError(f"cnn needs images of side 4 or more, got {input_shape}")
+    return SmallCNN(input_shape, num_classes)
+
+
+@ARCHITECTURES.register("resnet18")
 def resnet18(input_shape: list[int], num_classes: int) -> nn.Module:
     """torchvision's ResNet-18 with a 3x3 stem and no max-pool, for small images."""
     from torchvision.models import resnet18 as tv_resnet18
@@ -67,18 +88,11 @@ def resnet18(input_shape: list[int], num_classes: int) -> nn.Module:
 
 def build(architecture: str, input_shape: list[int], num_classes: int, *, seed: int) -> nn.Module:
     """A freshly initialised network; the same ``seed`` gives the same weights."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    if architecture == "cnn" and len(input_shape) == 3 and min(input_shape[1:]) < 4:
-        raise ValueError(f"cnn needs images of side 4 or more, got {input_shape}")
+    builder = ARCHITECTURES.get(architecture)
     # Forking keeps the caller's global RNG untouched while seeding the init.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if architecture == "mlp":
-            return MLP(input_shape, num_classes)
-        if architecture == "cnn":
-            return SmallCNN(input_shape, num_classes)
-        return resnet18(input_shape, num_classes)
+        return builder(input_shape, num_classes)
 
 
 def default_device() -> torch.device:

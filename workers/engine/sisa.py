@@ -21,6 +21,7 @@ import torch
 
 from workers.engine import checkpoints, nets
 from workers.engine.digests import ids_digest
+from workers.engine.registry import Registry
 from workers.engine.training import (
     DeviceData,
     TrainConfig,
@@ -30,8 +31,21 @@ from workers.engine.training import (
     train_epochs,
 )
 
-AGGREGATIONS = ("mean_softmax", "vote")
 Progress = Callable[[str], None]
+# constituents x rows x classes -> rows x classes
+Aggregation = Callable[[torch.Tensor], torch.Tensor]
+AGGREGATIONS: Registry[Aggregation] = Registry("aggregation")
+
+
+@AGGREGATIONS.register("mean_softmax")
+def mean_softmax(probs: torch.Tensor) -> torch.Tensor:
+    return probs.mean(0)
+
+
+@AGGREGATIONS.register("vote")
+def vote(probs: torch.Tensor) -> torch.Tensor:
+    """Vote shares: each constituent gives one vote to its top class."""
+    return torch.nn.functional.one_hot(probs.argmax(2), probs.shape[2]).float().mean(0)
 
 
 @dataclass(frozen=True)
@@ -48,8 +62,7 @@ class Strategy:
             raise ValueError("a monolithic model has exactly one shard and one slice")
         if self.shards < 1 or self.slices < 1:
             raise ValueError("shards and slices must be >= 1")
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        AGGREGATIONS.get(self.aggregation)  # ValueError naming the choices
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "shards": self.shards, "slices": self.slices, "aggregation": self.aggregation}
@@ -87,14 +100,6 @@ def partition(owner_of: dict[int, str], shards: int, slices: int) -> list[list[n
             [np.sort(np.array([i for o in group for i in by_owner[o]], dtype=np.int64)) for group in slice_owners]
         )
     return result
-
-
-@dataclass
-class SliceStep:
-    """One slice of a constituent: its sample ids and the checkpoint after training on 0..r."""
-
-    sample_ids: np.ndarray
-    checkpoint: bytes
 
 
 def train_constituent(
@@ -162,10 +167,7 @@ def first_touched_slices(slice_ids: list[list[np.ndarray]], removed: np.ndarray)
 
 def aggregate(probs: torch.Tensor, aggregation: str) -> torch.Tensor:
     """Combine constituent probabilities (constituents x rows x classes) into one row each."""
-    if aggregation == "mean_softmax":
-        return probs.mean(0)
-    votes = torch.nn.functional.one_hot(probs.argmax(2), probs.shape[2]).float()
-    return votes.mean(0)
+    return AGGREGATIONS.get(aggregation)(probs)
 
 
 class Ensemble:
@@ -184,14 +186,6 @@ class Ensemble:
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         return aggregate(torch.stack([predict_proba(m, x) for m in self.models]), self.aggregation)
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predict_proba(x).argmax(1)
-
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        if len(x) == 0:
-            return float("nan")
-        return (self.predict(x) == y).float().mean().item()
 
 
 def load_constituent(data: bytes, device) -> torch.nn.Module:

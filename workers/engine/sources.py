@@ -1,4 +1,7 @@
-"""Where datasets come from: Fashion-MNIST files, scikit-learn digits, a user's .npz.
+"""Where datasets come from, registered by name: Fashion-MNIST files, scikit-learn
+digits, a user's .npz. A source is a loader ``load(*, path, seed, cache_dir) ->
+SourceData`` and whether it needs a file from the caller; adding one is a loader and
+its ``SOURCES.add`` line.
 
 Public image sets have no owners, so :func:`assign_owners` gives them owners from a
 seed with a Zipf skew: a few owners hold many samples, most hold a few.
@@ -11,10 +14,12 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from workers.engine.errors import DatasetError
+from workers.engine.registry import Registry
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = [
@@ -38,6 +43,26 @@ class SourceData:
     input_shape: list[int]
     x_scale: float
     source: dict
+
+
+@dataclass(frozen=True)
+class Source:
+    load: Callable[..., SourceData]
+    needs_file: bool = False  # an upload (npz), not a data set Lethe can read by name
+
+
+SOURCES: Registry[Source] = Registry("source")
+
+
+def load(source: str, *, path=None, seed: int = 0, cache_dir: str | os.PathLike) -> SourceData:
+    """Raw rows of ``source``; ``path`` is the caller's file or directory, if any."""
+    try:
+        entry = SOURCES.get(source)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
+    if entry.needs_file and path is None:
+        raise DatasetError(f"a {source} import needs the file")
+    return entry.load(path=path, seed=seed, cache_dir=cache_dir)
 
 
 def assign_owners(n: int, *, seed: int, n_owners: int | None = None, zipf_a: float = 0.75) -> np.ndarray:
@@ -70,7 +95,7 @@ def load_fashion_mnist(directory: str | os.PathLike | None, cache_dir: str | os.
     """
     from torchvision.datasets import FashionMNIST
 
-    src = Path(directory or os.environ.get("LETHE_FASHION_MNIST_DIR", DEFAULT_FASHION_MNIST_DIR))
+    src = Path(directory or DEFAULT_FASHION_MNIST_DIR)
     raw = Path(cache_dir) / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in FASHION_MNIST_FILES:
@@ -177,6 +202,11 @@ def load_npz(data: bytes | str | os.PathLike) -> SourceData:
         x_scale=1.0,
         source={"kind": "npz"},
     )
+
+
+SOURCES.add("fashion-mnist", Source(lambda *, path, seed, cache_dir: load_fashion_mnist(path, cache_dir)))
+SOURCES.add("digits", Source(lambda *, path, seed, cache_dir: load_digits(seed=seed)))
+SOURCES.add("npz", Source(lambda *, path, seed, cache_dir: load_npz(path), needs_file=True))
 
 
 def _check_rows(x: np.ndarray, y: np.ndarray, xname: str, yname: str) -> None:

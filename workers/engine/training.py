@@ -58,13 +58,18 @@ def make_deterministic() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def scaled(x: np.ndarray, x_scale: float, device) -> torch.Tensor:
+    """Raw rows, in the dataset's units, as float32 model inputs on ``device``."""
+    return torch.as_tensor(x.astype(np.float32) * np.float32(x_scale)).to(device)
+
+
 class DeviceData:
     """A dataset's rows as float tensors on the device, addressable by sample id."""
 
     def __init__(self, sample_ids: np.ndarray, x: np.ndarray, y: np.ndarray, x_scale: float, device):
         self.sample_ids = np.asarray(sample_ids, dtype=np.int64)
         self.device = torch.device(device)
-        self.x = torch.as_tensor(x.astype(np.float32) * np.float32(x_scale)).to(self.device)
+        self.x = scaled(x, x_scale, self.device)
         self.y = torch.as_tensor(y.astype(np.int64)).to(self.device)
 
     def rows(self, ids: np.ndarray) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Verification metrics of a version about to be published, from the stored artifacts.
 
 Evaluates the version as it will be served (the ensemble of its constituents) on the
-job's forget set (kept in scratch), a fixed sample of the rows it was trained on, and
+pass's forget set (kept in scratch), a fixed sample of the rows it was trained on, and
 the dataset's test split; see ``metrics`` for what each number means.
 """
 from __future__ import annotations
@@ -9,65 +9,75 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from models_store import ModelStore
 from workers.engine import checkpoints, metrics, sisa
+from workers.engine.ids import get_ids
+from workers.engine.ledger import Dataset
+from workers.engine.plans import Plan
+from workers.engine.scratch import Scratch
+from workers.engine.training import scaled
 
 RETAIN_SAMPLE = 2000
 
 
-def _state(engine, digest: str) -> dict:
-    return checkpoints.loads(engine.store.get_blob(digest)).model_state
+def load_ensemble(store: ModelStore, record: dict, device: torch.device) -> sisa.Ensemble | None:
+    """A version's constituents as one ensemble (None: every shard was emptied by erasures)."""
+    models = [sisa.load_constituent(store.get_blob(c["weights"]), device)
+              for c in record["constituents"] if c["n_samples"] > 0]  # an emptied shard has nothing to say
+    return sisa.Ensemble(models, record["strategy"]["aggregation"]) if models else None
 
 
-def l2_to_parent(engine, record: dict, parent: dict | None) -> float | None:
+def l2_to_parent(store: ModelStore, record: dict, parent: dict | None) -> float | None:
     """L2 distance of all weights to the parent version's; unchanged constituents add 0."""
     if parent is None:
         return None
+
+    def state(digest: str) -> dict:
+        return checkpoints.loads(store.get_blob(digest)).model_state
+
     pairs = [(c["weights"], p["weights"]) for c, p in zip(record["constituents"], parent["constituents"])
              if c["weights"] != p["weights"]]
-    return round(metrics.l2_distance([_state(engine, a) for a, _ in pairs], [_state(engine, b) for _, b in pairs]), 6)
+    return round(metrics.l2_distance([state(a) for a, _ in pairs], [state(b) for _, b in pairs]), 6)
 
 
-def _predictor(engine, plan: dict, record: dict):
+def _predictor(store: ModelStore, ds: Dataset, record: dict, device: torch.device):
     """A function from raw rows to the version's class probabilities (None: no constituent)."""
-    spec = plan["spec"]
-    scale = np.float32(engine.dataset(spec["dataset"]).info().x_scale)
-    models = [sisa.load_constituent(engine.store.get_blob(c["weights"]), engine.device)
-              for c in record["constituents"] if c["n_samples"] > 0]
-    if not models:
+    ensemble = load_ensemble(store, record, device)
+    if ensemble is None:
         return None
-    ensemble = sisa.Ensemble(models, spec["strategy"]["aggregation"])
+    x_scale = ds.info().x_scale
 
     def probs(x: np.ndarray) -> np.ndarray:
         if not len(x):
-            return np.zeros((0, spec["num_classes"]), np.float32)
-        return ensemble.predict_proba(torch.as_tensor(x.astype(np.float32) * scale).to(engine.device)).cpu().numpy()
+            return np.zeros((0, ds.info().num_classes), np.float32)
+        return ensemble.predict_proba(scaled(x, x_scale, device)).cpu().numpy()
 
     return probs
 
 
-def _forget_rows(engine, plan: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    removed = (plan.get("removal") or {}).get("sample_ids")
-    if removed is None:
+def _forget_rows(plan: Plan, store: ModelStore, scratch: Scratch) -> tuple[np.ndarray, np.ndarray] | None:
+    if plan.removal is None:
         return None
-    ids, x, y = engine.scratch.load(plan.get("scratch"))
-    keep = np.isin(ids, engine.get_ids(removed))
+    ids, x, y = scratch.load(plan.scratch)
+    keep = np.isin(ids, get_ids(store, plan.removal.sample_ids))
     return x[keep], y[keep].astype(np.int64)
 
 
-def forget_kl(engine, plan: dict, reference: dict, record: dict) -> float | None:
+def forget_kl(plan: Plan, reference: dict, record: dict, *, store: ModelStore, ds: Dataset,
+              device: torch.device, scratch: Scratch) -> float | None:
     """Mean KL(reference || version) of output distributions on the plan's forget set."""
-    rows = _forget_rows(engine, plan)
-    ref, mine = _predictor(engine, plan, reference), _predictor(engine, plan, record)
+    rows = _forget_rows(plan, store, scratch)
+    ref, mine = _predictor(store, ds, reference, device), _predictor(store, ds, record, device)
     if rows is None or ref is None or mine is None:
         return None
     return metrics.kl_divergence(ref(rows[0]), mine(rows[0]))
 
 
-def measure(engine, plan: dict, record: dict, every_id: np.ndarray) -> dict:
+def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore, ds: Dataset,
+            device: torch.device, scratch: Scratch) -> dict:
     """UA, RA, TA, MIA-efficacy (and on held-out rows), loss AUC and the UA a model that
     never saw the forget set is expected to show, for the version ``record`` describes."""
-    ds = engine.dataset(plan["spec"]["dataset"])
-    probs = _predictor(engine, plan, record)
+    probs = _predictor(store, ds, record, device)
     if probs is None:
         return {}
     arrays = ds.load_arrays()
@@ -76,11 +86,10 @@ def measure(engine, plan: dict, record: dict, every_id: np.ndarray) -> dict:
     retain = (probs(arrays.x[rows]), arrays.y[rows].astype(np.int64))
     test = ds.load_test()
     test = (probs(test[0]), test[1].astype(np.int64)) if test is not None else None
-    rows = _forget_rows(engine, plan)
+    rows = _forget_rows(plan, store, scratch)
     forget = (probs(rows[0]), rows[1]) if rows is not None else None
     out = metrics.evaluate(forget=forget, retain=retain, test=test)
     if forget is not None and test is not None:
         present = np.unique(arrays.y[trained])
         out["expected_ua"] = metrics.expected_ua(forget[1], test, present)
     return out
-

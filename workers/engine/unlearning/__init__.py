@@ -2,7 +2,7 @@
 
 Each is one module with a ``Config`` dataclass and
 ``unlearn(model, forget, retain, cfg, *, heldout=None) -> model``; adding a method is
-adding a file and a line in ``METHODS``.
+adding a file and a line in ``METHODS`` (the API's and the CLI's method names come from it).
 """
 from __future__ import annotations
 
@@ -14,20 +14,13 @@ from types import ModuleType
 
 import torch
 
+from workers.engine.registry import Registry
 from workers.engine.unlearning import fisher, ft, ga, iu, l1_sparse, rl, salun, scrub, ssd
 from workers.engine.unlearning.base import Split
 
-METHODS: dict[str, ModuleType] = {
-    "ft": ft,
-    "ga": ga,
-    "rl": rl,
-    "iu": iu,
-    "l1_sparse": l1_sparse,
-    "fisher": fisher,
-    "ssd": ssd,
-    "salun": salun,
-    "scrub": scrub,
-}
+METHODS: Registry[ModuleType] = Registry("unlearning method")
+for _module in (ft, ga, rl, iu, l1_sparse, fisher, ssd, salun, scrub):
+    METHODS.add(_module.__name__.rsplit(".", 1)[1], _module)
 
 
 @dataclass
@@ -40,9 +33,7 @@ class Result:
 
 def config(name: str, overrides: dict | None = None):
     """The method's Config with ``overrides`` applied; unknown names raise ValueError."""
-    if name not in METHODS:
-        raise ValueError(f"unknown unlearning method {name!r}; choose one of {', '.join(METHODS)}")
-    cls = METHODS[name].Config
+    cls = METHODS.get(name).Config
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(overrides or {}) - fields
     if unknown:
@@ -58,7 +49,7 @@ def run(name: str, model: torch.nn.Module, forget: Split, retain: Split, *, held
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        student = METHODS[name].unlearn(student, forget, retain, cfg, heldout=heldout)
+        student = METHODS.get(name).unlearn(student, forget, retain, cfg, heldout=heldout)
     if student.parameters().__next__().is_cuda:
         torch.cuda.synchronize()
     return Result(student.eval(), name, dataclasses.asdict(cfg), time.perf_counter() - started)

@@ -14,6 +14,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from workers.engine import metrics
+
 
 @dataclass
 class Split:
@@ -107,20 +109,12 @@ def num_classes(model: nn.Module, split: Split) -> int:
 
 def expected_forget_accuracy(model, forget: Split, retain: Split, heldout: Split) -> float:
     """What a model retrained without the forget set would score on it, estimated from
-    held-out data: the model's held-out accuracy per class, weighted by the forget set's
-    class mix, and zero for classes the retain set no longer holds (a model never
-    shown a class never predicts it)."""
+    the model's accuracy on held-out data (see ``metrics.expected_accuracy``)."""
     with torch.no_grad():
         model.eval()
         predicted = torch.cat([model(heldout.x[i : i + 2048]).argmax(1) for i in range(0, len(heldout), 2048)])
-    correct = (predicted == heldout.y).float()
-    present = set(torch.unique(retain.y).tolist())
-    total = 0.0
-    for c, n in zip(*torch.unique(forget.y, return_counts=True)):
-        rows = heldout.y == c
-        if int(c) in present and rows.any():
-            total += n.item() * correct[rows].mean().item()
-    return total / max(len(forget), 1)
+    return metrics.expected_accuracy(forget.y.cpu().numpy(), (predicted == heldout.y).cpu().numpy(),
+                                     heldout.y.cpu().numpy(), torch.unique(retain.y).cpu().numpy())
 
 
 class ForgetMonitor:

@@ -1,8 +1,9 @@
-"""The Celery application, configured for long GPU jobs (see DESIGN.md section 7).
+"""The Celery application factory, configured for long GPU jobs (see DESIGN.md section 7).
 
 Late acknowledgement with reject-on-worker-loss means a job whose worker dies is
-delivered again, so every task is idempotent. No torch work happens at import time:
-CUDA must not be initialised in the parent before the prefork pool forks.
+delivered again, so every task is idempotent. No torch work happens at import time or
+in the factory: CUDA must not be initialised in the parent before the prefork pool
+forks. Each pool process builds its own job flow (engine, database pool) on first use.
 """
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ import os
 from celery import Celery
 from celery.signals import worker_process_init
 
-from app.settings import get_settings
+from app.jobs import tasks
+from app.settings import Settings
 
 QUEUE = "gpu"
 
 
-def make_celery(settings=None) -> Celery:
-    settings = settings or get_settings()
-    app = Celery("lethe", broker=settings.celery_broker_url, backend=settings.celery_result_backend,
-                 include=["workers.tasks"])
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app for ``settings``, with Lethe's tasks (``app.jobs.tasks``) registered."""
+    app = Celery("lethe", broker=settings.celery_broker_url, backend=settings.celery_result_backend)
+    app.lethe_settings = settings
     redis = settings.celery_broker_url.startswith(("redis://", "rediss://"))
     # Redis redelivers an unacknowledged task after the visibility timeout: keep it above
     # the longest job, or a long job runs twice. (The SQLAlchemy transport rejects the option.)
@@ -51,18 +53,14 @@ def make_celery(settings=None) -> Celery:
 
         Transport.polling_interval = settings.broker_polling_interval
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def limit_torch_threads(**_):
+        # One pool process per core budget; torch's own pool would otherwise oversubscribe.
+        import torch
+
+        torch.set_num_threads(settings.torch_threads or max(1, (os.cpu_count() or 1)
+                                                            // max(1, settings.worker_concurrency)))
+
+    worker_process_init.connect(limit_torch_threads, weak=False)
+    tasks.register(app)
     return app
-
-
-celery_app = make_celery()
-
-
-@worker_process_init.connect
-def _limit_torch_threads(**_):
-    # One pool process per core budget; torch's own pool would otherwise oversubscribe.
-    import torch
-
-    threads = int(os.environ.get("LETHE_TORCH_THREADS", "0")) or max(
-        1, (os.cpu_count() or 1) // max(1, get_settings().worker_concurrency)
-    )
-    torch.set_num_threads(threads)

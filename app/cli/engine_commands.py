@@ -1,0 +1,237 @@
+"""``lethe`` commands over the unlearning engine, in this process: import, train,
+unlearn, inspect and verify, and a demo."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from app.cli.base import Context, cli, pass_ctx
+from workers.engine.nets import ARCHITECTURES
+from workers.engine.sisa import AGGREGATIONS
+from workers.engine.sources import SOURCES
+from workers.engine.unlearning import METHODS
+
+
+@cli.command("import")
+@click.argument("name")
+@click.option("--source", required=True, type=click.Choice(SOURCES.names()))
+@click.option("--path", default=None, help="npz file, or directory of Fashion-MNIST IDX files")
+@click.option("--seed", type=int, default=0, show_default=True, help="owner assignment (and digits split) seed")
+@click.option("--owners", type=int, default=None, help="number of owners to assign (default samples/20)")
+@click.option("--zipf-a", type=float, default=0.75, show_default=True, help="Zipf exponent of the owner skew")
+@pass_ctx
+def import_(c: Context, name, source, path, seed, owners, zipf_a):
+    """Import a dataset with its per-sample owner ledger."""
+    info = c.engine().import_dataset(name, source, seed=seed, path=path, owners=owners, zipf_a=zipf_a)
+    c.print(info.__dict__, f"dataset {info.name}: {info.n_samples} samples, {info.n_owners} owners, "
+            f"{info.n_test} test samples, input {info.input_shape}, {info.num_classes} classes")
+
+
+@cli.command()
+@pass_ctx
+def datasets(c: Context):
+    """List datasets."""
+    engine = c.engine()
+    infos = [engine.dataset(n).info() for n in engine.datasets.names()]
+    c.print([i.__dict__ for i in infos],
+            "\n".join(f"{i.name}\t{i.source['kind']}\t{i.n_samples} samples\t{i.n_owners} owners" for i in infos)
+            or "no datasets")
+
+
+@cli.command()
+@click.argument("dataset")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--after", default=None, help="page after this owner id")
+@pass_ctx
+def owners(c: Context, dataset, limit, after):
+    """Owner ids of a dataset with their sample counts."""
+    rows = c.engine().dataset(dataset).owners(limit=limit, after=after)
+    c.print([{"owner_id": o, "samples": n} for o, n in rows], "\n".join(f"{o}\t{n}" for o, n in rows))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--dataset", required=True)
+@click.option("--arch", default="cnn", show_default=True, type=click.Choice(ARCHITECTURES.names()))
+@click.option("--strategy", default="sisa", show_default=True, type=click.Choice(["sisa", "monolithic"]))
+@click.option("--shards", type=int, default=4, show_default=True)
+@click.option("--slices", type=int, default=2, show_default=True)
+@click.option("--aggregation", default="mean_softmax", show_default=True, type=click.Choice(AGGREGATIONS.names()))
+@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--slice-epochs", default="each", show_default=True, type=click.Choice(["each", "budget"]),
+              help="each: --epochs passes at every slice step; budget: 2*epochs/(R+1) per step "
+                   "so the total matches --epochs over the shard")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@pass_ctx
+def train(c: Context, name, dataset, arch, strategy, shards, slices, aggregation, epochs, slice_epochs, batch_size,
+          lr, seed):
+    """Train a model and publish version 1."""
+    from workers.engine.sisa import Strategy
+    from workers.engine.training import TrainConfig
+
+    try:
+        strat = (Strategy("monolithic", aggregation=aggregation) if strategy == "monolithic"
+                 else Strategy("sisa", shards, slices, aggregation))
+        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, slice_epochs=slice_epochs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    v = c.engine().train(name, dataset=dataset, architecture=arch, strategy=strat, config=config)
+    c.print(v, summary(v))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--owner", "owner_ids", multiple=True, required=True, help="owner id (repeat for a batch)")
+@click.option("--request", "requests", multiple=True, help="request id(s) to record")
+@click.option("--full", is_flag=True, help="retrain every shard from scratch instead")
+@click.option("--method", default=None, type=click.Choice(METHODS.names()),
+              help="unlearn the touched constituents approximately with this method (no gate here: the version "
+                   "is published with its metrics; the service gates it)")
+@pass_ctx
+def unlearn(c: Context, model, owner_ids, requests, full, method):
+    """Erase owners and retrain the touched shards (exact), or unlearn them with --method."""
+    if method and full:
+        raise click.UsageError("--full and --method exclude each other")
+    mode = "full" if full else "approximate" if method else "sisa"
+    v = c.engine().unlearn(model, list(owner_ids), requests=list(requests) or None, mode=mode, method=method)
+    if v is None:
+        c.print(None, f"nothing to unlearn: {model} already excludes those owners' samples")
+    else:
+        c.print(v, summary(v))
+
+
+@cli.command()
+@click.argument("model")
+@pass_ctx
+def retrain(c: Context, model):
+    """Full retrain of every shard on the current data (the reference)."""
+    v = c.engine().retrain_full(model)
+    c.print(v, summary(v))
+
+
+@cli.command()
+@pass_ctx
+def models(c: Context):
+    """List models."""
+    engine = c.engine()
+    rows = [{**engine.store.model_spec(n), "latest": engine.store.latest_number(n)} for n in engine.store.model_names()]
+    c.print(rows, "\n".join(
+        f"{r['name']}\t{r['architecture']}\t{r['strategy']['kind']} {r['strategy']['shards']}x{r['strategy']['slices']}"
+        f"\tdataset {r['dataset']}\tlatest v{r['latest']}" for r in rows) or "no models")
+
+
+@cli.command()
+@click.argument("model")
+@pass_ctx
+def versions(c: Context, model):
+    """List a model's versions."""
+    engine = c.engine()
+    records = [engine.version(model, n) for n in engine.store.version_numbers(model)]
+    c.print(records, "\n".join(
+        f"v{v['version']}\tparent {v['parent']}\t{v['kind']}\t{v['n_samples']} samples\t"
+        f"test acc {v['metrics']['test_accuracy']}\t{v['metrics']['wall_seconds']}s\t"
+        f"removed {v['removed']['sample_count']}\t{v['created_at']}" for v in records))
+
+
+def _version_number(value: str) -> int | str:
+    if value == "latest":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"a version is a number or 'latest', got {value!r}") from None
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("version", default="latest")
+@pass_ctx
+def show(c: Context, model, version):
+    """Show one version: manifest digest, metrics, lineage."""
+    engine = c.engine()
+    v = engine.version(model, _version_number(version))
+    lineage = [v["version"]]
+    while (parent := engine.version(model, lineage[-1])["parent"]) is not None:
+        lineage.append(parent)
+    v["lineage"] = lineage
+    c.print(v, details(v) + "\nlineage: " + " <- ".join(f"v{n}" for n in lineage))
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("version", default="latest")
+@pass_ctx
+def verify(c: Context, model, version):
+    """Recompute a version's digests from the stored bytes; list erased owners in it."""
+    report = c.engine().verify(model, _version_number(version))
+    lines = [f"{report['model']} v{report['version']}: {'OK' if report['ok'] else 'FAILED'}"]
+    lines += [f"  problem: {p}" for p in report["problems"]]
+    if report["ok"]:
+        lines.append(f"  manifest digest {report['manifest_digest']} recomputed from the stored sample ids")
+        erased = report["erased_owners_in_manifest"]
+        lines.append("  trained on no erased sample" if not erased else
+                     "  trained on samples erased since: " + ", ".join(f"{e['owner_id']} ({e['samples']})" for e in erased))
+    c.print(report, "\n".join(lines))
+    if not report["ok"]:
+        raise SystemExit(1)
+
+
+@cli.command()
+@pass_ctx
+def demo(c: Context):
+    """Import digits, train a SISA model, forget one owner."""
+    from workers.engine.sisa import Strategy
+    from workers.engine.training import TrainConfig
+
+    engine, data_dir = c.engine(), c.settings.data_dir
+    if not engine.datasets.exists("digits"):
+        info = engine.import_dataset("digits", "digits", seed=0)
+        click.echo(f"imported digits: {info.n_samples} samples from {info.n_owners} owners (Zipf-assigned, seed 0)")
+    if "digits-sisa" not in engine.store.model_names():
+        v1 = engine.train("digits-sisa", dataset="digits", architecture="cnn",
+                          strategy=Strategy("sisa", 4, 2), config=TrainConfig(epochs=20))
+        click.echo(summary(v1))
+    owners_left = engine.dataset("digits").owners(limit=1000)
+    if not owners_left:
+        click.echo("every owner has been erased already")
+        return
+    owner, count = max(owners_left, key=lambda oc: oc[1])
+    click.echo(f"\nforgetting {owner} ({count} samples) ...")
+    v = engine.unlearn("digits-sisa", [owner], requests=["demo"])
+    click.echo(details(v))
+    click.echo(f"\n{owner} now holds {len(engine.dataset('digits').owner_sample_ids(owner))} samples in 'digits'.")
+    click.echo(f"Inspect with: lethe --data-dir {data_dir} versions digits-sisa")
+    click.echo(f"Verify with:  lethe --data-dir {data_dir} verify digits-sisa")
+
+
+def summary(v: dict) -> str:
+    m = v["metrics"]
+    text = (f"published {v['model']} v{v['version']} ({v['kind']}): {v['n_samples']} samples, "
+            f"test accuracy {m['test_accuracy']}, {m['wall_seconds']}s, retrained shards {m['retrained_shards']}, "
+            f"manifest {v['manifest_digest'][:16]}")
+    if m.get("ua") is not None:
+        text += (f"\nforget set {m['forget_size']}: UA {m['ua']:.4f} (expected {m['expected_ua']}), "
+                 f"MIA-efficacy {m['mia_efficacy']} (held-out {m['mia_heldout']}), RA {m['ra']}, TA {m['ta']}"
+                 f"{'' if v.get('exact', True) else ', approximate (' + v['method']['name'] + ')'}")
+    return text
+
+
+def details(v: dict) -> str:
+    lines = [
+        f"{v['model']} v{v['version']}  parent: {v['parent']}  kind: {v['kind']}  created: {v['created_at']}",
+        f"dataset {v['dataset']}  architecture {v['architecture']}  strategy {v['strategy']}",
+        f"manifest digest {v['manifest_digest']}  ({v['n_samples']} samples)",
+        f"record sha256 {v['record_sha256']}",
+        f"metrics {json.dumps(v['metrics'])}",
+        f"removed {v['removed']['sample_count']} samples of owners "
+        f"{[o['owner_id'] for o in v['removed']['owners']]} requests {v['removed']['requests']}",
+        "constituents:",
+    ]
+    for c in v["constituents"]:
+        origin = "" if c["retrained_from_slice"] is None else f" from slice {c['retrained_from_slice']}"
+        lines.append(f"  shard {c['shard']}: {c['status']}{origin}, {c['n_samples']} samples, "
+                     f"manifest {c['manifest_digest'][:16]}, weights {c['weights'][:16]}")
+    return "\n".join(lines)

@@ -1,0 +1,228 @@
+"""Service commands: ``lethe serve`` (API + worker on the embedded defaults), ``lethe
+api``, ``lethe worker``, ``lethe relay`` and ``lethe migrate``.
+
+Each builds on the ``Settings`` the group made from its options and ``LETHE_*``
+variables; a child process (a worker beside ``serve``, an API process beside others)
+gets the same global options on its command line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from app.cli.base import Context, cli, pass_ctx
+from app.errors import ApiError
+from app.settings import Settings
+from models_store import LetheError
+
+
+def _child(settings: Settings, *args: str) -> list[str]:
+    """The command line of a ``lethe`` child process with this process's global options."""
+    head = [sys.executable, "-m", "app.cli", "--data-dir", str(settings.data_dir)]
+    if settings.store_url:
+        head += ["--store", settings.store_url]
+    if settings.device:
+        head += ["--device", settings.device]
+    return head + list(args)
+
+
+@cli.command()
+@pass_ctx
+def migrate(c: Context):
+    """Apply database migrations (alembic upgrade head)."""
+    from app.migrate import upgrade
+
+    c.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(c.settings.db_url)
+    click.echo(f"database at {_safe_url(c.settings.db_url)} is at the latest schema")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="API processes (each with its own SO_REUSEPORT socket)")
+@click.option("--reuse-port", is_flag=True, hidden=True)
+@click.option("--no-access-log", is_flag=True)
+@pass_ctx
+def api(c: Context, host, port, workers, reuse_port, no_access_log):
+    """Run the HTTP API (uvicorn)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    if workers > 1:
+        return _api_processes(c.settings, host, port, workers, no_access_log)
+    config = uvicorn.Config(create_app(c.settings), log_level="info", access_log=not no_access_log)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _api_processes(settings: Settings, host: str, port: int, workers: int, no_access_log: bool) -> None:
+    """N API processes, each with its own SO_REUSEPORT socket on the same port: the kernel
+    spreads connections evenly (one shared socket let one process take nearly all of a
+    keep-alive client's connections)."""
+    cmd = _child(settings, "api", "--host", host, "--port", str(port), "--workers", "1", "--reuse-port",
+                 *(["--no-access-log"] if no_access_log else []))
+    children = [subprocess.Popen(cmd) for _ in range(workers)]
+
+    def stop(*_):
+        for child in children:
+            child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    sys.exit(max(child.wait() for child in children))
+
+
+@cli.command()
+@click.option("--concurrency", type=int, default=None, help="pool processes (env LETHE_WORKER_CONCURRENCY)")
+@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
+@click.option("--loglevel", default="info", show_default=True)
+@click.option("--name", default="lethe@%h", show_default=True)
+@pass_ctx
+def worker(c: Context, concurrency, pool, loglevel, name):
+    """Run a Celery worker on the 'gpu' queue."""
+    from app.worker import QUEUE, create_celery
+
+    settings = c.settings.model_copy(update={"worker_concurrency": concurrency}) if concurrency else c.settings
+    argv = ["worker", "-Q", QUEUE, "-c", str(settings.worker_concurrency), "--loglevel", loglevel,
+            "--pool", pool, "-n", name]
+    if settings.worker_max_tasks_per_child > 0:
+        argv += ["--max-tasks-per-child", str(settings.worker_max_tasks_per_child)]
+    create_celery(settings).worker_main(argv)
+
+
+@cli.command("worker-ping")
+@click.option("--name", default="lethe@%h", show_default=True, help="the worker's node name")
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+@pass_ctx
+def worker_ping(c: Context, name, timeout):
+    """Exit 0 if the named worker answers a ping over the broker (a health check)."""
+    from app.worker import create_celery
+
+    node = name.replace("%h", socket.gethostname())
+    replies = create_celery(c.settings).control.ping(destination=[node], timeout=timeout)
+    click.echo(f"{node}: {'ok' if replies else 'no answer'}")
+    if not replies:
+        raise SystemExit(1)
+
+
+@cli.command()
+@pass_ctx
+def relay(c: Context):
+    """Run the outbox relay alone (for deployments that set LETHE_RELAY_IN_API=false)."""
+    from app.main import create_app
+
+    outbox_relay = create_app(c.settings, run_relay=False).state.relay
+    outbox_relay.start()
+    click.echo("outbox relay running; Ctrl-C stops it")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        outbox_relay.stop()
+
+
+def ensure_keys(data_dir: Path) -> dict:
+    """Keys for the embedded default: kept in ``<data_dir>/api-keys.json`` (mode 600)."""
+    path = data_dir / "api-keys.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    keys = {"admin": "adm_" + secrets.token_urlsafe(24), "client": "cli_" + secrets.token_urlsafe(24)}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(keys, f)
+    return keys
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--no-demo", is_flag=True, help="do not import digits and train a demo model")
+@pass_ctx
+def serve(c: Context, host, port, no_demo):
+    """Run the API and a worker together (embedded SQLite defaults); with no keys set,
+    generated keys are stored and printed."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.migrate import upgrade
+
+    settings = c.settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.admin_keys and not settings.client_keys:
+        keys = ensure_keys(settings.data_dir)
+        settings = settings.model_copy(update={"admin_keys": [keys["admin"]], "client_keys": [keys["client"]]})
+    upgrade(settings.db_url)
+    worker_process = subprocess.Popen(_child(settings, "worker", "--loglevel", "warning"))
+    try:
+        example = None
+        if not no_demo:
+            try:
+                example = _seed_demo(settings)
+            except (ApiError, LetheError) as exc:  # e.g. the CLI demo already used this data directory
+                click.echo(f"demo model not set up ({exc.code}: {exc.detail}); serving anyway")
+        url = f"http://{host}:{port}"
+        click.echo(f"\nLethe is serving at {url}  (OpenAPI docs: {url}/docs)")
+        click.echo(f"admin key:  {settings.admin_keys[0] if settings.admin_keys else '(none)'}")
+        click.echo(f"client key: {settings.client_keys[0] if settings.client_keys else '(none)'}")
+        if example:
+            model, owner = example
+            key = settings.client_keys[0] if settings.client_keys else "<client key>"
+            click.echo(f"model {model!r} is training on the digits data; once GET {url}/v1/models/{model} says "
+                       f"\"ready\", forget an owner with:")
+            click.echo(f"  curl -s -X POST {url}/v1/deletion-requests -H 'Authorization: Bearer {key}' "
+                       f"-H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' "
+                       f"-d '{{\"owner_id\": \"{owner}\"}}'")
+            click.echo(f"  curl -s {url}/v1/deletion-requests/<id> -H 'Authorization: Bearer {key}'")
+        click.echo()
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    finally:
+        worker_process.terminate()
+        try:
+            worker_process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker_process.kill()
+
+
+def _seed_demo(settings: Settings) -> tuple[str, str] | None:
+    """On a fresh data directory: import digits and queue a small SISA model."""
+    from app.datasets import service as datasets
+    from app.db import make_sessionmaker, session_scope
+    from app.engine import build_engine
+    from app.models import service as models
+    from app.models.schemas import ModelCreate
+
+    engine = build_engine(settings, device="cpu")
+    name, model = "digits", "digits-sisa"
+    with session_scope(make_sessionmaker(settings.db_url)) as session:
+        if datasets.list_all(session=session):
+            return None
+        datasets.import_dataset(session=session, engine=engine, actor="lethe-serve", name=name, source="digits")
+        session.flush()
+        models.create(session=session, actor="lethe-serve", model_in=ModelCreate(
+            name=model, dataset=name, architecture="cnn",
+            strategy={"kind": "sisa", "shards": 4, "slices": 2}, training={"epochs": 20, "batch_size": 64}))
+    owner = engine.dataset(name).owners(limit=1)[0][0]
+    return model, owner
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

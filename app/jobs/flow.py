@@ -1,0 +1,309 @@
+"""The job flow: the path of one job, one step per Celery task (``app.jobs.tasks``)::
+
+    advance(model)         claim the model's next job, erase its owners, plan it
+      -> run_shard(...)    one per shard to (re)train or unlearn, in parallel
+      -> finish(...)       build the candidate version and measure it; an approximate
+                           one must pass the gate, else the job is re-planned as exact
+                           SISA retraining (attempt 2); publish; maybe spot-check
+      (any failure -> fail(job))
+
+Every step may run twice (late acknowledgement redelivers after a crash): claiming is
+guarded by the dataset lease, shard training is deterministic, and publishing happens
+at most once per job. The state that flows between steps is typed: the engine's
+:class:`~workers.engine.plans.Plan` and this module's :class:`Attempt`, saved together
+on the job row. Each database step is its own transaction (``session_scope``): the
+long GPU work between them must not hold one open.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import session_scope
+from app.jobs import service as jobs
+from app.settings import Settings
+from app.statuses import JobKind
+from app.tables import ModelRow
+from models_store import LetheError
+from workers.engine import gate, metrics, planning
+from workers.engine.engine import Engine
+from workers.engine.errors import EngineError
+from workers.engine.plans import Plan, PlanKind
+from workers.engine.sisa import Strategy
+from workers.engine.training import TrainConfig
+from workers.engine.unlearning import METHODS
+
+log = logging.getLogger("lethe.worker")
+
+
+@dataclass
+class Attempt:
+    """Which try at the job this is, beside its plan."""
+
+    number: int = 1
+    phase: str = "publish"  # publish | spot_check (an unpublished exact reference)
+    requested_method: str | None = None  # what the requests asked for (exact, auto, a method)
+    fallback_from: dict | None = None  # the failed approximate attempt: {"method", "metrics"}
+    checked_version: int | None = None  # spot_check: the approximate version it checks
+
+
+@dataclass
+class JobState:
+    plan: Plan
+    attempt: Attempt
+
+    def to_dict(self) -> dict:
+        return {"plan": self.plan.to_dict(), "attempt": dataclasses.asdict(self.attempt)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> JobState:
+        return cls(Plan.from_dict(d["plan"]), Attempt(**d["attempt"]))
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Shards to run for attempt ``attempt`` of a job, then its finish step."""
+
+    job_id: str
+    shards: list[int]
+    attempt: int
+
+
+def check_settings(settings: Settings) -> None:
+    """Settings the job flow relies on; ValueError at start-up rather than at a deletion."""
+    if settings.auto_method not in METHODS:
+        raise ValueError(f"LETHE_AUTO_METHOD must be one of {', '.join(METHODS)}, got {settings.auto_method!r}")
+
+
+class JobFlow:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], engine: Engine):
+        check_settings(settings)
+        self.settings, self.sessions, self.engine = settings, sessions, engine
+        self.lease_seconds = max(2.0, settings.lease_seconds)
+
+    # -- the steps ----------------------------------------------------------------
+    def advance(self, model: str) -> Dispatch | None:
+        """Start (or resume) the model's next job, if it has one and its dataset is free."""
+        with session_scope(self.sessions) as s:
+            claim = jobs.claim(s, model, self.lease_seconds)
+        if claim is None:
+            return None
+        if claim.state is not None:
+            state = JobState.from_dict(claim.state)
+            return Dispatch(claim.job_id, state.plan.to_run, state.attempt.number)
+        try:
+            state = self._plan(claim)
+        except Exception as exc:  # the job fails with a reason; it must not stay running
+            log.exception("planning job %s failed", claim.job_id)
+            self.fail(claim.job_id, exc)
+            return None
+        if state is None:
+            return None
+        return Dispatch(claim.job_id, state.plan.to_run, state.attempt.number)
+
+    def run_shard(self, job_id: str, shard: int, attempt: int) -> dict:
+        """Train (or approximately unlearn) one shard of the job's plan; its new
+        checkpoints' digests and the seconds it took."""
+        state = self._state(job_id, attempt)
+        if state is None:
+            return {"shard": shard, "checkpoints": [], "skipped": True}
+        with Heartbeat(self, job_id) as heartbeat:
+            started = time.perf_counter()
+            made = self.engine.run_shard(state.plan, shard, progress=heartbeat.report)
+            return {"shard": shard, "checkpoints": made, "seconds": time.perf_counter() - started}
+
+    def finish(self, job_id: str, attempt: int, results: list[dict]) -> Dispatch | None:
+        """Verify the job's candidate version, publish it (or fall back to exact), complete."""
+        state = self._state(job_id, attempt)
+        if state is None or any(r.get("skipped") for r in results):
+            return None
+        # Measuring the candidate takes a while: keep the lease, or the reconciler would
+        # hand the job to another worker meanwhile.
+        with Heartbeat(self, job_id):
+            if state.attempt.phase == "spot_check":
+                return self._finish_spot_check(job_id, state, results)
+            return self._finish(job_id, state, results)
+
+    def fail(self, job_id: str, exc: BaseException) -> None:
+        """The job fails with ``exc`` as its reason; its forget rows are dropped."""
+        with session_scope(self.sessions) as s:
+            jobs.fail(s, job_id, reason(exc))
+        self.engine.scratch.drop(job_id)
+
+    # -- planning -----------------------------------------------------------------
+    def _plan(self, claim: jobs.Claim) -> JobState | None:
+        """Erase the claim's owners, plan the job and save the plan (with the erasures'
+        audit events); None when there is nothing to remove (the job completes)."""
+        eng = self.engine
+        erasures, dataset = [], None
+        if claim.kind == JobKind.TRAIN:
+            with session_scope(self.sessions) as s:
+                m = s.get(ModelRow, claim.model)
+                spec = dict(dataset=m.dataset, architecture=m.architecture,
+                            strategy=Strategy(**m.strategy), config=TrainConfig(**m.recipe))
+            plan, requested = eng.plan_train(claim.model, job=claim.job_id, **spec), None
+        else:
+            requested = jobs.job_method(claim.methods)
+            method = self.settings.auto_method if requested == "auto" else requested
+            mode = "sisa" if method == "exact" else "approximate"
+            method = None if method == "exact" else method
+            planning.check_request(mode, method)
+            dataset = eng.model_dataset(claim.model).name
+            if claim.owner_ids:
+                erasures = eng.erase_owners(claim.model, claim.owner_ids, key=claim.job_id,
+                                            requests=claim.request_ids)
+            plan = eng.plan_removal(claim.model, key=claim.job_id, mode=mode, method=method,
+                                    requests=claim.request_ids, job=claim.job_id)
+        with session_scope(self.sessions) as s:
+            if plan is None:  # the latest version already excludes the owners
+                jobs.complete(s, claim.job_id, None)
+                return None
+            state = JobState(plan, Attempt(requested_method=requested))
+            jobs.record_plan(s, claim.job_id, state.to_dict(), erasures, dataset)
+        return state
+
+    def _replan(self, job_id: str, state: JobState) -> Dispatch:
+        with session_scope(self.sessions) as s:
+            jobs.record_plan(s, job_id, state.to_dict())
+        return Dispatch(job_id, state.plan.to_run, state.attempt.number)
+
+    def _state(self, job_id: str, attempt: int | None = None) -> JobState | None:
+        """The running job's state; None if the job ended or moved on to another attempt."""
+        with session_scope(self.sessions) as s:
+            saved = jobs.running_state(s, job_id)
+        if saved is None:
+            return None
+        state = JobState.from_dict(saved)
+        return None if attempt is not None and state.attempt.number != attempt else state
+
+    # -- finishing ----------------------------------------------------------------
+    def _candidate(self, plan: Plan, results: list[dict]) -> dict:
+        return self.engine.candidate(plan, {r["shard"]: r["checkpoints"] for r in results},
+                                     {r["shard"]: r.get("seconds", 0.0) for r in results})
+
+    def _finish(self, job_id: str, state: JobState, results: list[dict]) -> Dispatch | None:
+        plan, eng = state.plan, self.engine
+        try:
+            record = eng.published_by_job(plan)
+            if record is None:
+                record = self._candidate(plan, results)
+                if plan.kind == PlanKind.APPROXIMATE and not self._passes_gate(job_id, plan, record):
+                    return self._fall_back_to_exact(job_id, state, record)
+                if state.attempt.fallback_from:
+                    record["metrics"]["fallback_gap"] = metrics.gaps(state.attempt.fallback_from["metrics"],
+                                                                     record["metrics"])
+                record = eng.publish(plan, record)
+                if plan.kind == PlanKind.APPROXIMATE and _sampled(job_id, self.settings.spot_check_rate):
+                    return self._start_spot_check(job_id, state, record)
+        except LetheError as exc:
+            self.fail(job_id, exc)
+            return None
+        with session_scope(self.sessions) as s:
+            jobs.complete(s, job_id, record)
+        eng.scratch.drop(plan.scratch)
+        return None
+
+    def _passes_gate(self, job_id: str, plan: Plan, record: dict) -> bool:
+        s = self.settings
+        thresholds = gate.Thresholds(s.gate_ua_tolerance, s.gate_mia_tolerance, s.gate_max_ta_drop)
+        parent = self.engine.version(plan.model, plan.parent)
+        failures = gate.check(record["metrics"], parent["metrics"].get("test_accuracy"), thresholds)
+        record["metrics"]["gate"] = {"passed": not failures, "failures": failures}
+        with session_scope(self.sessions) as session:
+            jobs.record_attempt(session, job_id, method=dataclasses.asdict(plan.method), parent=plan.parent,
+                                metrics=record["metrics"], failures=failures)
+        return not failures
+
+    def _fall_back_to_exact(self, job_id: str, state: JobState, record: dict) -> Dispatch:
+        """The approximate candidate failed the gate: plan the next attempt as exact SISA
+        retraining from the same parent (the owners are already erased), and run it."""
+        plan = state.plan
+        exact = self.engine.plan_removal(plan.model, key=plan.scratch, mode="sisa", requests=plan.removal.requests,
+                                         job=job_id)
+        attempt = Attempt(number=state.attempt.number + 1, requested_method=state.attempt.requested_method,
+                          fallback_from={"method": dataclasses.asdict(plan.method),
+                                         "metrics": jobs.numbers(record["metrics"])})
+        return self._replan(job_id, JobState(exact, attempt))
+
+    def _start_spot_check(self, job_id: str, state: JobState, record: dict) -> Dispatch:
+        """Plan an exact retrain of the approximate version just published (never
+        published itself) as its reference; the job's requests complete when it is done."""
+        plan = state.plan
+        reference = self.engine.plan_removal(plan.model, key=plan.scratch, mode="sisa", job=job_id)
+        # Measured on the published version's forget set, and audited under its method.
+        reference.removal, reference.method = plan.removal, plan.method
+        attempt = Attempt(number=state.attempt.number + 1, phase="spot_check",
+                          requested_method=state.attempt.requested_method, checked_version=record["version"])
+        return self._replan(job_id, JobState(reference, attempt))
+
+    def _finish_spot_check(self, job_id: str, state: JobState, results: list[dict]) -> None:
+        """Compare the published approximate version with its exact reference; audit the gap."""
+        plan, eng = state.plan, self.engine
+        published = eng.version(plan.model, state.attempt.checked_version)
+        try:
+            reference = self._candidate(plan, results)
+            gaps = metrics.gaps(published["metrics"], reference["metrics"])
+            gaps["kl_forget"] = eng.forget_kl(plan, reference, published)
+            rte = published["metrics"].get("rte_seconds")
+            gaps["speed_up"] = round(reference["metrics"]["rte_seconds"] / rte, 2) if rte else None
+        except LetheError as exc:
+            gaps = {"error": reason(exc)}
+        published["metrics"]["spot_check"] = gaps
+        with session_scope(self.sessions) as s:
+            jobs.record_attempt(s, job_id, method=dataclasses.asdict(plan.method), parent=plan.parent,
+                                metrics=jobs.numbers(reference["metrics"]) if "error" not in gaps else {},
+                                failures=[], phase="spot_check", gaps=gaps)
+            jobs.complete(s, job_id, published)
+        eng.scratch.drop(plan.scratch)
+
+
+class Heartbeat:
+    """Renews the job's dataset lease from a side thread while a long step runs, and
+    carries the step's latest progress line to the job row."""
+
+    def __init__(self, flow: JobFlow, job_id: str):
+        self.flow, self.job_id = flow, job_id
+        self.progress: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def report(self, msg: str) -> None:
+        log.info(msg)
+        self.progress = msg
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        # Often enough to show training progress, and well inside the lease.
+        lease = self.flow.lease_seconds
+        while not self._stop.wait(min(lease / 4, 5.0)):
+            try:
+                with session_scope(self.flow.sessions) as s:
+                    jobs.renew_lease(s, self.job_id, lease, self.progress)
+            except Exception:
+                log.exception("could not renew the lease of job %s", self.job_id)
+
+
+def reason(exc: BaseException) -> str:
+    """A failure as a job's reason: the library's code and detail, else the exception."""
+    if isinstance(exc, EngineError):
+        return f"{exc.code}: {exc.detail}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _sampled(job_id: str, rate: float) -> bool:
+    """Whether this job is in the spot-checked share: decided by its id, so a retried
+    finish step decides the same way."""
+    return int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) / 2**32 < rate

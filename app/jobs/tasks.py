@@ -1,0 +1,62 @@
+"""Celery tasks: each takes ids, calls one step of the job flow (``flow.JobFlow``) and
+returns; a step that asks for shards to run gets them sent here, as a chord.
+
+``register`` puts them on each Celery app that ``app.worker.create_celery`` builds;
+each pool process builds its job flow from that app's settings on first use.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery import Celery, chord
+
+from app.db import make_sessionmaker
+from app.engine import build_engine
+from app.jobs.flow import Dispatch, JobFlow
+
+log = logging.getLogger("lethe.worker")
+
+
+def job_flow(app: Celery) -> JobFlow:
+    """The job flow of this process (built on first use, inside the pool process: CUDA
+    must not be initialised in the parent before the pool forks)."""
+    flow = getattr(app, "lethe_flow", None)
+    if flow is None:
+        s = app.lethe_settings
+        flow = app.lethe_flow = JobFlow(s, make_sessionmaker(s.db_url, s.db_pool_size), build_engine(s, progress=log.info))
+    return flow
+
+
+def _dispatch(app: Celery, step: Dispatch | None) -> str:
+    if step is None:
+        return "nothing to run"
+    chord(
+        (app.signature("lethe.train_shard", args=(step.job_id, shard, step.attempt)) for shard in step.shards),
+        app.signature("lethe.finish_job", args=(step.job_id, step.attempt)),
+        app=app,
+    ).on_error(app.signature("lethe.job_failed", args=(step.job_id,))).delay()
+    return f"dispatched {len(step.shards)} shards"
+
+
+def register(app: Celery) -> None:
+    """Register Lethe's tasks on ``app`` (each closes over it, so it finds its settings)."""
+
+    @app.task(name="lethe.advance", shared=False)
+    def advance(model: str) -> str:
+        """Start (or resume) the model's next job, if it has one and its dataset is free."""
+        return _dispatch(app, job_flow(app).advance(model))
+
+    @app.task(name="lethe.train_shard", shared=False)
+    def train_shard(job_id: str, shard: int, attempt: int = 1) -> dict:
+        """Train (or approximately unlearn) one shard of the job's plan."""
+        return job_flow(app).run_shard(job_id, shard, attempt)
+
+    @app.task(name="lethe.finish_job", shared=False)
+    def finish_job(results: list[dict], job_id: str, attempt: int = 1) -> str:
+        """Verify the candidate, publish it or fall back to exact, complete the job."""
+        return _dispatch(app, job_flow(app).finish(job_id, attempt, results))
+
+    @app.task(name="lethe.job_failed", shared=False)
+    def job_failed(request, exc, traceback, job_id: str) -> None:
+        """Chord error callback: the job fails with the shard's error as its reason."""
+        job_flow(app).fail(job_id, exc)

@@ -1,0 +1,121 @@
+"""A candidate version: the record a plan and its shards' results make, with its test
+accuracy and verification metrics, not yet published (an approximate one must pass the
+service's gate first)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from models_store import ModelStore
+from workers.engine import sisa, verification
+from workers.engine.datasets import test_tensors
+from workers.engine.digests import ids_digest, sha256_bytes
+from workers.engine.errors import ModelError
+from workers.engine.ids import get_ids
+from workers.engine.ledger import Dataset
+from workers.engine.plans import Plan, ShardStatus
+from workers.engine.scratch import Scratch
+from workers.engine.training import predict_proba
+
+
+def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] | None, *, store: ModelStore,
+          ds: Dataset, device: torch.device, scratch: Scratch) -> dict:
+    """The version record for ``plan``, given each run shard's new checkpoints (or, for an
+    approximate shard, its new weights) and the seconds each took.
+
+    Each constituent's test-set probabilities are stored too, so a reused constituent is
+    not evaluated again: its weights and the test set are unchanged.
+    """
+    results = {int(k): v for k, v in results.items()}
+    seconds = {int(k): v for k, v in (seconds or {}).items()}
+    rte = sum(seconds.values()) if seconds else None
+    spec = plan.spec
+    test = test_tensors(ds, device)
+    constituents, artifacts, probs, every_id = [], {}, [], []
+    for entry in plan.shards:
+        shard, weights = entry.shard, None
+        if entry.status == ShardStatus.APPROXIMATE:
+            ckpts, weights = entry.checkpoints, results[shard][0]
+        else:
+            ckpts = entry.checkpoints + list(results.get(shard, []))
+        if len(ckpts) != len(entry.slices):
+            raise ModelError(f"shard {shard} has {len(ckpts)} checkpoints for {len(entry.slices)} slices")
+        slices_out = []
+        for r, (ids_key, n, ckpt_key) in enumerate(zip(entry.slices, entry.slice_sizes, ckpts)):
+            artifacts[f"shard{shard}.slice{r}.sample_ids"] = ids_key
+            artifacts[f"shard{shard}.slice{r}.checkpoint"] = ckpt_key
+            slices_out.append({"sample_ids": ids_key, "n_samples": n, "checkpoint": ckpt_key})
+        all_ids = np.concatenate([get_ids(store, s["sample_ids"]) for s in slices_out])
+        every_id.append(all_ids)
+        state = entry.status.value
+        constituent = {
+            "shard": shard,
+            "status": state,
+            "retrained_from_slice": entry.from_slice if entry.status != ShardStatus.APPROXIMATE else None,
+            "n_samples": int(len(all_ids)),
+            "manifest_digest": ids_digest(all_ids),
+            "weights": weights or slices_out[-1]["checkpoint"],
+            "slices": slices_out,
+            "test_probs": None,
+        }
+        if entry.tainted_from_slice is not None:
+            # The checkpoints of slices from here on (and approximate weights) still carry
+            # the influence of samples removed approximately; an exact pass retrains from here.
+            constituent["tainted_from_slice"] = entry.tainted_from_slice
+        if weights is not None:
+            artifacts[f"shard{shard}.weights"] = weights
+        if test is not None and len(all_ids):
+            cached = entry.test_probs
+            if entry.status == ShardStatus.REUSED and cached:
+                p = np.frombuffer(store.get_blob(cached), dtype="<f4").reshape(len(test[1]), -1).copy()
+            else:
+                model = sisa.load_constituent(store.get_blob(constituent["weights"]), device)
+                p = predict_proba(model, test[0]).cpu().numpy().astype("<f4")
+                cached = store.put_blob(p.tobytes())
+            artifacts[f"shard{shard}.test_probs"] = constituent["test_probs"] = cached
+            probs.append(torch.as_tensor(p))
+        constituents.append(constituent)
+    metrics = {}
+    if probs:
+        predicted = sisa.aggregate(torch.stack(probs), spec["strategy"]["aggregation"]).argmax(1).numpy()
+        predicted = predicted.astype("<i8")
+        metrics["test_accuracy"] = round(float((predicted == test[1].cpu().numpy()).mean()), 6)
+        # Lets anyone check that a reloaded version still predicts what it did at publish.
+        metrics["test_predictions_sha256"] = sha256_bytes(predicted.tobytes())
+    else:
+        metrics["test_accuracy"] = None
+    every_id = np.concatenate(every_id)
+    record = {
+        "kind": plan.kind.value,
+        "exact": all(c.get("tainted_from_slice") is None for c in constituents),
+        "method": ({"name": plan.method.name, "config": plan.method.config} if plan.method
+                   else {"name": "exact" if plan.kind.value != "train" else "train"}),
+        "job": plan.job,
+        "dataset": spec["dataset"],
+        "architecture": spec["architecture"],
+        "strategy": spec["strategy"],
+        "recipe": spec["recipe"],
+        "device": device.type,
+        "constituents": constituents,
+        "n_samples": int(len(every_id)),
+        "manifest_digest": ids_digest(every_id),
+        "artifacts": artifacts,
+        "removed": (dataclasses.asdict(plan.removal) if plan.removal
+                    else {"owners": [], "requests": [], "sample_count": 0}),
+        "metrics": {
+            **metrics,
+            "wall_seconds": round(time.time() - plan.started_at, 3),
+            "rte_seconds": round(rte, 3) if rte is not None else None,
+            "retrained_shards": [c["shard"] for c in constituents if c["status"] in ("trained", "retrained")],
+            "approximate_shards": [c["shard"] for c in constituents if c["status"] == "approximate"],
+            "reused_shards": [c["shard"] for c in constituents if c["status"] == "reused"],
+        },
+    }
+    parent = store.version(plan.model, plan.parent) if plan.parent is not None else None
+    record["metrics"].update(verification.measure(plan, record, every_id, store=store, ds=ds, device=device,
+                                                  scratch=scratch))
+    record["metrics"]["l2_to_parent"] = verification.l2_to_parent(store, record, parent)
+    return record

@@ -1,0 +1,79 @@
+"""Datasets and erasure: a source imported into the owner-keyed ledger, owners erased
+from it (their rows kept in the job's scratch first), and a dataset's rows as tensors.
+
+Erasure comes before planning: :func:`erase_owners` returns the receipts (ids digest
+and count, never rows) for whoever audits them, and the plan is cut from what is left.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from workers.engine import sources
+from workers.engine.errors import DatasetExists
+from workers.engine.ledger import Dataset, DatasetInfo, DatasetStore, Erasure, check_name
+from workers.engine.scratch import Scratch
+from workers.engine.training import DeviceData, scaled
+
+
+def import_dataset(
+    datasets: DatasetStore,
+    name: str,
+    source: str,
+    *,
+    cache_dir: str | os.PathLike,
+    seed: int = 0,
+    path: str | os.PathLike | bytes | None = None,
+    owners: int | None = None,
+    zipf_a: float = 0.75,
+    progress=None,
+) -> DatasetInfo:
+    """Import ``source`` (a name in ``sources.SOURCES``) as dataset ``name``; public sets
+    get Zipf-skewed owners from ``seed``."""
+    check_name(name)
+    if datasets.exists(name):
+        raise DatasetExists(f"dataset {name!r} already exists")
+    raw = sources.load(source, path=path, seed=seed, cache_dir=cache_dir)
+    source_info = dict(raw.source)
+    owner_ids = raw.owner_ids
+    if owner_ids is None:
+        owner_ids = sources.assign_owners(len(raw.x), seed=seed, n_owners=owners, zipf_a=zipf_a)
+        source_info["owners"] = {"assigned": "zipf", "zipf_a": zipf_a, "seed": seed, "count": int(len(set(owner_ids)))}
+    if progress:
+        progress(f"importing {len(raw.x)} samples into {name!r}")
+    ds = datasets.create(
+        name, x=raw.x, y=raw.y, owner_ids=owner_ids, x_test=raw.x_test, y_test=raw.y_test,
+        num_classes=raw.num_classes, input_shape=raw.input_shape, x_scale=raw.x_scale, source=source_info,
+    )
+    return ds.info()
+
+
+def erase_owners(ds: Dataset, owner_ids: list[str], *, scratch: Scratch, key: str,
+                 requests: list[str] | None = None) -> list[Erasure]:
+    """Keep the owners' raw rows in ``scratch`` under ``key`` (the job's forget set: the
+    methods unlearn from it and the metrics are measured on it), then erase them from the
+    dataset. Returns the owners' erasure receipts, this one's and any earlier one's."""
+    ids = [ds.owner_sample_ids(o) for o in owner_ids if ds.knows_owner(o)]
+    ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    arrays = ds.load_arrays()
+    rows = np.flatnonzero(np.isin(arrays.sample_ids, ids))
+    if len(rows):
+        scratch.keep(key, arrays.sample_ids[rows], arrays.x[rows], arrays.y[rows])
+    return ds.erase_owners(owner_ids, reference=",".join(requests or []) or None)
+
+
+def device_data(ds: Dataset, device: torch.device) -> DeviceData:
+    """The dataset's training rows as tensors on ``device``."""
+    arrays = ds.load_arrays()
+    return DeviceData(arrays.sample_ids, arrays.x, arrays.y, ds.info().x_scale, device)
+
+
+def test_tensors(ds: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The dataset's held-out rows as (inputs, labels) on ``device``; None without a test split."""
+    test = ds.load_test()
+    if test is None:
+        return None
+    return scaled(test[0], ds.info().x_scale, device), torch.as_tensor(test[1]).to(device)
+

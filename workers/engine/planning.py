@@ -1,0 +1,142 @@
+"""Planning: which constituents a pass trains, retrains, reuses or unlearns, and from where.
+
+``plan_train`` cuts a new model's shards and slices along owners. ``plan_unlearn``
+compares the latest version's manifest with what the dataset holds now (the owners are
+erased before planning) and plans the touched shards only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from models_store import ModelNotFound, ModelStore
+from workers.engine import nets, sisa, unlearning
+from workers.engine.digests import ids_digest
+from workers.engine.errors import ModelError
+from workers.engine.ids import put_ids, slice_ids
+from workers.engine.ledger import Dataset, check_name
+from workers.engine.plans import MethodSpec, Plan, PlanKind, Removal, ShardPlan, ShardStatus
+from workers.engine.training import TrainConfig
+
+MODES = {"sisa": PlanKind.UNLEARN, "full": PlanKind.FULL_RETRAIN, "approximate": PlanKind.APPROXIMATE}
+
+
+def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, strategy: sisa.Strategy,
+               config: TrainConfig, job: str | None = None) -> Plan:
+    """Check the request, create the model in the store and cut its shards and slices."""
+    started = time.time()
+    check_name(name, "model")
+    info = ds.info()
+    try:
+        nets.build(architecture, info.input_shape, info.num_classes, seed=0)
+        slices = sisa.partition(ds.owner_map(), strategy.shards, strategy.slices)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    spec = {
+        "name": name,
+        "dataset": ds.name,
+        "architecture": architecture,
+        "strategy": strategy.to_dict(),
+        "recipe": config.to_dict(),
+        "input_shape": info.input_shape,
+        "num_classes": info.num_classes,
+    }
+    _create_or_resume(store, name, spec)
+    shards = [_shard(store, shard, ids, ShardStatus.TRAINED, 0, []) for shard, ids in enumerate(slices)]
+    return Plan(name, PlanKind.TRAIN, None, job, spec, started, shards)
+
+
+def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa", method: str | None = None,
+                 method_config: dict | None = None, requests: list[str] | None = None, job: str | None = None,
+                 scratch: str | None = None, kept_ids: np.ndarray | None = None) -> Plan | None:
+    """Plan removing from model ``name`` every sample its latest version holds that the
+    dataset no longer does.
+
+    ``sisa`` retrains the touched shards from their earliest touched slice (and any
+    constituent an approximate pass left tainted); ``full`` retrains every shard from
+    scratch; ``approximate`` runs ``method`` on each touched constituent, from the
+    forget rows kept in scratch (``kept_ids`` are their sample ids; rows erased by an
+    earlier, crashed job are gone, and such a pass is planned exactly instead). Returns
+    None when there is nothing to remove (``sisa``, ``approximate``).
+    """
+    check_request(mode, method, method_config)
+    started = time.time()
+    spec = store.model_spec(name)
+    parent = store.version(name)
+    parent_slices = slice_ids(store, parent)
+    trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
+    removed = np.setdiff1d(trained_on, ds.load_arrays().sample_ids)
+    tainted_any = any(c.get("tainted_from_slice") is not None for c in parent["constituents"])
+    if mode != "full" and not len(removed) and not (mode == "sisa" and tainted_any):
+        return None
+    if mode == "approximate" and not np.isin(removed, kept_ids if kept_ids is not None else []).all():
+        mode = "sisa"
+    touched = ({s: 0 for s in range(len(parent_slices))} if mode == "full"
+               else sisa.first_touched_slices(parent_slices, removed))
+    shards = []
+    for shard, slices in enumerate(parent_slices):
+        constituent = parent["constituents"][shard]
+        old = [s["checkpoint"] for s in constituent["slices"]]
+        tainted = constituent.get("tainted_from_slice")
+        if mode == "sisa" and tainted is not None:
+            # An approximate removal left its trace from this slice on: retrain from there.
+            touched[shard] = min(touched.get(shard, tainted), tainted)
+        if shard not in touched:
+            shards.append(_shard(store, shard, slices, ShardStatus.REUSED, None, old,
+                                 test_probs=constituent.get("test_probs"), tainted_from_slice=tainted))
+            continue
+        r = touched[shard]
+        kept = [np.setdiff1d(ids, removed) for ids in slices]
+        if mode == "approximate":
+            forgot = np.intersect1d(np.concatenate(slices), removed)
+            shards.append(_shard(store, shard, kept, ShardStatus.APPROXIMATE, r, old,
+                                 parent_weights=constituent["weights"], forget_ids=put_ids(store, forgot),
+                                 tainted_from_slice=min(r, tainted) if tainted is not None else r))
+        else:
+            shards.append(_shard(store, shard, kept, ShardStatus.RETRAINED, r, old[:r]))
+    plan = Plan(name, MODES[mode], parent["version"], job, spec, started, shards,
+                removal=_removal(store, ds, removed, requests), scratch=scratch)
+    if mode == "approximate":
+        plan.method = MethodSpec(method, dataclasses.asdict(unlearning.config(method, method_config)))
+    return plan
+
+
+def check_request(mode: str, method: str | None = None, method_config: dict | None = None) -> None:
+    """ModelError unless ``mode`` is known and, for ``approximate``, ``method`` is a
+    registered method and its overrides are its own (checked before anything is erased)."""
+    if mode not in MODES:
+        raise ModelError(f"unlearning mode must be 'sisa', 'full' or 'approximate', got {mode!r}")
+    if mode == "approximate":
+        try:
+            unlearning.config(method, method_config)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+
+
+def _shard(store: ModelStore, shard: int, slices: list[np.ndarray], status: ShardStatus, from_slice,
+           checkpoints_kept, **extra) -> ShardPlan:
+    return ShardPlan(shard, status, from_slice, [put_ids(store, ids) for ids in slices],
+                     [int(len(ids)) for ids in slices], list(checkpoints_kept), **extra)
+
+
+def _create_or_resume(store: ModelStore, name: str, spec: dict) -> None:
+    try:
+        existing = store.model_spec(name)
+    except ModelNotFound:
+        store.create_model(name, spec)
+        return
+    # A crashed training run may be resumed with the same spec; anything else clashes.
+    if existing != spec or store.version_numbers(name):
+        raise ModelError(f"model {name!r} already exists")
+
+
+def _removal(store: ModelStore, ds: Dataset, removed: np.ndarray, requests: list[str] | None) -> Removal:
+    """The erasures the removed samples came from, and the requests they answer."""
+    owners, refs = [], list(requests or [])
+    for e in ds.erasures():
+        if np.isin(np.asarray(e.sample_ids, dtype=np.int64), removed).any():
+            owners.append({"owner_id": e.owner_id, "sample_count": len(e.sample_ids), "digest": e.digest})
+            refs.extend(r for r in (e.reference or "").split(",") if r)
+    return Removal(owners, sorted(set(refs)), int(len(removed)), ids_digest(removed), put_ids(store, removed))

@@ -1,0 +1,50 @@
+"""Running one shard of a plan: SISA (re)training slice by slice from a stored
+checkpoint, or an approximate method on the constituent. Deterministic, so a shard run
+twice (a redelivered task) stores the same bytes."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models_store import ModelStore
+from workers.engine import approximate, sisa
+from workers.engine.datasets import device_data
+from workers.engine.errors import DatasetError
+from workers.engine.ids import get_ids
+from workers.engine.ledger import Dataset
+from workers.engine.plans import Plan, ShardStatus
+from workers.engine.scratch import Scratch
+from workers.engine.training import TrainConfig
+
+
+def run_shard(plan: Plan, shard: int, *, store: ModelStore, ds: Dataset, device: torch.device, scratch: Scratch,
+              progress=lambda msg: None) -> list[str]:
+    """Train (or unlearn) one planned shard; return its new checkpoints' digests."""
+    entry = plan.shards[shard]
+    if entry.status == ShardStatus.REUSED:
+        return []
+    if entry.status == ShardStatus.APPROXIMATE:
+        return [approximate.unlearn_constituent(plan, entry, store=store, ds=ds, device=device, scratch=scratch,
+                                                progress=progress)]
+    spec = plan.spec
+    slice_ids: list[np.ndarray] = [get_ids(store, k) for k in entry.slices]
+    r = entry.from_slice
+    start = store.get_blob(entry.checkpoints[r - 1]) if r > 0 else None
+    verb = "retraining" if entry.status == ShardStatus.RETRAINED else "training"
+    progress(f"{verb} shard {shard} from slice {r} (slices 0-{len(slice_ids) - 1})")
+    try:
+        made = sisa.train_constituent(
+            architecture=spec["architecture"],
+            input_shape=spec["input_shape"],
+            num_classes=spec["num_classes"],
+            cfg=TrainConfig(**spec["recipe"]),
+            shard=shard,
+            slice_ids=slice_ids,
+            data=device_data(ds, device),
+            start_slice=r,
+            start_checkpoint=start,
+            progress=progress,
+        )
+    except KeyError:
+        raise DatasetError(f"dataset {spec['dataset']!r} changed while shard {shard} was planned") from None
+    return [store.put_blob(c) for c in made]
