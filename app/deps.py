@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.callers import Caller
+from app.db import session_scope
 from app.errors import ApiError
 from app.outbox import has_outbox_rows
 from app.settings import Settings
@@ -27,15 +28,8 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     connects lazily, in the route's thread): each sync dependency would cost a hop
     through the thread pool on every request.
     """
-    session = request.app.state.sessionmaker()
-    try:
+    with session_scope(request.app.state.sessionmaker) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
     if has_outbox_rows(session):
         request.app.state.poke_relay()
 

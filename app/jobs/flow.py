@@ -19,14 +19,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
+from app.jobs import outcomes
 from app.jobs import service as jobs
+from app.jobs.heartbeat import Heartbeat
 from app.settings import Settings
 from app.statuses import JobKind
 from app.tables import ModelRow
@@ -113,7 +114,7 @@ class JobFlow:
         state = self._state(job_id, attempt)
         if state is None:
             return {"shard": shard, "checkpoints": [], "skipped": True}
-        with Heartbeat(self, job_id) as heartbeat:
+        with Heartbeat(self.sessions, job_id, self.lease_seconds) as heartbeat:
             started = time.perf_counter()
             made = self.engine.run_shard(state.plan, shard, progress=heartbeat.report)
             return {"shard": shard, "checkpoints": made, "seconds": time.perf_counter() - started}
@@ -125,7 +126,7 @@ class JobFlow:
             return None
         # Measuring the candidate takes a while: keep the lease, or the reconciler would
         # hand the job to another worker meanwhile.
-        with Heartbeat(self, job_id):
+        with Heartbeat(self.sessions, job_id, self.lease_seconds):
             if state.attempt.phase == "spot_check":
                 return self._finish_spot_check(job_id, state, results)
             return self._finish(job_id, state, results)
@@ -133,7 +134,7 @@ class JobFlow:
     def fail(self, job_id: str, exc: BaseException) -> None:
         """The job fails with ``exc`` as its reason; its forget rows are dropped."""
         with session_scope(self.sessions) as s:
-            jobs.fail(s, job_id, reason(exc))
+            outcomes.fail(s, job_id, reason(exc))
         self.engine.scratch.drop(job_id)
 
     # -- planning -----------------------------------------------------------------
@@ -162,7 +163,7 @@ class JobFlow:
                                     requests=claim.request_ids, job=claim.job_id)
         with session_scope(self.sessions) as s:
             if plan is None:  # the latest version already excludes the owners
-                jobs.complete(s, claim.job_id, None)
+                outcomes.complete(s, claim.job_id, None)
                 return None
             state = JobState(plan, Attempt(requested_method=requested))
             jobs.record_plan(s, claim.job_id, state.to_dict(), erasures, dataset)
@@ -205,7 +206,7 @@ class JobFlow:
             self.fail(job_id, exc)
             return None
         with session_scope(self.sessions) as s:
-            jobs.complete(s, job_id, record)
+            outcomes.complete(s, job_id, record)
         eng.scratch.drop(plan.scratch)
         return None
 
@@ -259,41 +260,8 @@ class JobFlow:
             jobs.record_attempt(s, job_id, method=dataclasses.asdict(plan.method), parent=plan.parent,
                                 metrics=jobs.numbers(reference["metrics"]) if "error" not in gaps else {},
                                 failures=[], phase="spot_check", gaps=gaps)
-            jobs.complete(s, job_id, published)
+            outcomes.complete(s, job_id, published)
         eng.scratch.drop(plan.scratch)
-
-
-class Heartbeat:
-    """Renews the job's dataset lease from a side thread while a long step runs, and
-    carries the step's latest progress line to the job row."""
-
-    def __init__(self, flow: JobFlow, job_id: str):
-        self.flow, self.job_id = flow, job_id
-        self.progress: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def report(self, msg: str) -> None:
-        log.info(msg)
-        self.progress = msg
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        # Often enough to show training progress, and well inside the lease.
-        lease = self.flow.lease_seconds
-        while not self._stop.wait(min(lease / 4, 5.0)):
-            try:
-                with session_scope(self.flow.sessions) as s:
-                    jobs.renew_lease(s, self.job_id, lease, self.progress)
-            except Exception:
-                log.exception("could not renew the lease of job %s", self.job_id)
 
 
 def reason(exc: BaseException) -> str:

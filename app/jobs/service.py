@@ -1,4 +1,5 @@
-"""The database side of jobs: claim work for a model, record its plan, finish or fail it.
+"""The database side of running jobs: claim work for a model, keep its lease, record its
+plan and attempts (``outcomes`` finishes or fails it).
 Each function works in the caller's transaction (the job flow's ``session_scope``).
 
 A job trains a model or removes owners from it. Only one job at a time changes the
@@ -25,7 +26,6 @@ from app.tables import (
     DeletionRequestRow,
     JobRow,
     ModelRow,
-    ModelVersionRow,
     utcnow,
 )
 from workers.engine.ledger import Erasure
@@ -169,116 +169,6 @@ def record_attempt(session: Session, job_id: str, *, method: dict, parent: int |
         append(session, kind, actor=WORKER, owner_id=owner_id, request_id=request_id, model=job.model, data=data)
     if not requests:
         append(session, kind, actor=WORKER, model=job.model, data=data)
-
-
-def _release(session: Session, job: JobRow) -> None:
-    """Free the dataset and queue every model on it that has work waiting."""
-    dataset = session.get(ModelRow, job.model).dataset
-    session.execute(update(DatasetRow).where(DatasetRow.busy_job == job.id).values(busy_job=None, busy_until=None))
-    waiting = session.scalars(
-        select(ModelRow.name).where(ModelRow.dataset == dataset).where(
-            ModelRow.name.in_(select(DeletionOutcomeRow.model).where(DeletionOutcomeRow.status == OutcomeStatus.PENDING))
-            | ModelRow.name.in_(select(JobRow.model).where(JobRow.status == JobStatus.QUEUED))
-        )
-    ).all()
-    for name in waiting:
-        enqueue_advance(session, name)
-
-
-def complete(session: Session, job_id: str, record: dict | None) -> None:
-    """Mark the job done. ``record`` is the published version (None: nothing to remove,
-    the latest version already excludes the owners)."""
-    job = session.get(JobRow, job_id)
-    if job is None or job.status == JobStatus.COMPLETED:
-        return
-    now = utcnow()
-    model = session.get(ModelRow, job.model)
-    version = record["version"] if record else model.latest_version
-    if record is not None:
-        _record_version(session, job, record)
-        model.latest_version = record["version"]
-    if job.kind == JobKind.TRAIN:
-        model.status, model.error = ModelStatus.READY, None
-    job.status, job.version, job.finished_at = JobStatus.COMPLETED, version, now
-    seconds = (now - job.started_at).total_seconds() if job.started_at else None
-    metrics = dict(record["metrics"]) if record else {}
-    for outcome in session.scalars(select(DeletionOutcomeRow).where(DeletionOutcomeRow.job_id == job_id)):
-        outcome.status, outcome.version, outcome.metrics = OutcomeStatus.COMPLETED, version, metrics
-        outcome.seconds = round(seconds, 3) if seconds is not None else None
-        request = session.get(DeletionRequestRow, outcome.request_id)
-        append(session, "request.model_unlearned", actor=WORKER, owner_id=request.owner_id, request_id=request.id,
-               model=job.model, version=version,
-               data={"job_id": job_id, "method": outcome.method, "published": record is not None,
-                     "manifest_digest": record["manifest_digest"] if record else None,
-                     "metrics": numbers(metrics), "seconds": outcome.seconds})
-        refresh_request(session, request)
-    append(session, "job.completed", actor=WORKER, model=job.model, version=version,
-           data={"job_id": job_id, "kind": job.kind, "seconds": seconds})
-    _release(session, job)
-
-
-def _record_version(session: Session, job: JobRow, record: dict) -> None:
-    exists = session.scalars(
-        select(ModelVersionRow).where(ModelVersionRow.model == job.model, ModelVersionRow.version == record["version"])
-    ).first()
-    if exists:
-        return
-    requests = record["removed"]["requests"]
-    session.add(ModelVersionRow(
-        model=job.model, version=record["version"], parent=record["parent"], kind=record["kind"],
-        method=record.get("method", {}).get("name", "exact"), manifest_digest=record["manifest_digest"],
-        record_sha256=record["record_sha256"], n_samples=record["n_samples"], metrics=record["metrics"],
-        requests=requests, job_id=job.id,
-    ))
-    append(session, "model.version_published", actor=WORKER, model=job.model, version=record["version"],
-           data={"job_id": job.id, "parent": record["parent"], "kind": record["kind"],
-                 "method": record.get("method", {}).get("name"), "exact": record.get("exact", True),
-                 "manifest_digest": record["manifest_digest"], "record_sha256": record["record_sha256"],
-                 "n_samples": record["n_samples"], "requests": requests,
-                 "removed_sample_count": record["removed"]["sample_count"],
-                 "removed_sample_ids_digest": record["removed"].get("sample_ids_digest"),
-                 "metrics": numbers(record["metrics"])})
-
-
-def fail(session: Session, job_id: str, reason: str) -> None:
-    """Mark the job failed with ``reason``; its requests fail for this model."""
-    job = session.get(JobRow, job_id)
-    if job is None or job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
-        return
-    reason = reason[:2000]
-    job.status, job.error, job.finished_at = JobStatus.FAILED, reason, utcnow()
-    if job.kind == JobKind.TRAIN:
-        model = session.get(ModelRow, job.model)
-        model.status, model.error = ModelStatus.FAILED, reason
-    for outcome in session.scalars(select(DeletionOutcomeRow).where(DeletionOutcomeRow.job_id == job_id)):
-        outcome.status, outcome.error = OutcomeStatus.FAILED, reason
-        refresh_request(session, session.get(DeletionRequestRow, outcome.request_id))
-    append(session, "job.failed", actor=WORKER, model=job.model, data={"job_id": job_id, "kind": job.kind, "reason": reason})
-    _release(session, job)
-
-
-def refresh_request(session: Session, request: DeletionRequestRow) -> None:
-    """Derive the request's status from its outcomes; audit a change."""
-    session.flush()
-    states = session.scalars(select(DeletionOutcomeRow.status).where(DeletionOutcomeRow.request_id == request.id)).all()
-    if any(s in (OutcomeStatus.PENDING, OutcomeStatus.RUNNING) for s in states):
-        new = RequestStatus.RUNNING if OutcomeStatus.RUNNING in states else RequestStatus(request.status)
-    elif OutcomeStatus.FAILED in states:
-        new = RequestStatus.FAILED
-    else:
-        new = RequestStatus.COMPLETED
-    if new == request.status:
-        return
-    request.status = new
-    data = {}
-    if new in (RequestStatus.COMPLETED, RequestStatus.FAILED):
-        request.completed_at = utcnow()
-    if new == RequestStatus.FAILED:
-        failed = session.scalars(select(DeletionOutcomeRow).where(
-            DeletionOutcomeRow.request_id == request.id, DeletionOutcomeRow.status == OutcomeStatus.FAILED)).all()
-        request.failure_reason = "; ".join(f"{o.model}: {o.error}" for o in failed)[:2000]
-        data["reason"] = request.failure_reason
-    append(session, f"request.{new}", actor=WORKER, owner_id=request.owner_id, request_id=request.id, data=data)
 
 
 def numbers(metrics: dict) -> dict:

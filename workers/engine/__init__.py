@@ -14,26 +14,5 @@ service, the CLI, the tests and the benchmarks call. Its rooms:
 Architectures, dataset sources, aggregations and unlearning methods are registries
 (``registry.Registry``): an extension is one file and one registration line.
 """
-from workers.engine.errors import (
-    DatasetError,
-    DatasetExists,
-    DatasetNotFound,
-    EngineError,
-    LetheError,
-    ModelError,
-    ModelNotFound,
-    OwnerNotFound,
-    VersionNotFound,
-)
-
-__all__ = [
-    "DatasetError",
-    "DatasetExists",
-    "DatasetNotFound",
-    "EngineError",
-    "LetheError",
-    "ModelError",
-    "ModelNotFound",
-    "OwnerNotFound",
-    "VersionNotFound",
-]
+from workers.engine.errors import *  # noqa: F403  (the error family, re-exported)
+from workers.engine.errors import __all__  # noqa: F401

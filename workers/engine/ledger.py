@@ -8,6 +8,9 @@ Layout of one dataset ``<root>/<name>/``:
   sorted by sample id. Erasure writes a new generation without the owner's rows,
   switches the ledger to it in one transaction and deletes the old file.
 - ``test.npz``: held-out evaluation rows; they belong to no owner and are never trained on.
+
+(Longer than the other rooms, on purpose: the ledger's tables, the array generations and
+erasure share one file layout and one writer lock, and are read together.)
 """
 from __future__ import annotations
 
