@@ -63,7 +63,8 @@ async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Calle
     return caller
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit runs when the route returns, before the response is sent.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 AdminDep = Annotated[Caller, Depends(require_admin)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -52,6 +52,8 @@ def derive_seed(*parts) -> int:
 
 def make_deterministic() -> None:
     """Same inputs, same weights: deterministic kernels and no autotuning."""
+    # Not a setting of Lethe's: cuBLAS reads this when CUDA starts, and deterministic
+    # GEMMs need it; a value the operator set is kept.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
