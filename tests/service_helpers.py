@@ -1,5 +1,6 @@
-"""Helpers for the service tests: an app on a temporary SQLite database, and a way to
-run the worker's tasks in-process (unit tests only; integration tests use real processes)."""
+"""Helpers for the service tests: API keys, an app on a temporary SQLite database, a way to
+run the worker's tasks in-process (unit tests only; integration tests use real processes),
+and an owner to delete. The API fixtures (``client``, ``ready``) are in tests/api/conftest.py."""
 from __future__ import annotations
 
 from app.settings import Settings
@@ -22,6 +23,11 @@ def make_settings(data_dir, **overrides) -> Settings:
     """Settings for an app on a SQLite database and broker under ``data_dir``."""
     return Settings(data_dir=data_dir, admin_keys=[ADMIN], client_keys=[CLIENT, CLIENT2], device="cpu",
                     database_url=None, broker_url=None, result_backend=None, **overrides)
+
+
+def an_owner(client) -> str:
+    """An owner of the ``digits`` data set imported through ``client``."""
+    return client.get("/v1/datasets/digits/owners?limit=1", headers=A).json()["owners"][0]["owner_id"]
 
 
 def run_worker_inline(app) -> int:

@@ -34,7 +34,7 @@ def test_no_input_gives_a_server_error(api_schema):
     for result in api_schema.get_all_operations():
         operation = result.ok()
         if operation.method.upper() == "POST" and operation.path == "/v1/datasets":
-            continue  # imports read whole data sets; their bad input is covered in test_api.py
+            continue  # imports read whole data sets; their bad input is covered in tests/api/datasets/
 
         cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service_helpers import A, C
-from tests.test_api import an_owner, client, ready  # noqa: F401  (fixtures)
+from tests.service_helpers import A, C, an_owner
 
 VERIFICATION = ("ua", "ra", "ta", "mia_efficacy", "mia_heldout", "loss_auc", "expected_ua", "l2_to_parent", "rte_seconds")
 

@@ -4,7 +4,7 @@ import io
 import numpy as np
 import pytest
 
-from tests.conftest import write_idx
+from tests.engine.conftest import write_idx
 from workers.engine.digests import ids_digest
 from workers.engine.errors import DatasetError, DatasetExists, OwnerNotFound
 from workers.engine.sources import assign_owners
