@@ -13,6 +13,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from app.jobs import tasks
+from app.jobs.flow import check_settings
 from app.settings import Settings
 
 QUEUE = "gpu"
@@ -20,6 +21,7 @@ QUEUE = "gpu"
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app for ``settings``, with Lethe's tasks (``app.jobs.tasks``) registered."""
+    check_settings(settings)  # a bad setting stops the worker at start-up, not each task
     app = Celery("lethe", broker=settings.celery_broker_url, backend=settings.celery_result_backend)
     app.lethe_settings = settings
     redis = settings.celery_broker_url.startswith(("redis://", "rediss://"))

@@ -20,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     except LetheError as exc:
         click.echo(f"error [{exc.code}]: {exc.detail}", err=True)
         return 2
+    except click.UsageError as exc:  # a bad option or argument: the same form as every error
+        command = exc.ctx.command_path.split(" ")[1:] if exc.ctx else []
+        click.echo(f"error [invalid_argument]: {exc.format_message()} "
+                   f"(see: {' '.join(['lethe', *command, '--help'])})", err=True)
+        return 2
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

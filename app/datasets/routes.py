@@ -71,14 +71,13 @@ async def import_dataset(request: Request, session: SessionDep, engine: EngineDe
 
 @router.get("", response_model=list[DatasetOut])
 def list_datasets(session: SessionDep, engine: EngineDep, _: CallerDep) -> list[DatasetOut]:
-    return [DatasetOut.model_validate(service.refresh_counts(session=session, engine=engine, row=r))
-            for r in service.list_all(session=session)]
+    return [service.describe(engine=engine, row=r) for r in service.list_all(session=session)]
 
 
 @router.get("/{name}", response_model=DatasetOut)
 def get_dataset(name: str, session: SessionDep, engine: EngineDep, _: CallerDep) -> DatasetOut:
     row = service.get(session=session, name=name)
-    return DatasetOut.model_validate(service.refresh_counts(session=session, engine=engine, row=row))
+    return service.describe(engine=engine, row=row)
 
 
 @router.get("/{name}/owners", response_model=OwnerPage)

@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit.service import append
+from app.datasets.schemas import DatasetOut
 from app.errors import ApiError, get_or_404
 from app.tables import DatasetRow
 from workers.engine.engine import Engine
@@ -42,11 +43,13 @@ def list_all(*, session: Session) -> list[DatasetRow]:
     return list(session.scalars(select(DatasetRow).order_by(DatasetRow.name)))
 
 
-def refresh_counts(*, session: Session, engine: Engine, row: DatasetRow) -> DatasetRow:
-    """Sample and owner counts change with erasures; read them from the ledger."""
+def describe(*, engine: Engine, row: DatasetRow) -> DatasetOut:
+    """The dataset as the API shows it. Sample and owner counts change with erasures, so
+    they are read from the ledger (the row keeps the counts at import)."""
+    out = DatasetOut.model_validate(row)
     info = engine.dataset(row.name).info()
-    row.n_samples, row.n_owners = info.n_samples, info.n_owners
-    return row
+    out.n_samples, out.n_owners = info.n_samples, info.n_owners
+    return out
 
 
 def owners(*, engine: Engine, name: str, limit: int, after: str | None) -> tuple[list[tuple[str, int]], str | None]:

@@ -34,7 +34,9 @@ class Outcome(BaseModel):
 
 
 class DeletionOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    # models and outcomes are filled in after validating the request row; they are
+    # always present in an answer, so the response schema lists them as required.
+    model_config = ConfigDict(from_attributes=True, json_schema_serialization_defaults_required=True)
 
     id: str
     owner_id: str

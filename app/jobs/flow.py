@@ -31,7 +31,7 @@ from app.jobs.heartbeat import Heartbeat
 from app.settings import Settings
 from app.statuses import JobKind
 from app.tables import ModelRow
-from models_store import LetheError
+from models_store import LetheError, ModelNotFound, VersionNotFound
 from workers.engine import gate, metrics, planning
 from workers.engine.engine import Engine
 from workers.engine.errors import EngineError
@@ -64,6 +64,12 @@ class JobState:
 
     @classmethod
     def from_dict(cls, d: dict) -> JobState:
+        if "plan" not in d:  # saved before the state was typed: one flat dict
+            attempt = Attempt(number=d.get("attempt", 1),
+                              phase="spot_check" if d.get("phase") == "spot_check" else "publish",
+                              requested_method=d.get("requested_method"), fallback_from=d.get("fallback_from"),
+                              checked_version=d.get("checked_version"))
+            return cls(Plan.from_dict(d), attempt)
         return cls(Plan.from_dict(d["plan"]), Attempt(**d["attempt"]))
 
 
@@ -95,11 +101,8 @@ class JobFlow:
             claim = jobs.claim(s, model, self.lease_seconds)
         if claim is None:
             return None
-        if claim.state is not None:
-            state = JobState.from_dict(claim.state)
-            return Dispatch(claim.job_id, state.plan.to_run, state.attempt.number)
         try:
-            state = self._plan(claim)
+            state = JobState.from_dict(claim.state) if claim.state is not None else self._plan(claim)
         except Exception as exc:  # the job fails with a reason; it must not stay running
             log.exception("planning job %s failed", claim.job_id)
             self.fail(claim.job_id, exc)
@@ -266,12 +269,12 @@ class JobFlow:
 
 def reason(exc: BaseException) -> str:
     """A failure as a job's reason: the library's code and detail, else the exception."""
-    if isinstance(exc, EngineError):
+    if isinstance(exc, (EngineError, ModelNotFound, VersionNotFound)):
         return f"{exc.code}: {exc.detail}"
     return f"{type(exc).__name__}: {exc}"
 
 
 def _sampled(job_id: str, rate: float) -> bool:
-    """Whether this job is in the spot-checked share: decided by its id, so a retried
-    finish step decides the same way."""
+    """Whether this job is in the spot-checked share: a uniform draw made from its id, so
+    the choice can be reproduced from the audit trail."""
     return int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) / 2**32 < rate

@@ -83,7 +83,7 @@ def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
     if not took:
         return None  # nothing was written: the lease is another job's
     if job is None:
-        job = JobRow(id=job_id, kind=JobKind.UNLEARN, model=model, status=JobStatus.QUEUED)
+        job = JobRow(id=job_id, kind=JobKind.UNLEARN, model=model, status=JobStatus.QUEUED, created_at=now)
         session.add(job)
     resumed = job.status == JobStatus.RUNNING
     job.status, job.heartbeat_at = JobStatus.RUNNING, now

@@ -59,7 +59,8 @@ class ModelAccepted(BaseModel):
 
 
 class ModelOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    # ``job`` is set after validating the model row; always present in an answer.
+    model_config = ConfigDict(from_attributes=True, json_schema_serialization_defaults_required=True)
 
     name: str
     dataset: str
@@ -74,7 +75,7 @@ class ModelOut(BaseModel):
 
 
 class VersionSummary(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_serialization_defaults_required=True)
 
     model: str
     version: int
@@ -84,7 +85,7 @@ class VersionSummary(BaseModel):
     manifest_digest: str
     n_samples: int
     requests: list[str]
-    test_accuracy: float | None = Field(validation_alias=AliasChoices("test_accuracy",
+    test_accuracy: float | None = Field(None, validation_alias=AliasChoices("test_accuracy",
                                                                       AliasPath("metrics", "test_accuracy")))
     created_at: datetime
 

@@ -136,16 +136,17 @@ def gaps(metrics: dict, reference: dict) -> dict:
     return out
 
 
-def expected_accuracy(forget_y: np.ndarray, test_correct: np.ndarray, test_y: np.ndarray,
-                      present_classes: np.ndarray) -> float:
+def expected_accuracy(forget_y: np.ndarray, class_accuracy, present_classes) -> float:
     """The accuracy a model that never saw the forget set should show on it: its held-out
-    accuracy per class, weighted by the forget set's class mix, and zero for classes the
-    model no longer trains on (a model never shown a class never predicts it)."""
+    accuracy per class (``class_accuracy(c)``, None without held-out rows of class c),
+    weighted by the forget set's class mix, and zero for classes the model no longer
+    trains on (a model never shown a class never predicts it)."""
     total = 0.0
-    for c in np.unique(forget_y):
-        rows = test_y == c
-        if c in present_classes and rows.any():
-            total += int((forget_y == c).sum()) * float(test_correct[rows].mean())
+    classes, counts = np.unique(forget_y, return_counts=True)
+    for c, n in zip(classes.tolist(), counts.tolist()):
+        accuracy = class_accuracy(c) if c in present_classes else None
+        if accuracy is not None:
+            total += n * accuracy
     return total / max(len(forget_y), 1)
 
 
@@ -154,4 +155,9 @@ def expected_ua(forget_y: np.ndarray, test: tuple, present_classes: np.ndarray) 
     if not len(forget_y):
         return None
     pt, yt = test
-    return round(1.0 - expected_accuracy(forget_y, pt.argmax(1) == yt, yt, present_classes), 6)
+    right = pt.argmax(1) == yt
+
+    def class_accuracy(c):
+        return float(right[yt == c].mean()) if (yt == c).any() else None
+
+    return round(1.0 - expected_accuracy(forget_y, class_accuracy, set(np.asarray(present_classes).tolist())), 6)

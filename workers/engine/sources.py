@@ -61,7 +61,7 @@ def load(source: str, *, path=None, seed: int = 0, cache_dir: str | os.PathLike)
     except ValueError as exc:
         raise DatasetError(str(exc)) from None
     if entry.needs_file and path is None:
-        raise DatasetError(f"a {source} import needs the file")
+        raise DatasetError(f"an import from source {source!r} needs the file")
     return entry.load(path=path, seed=seed, cache_dir=cache_dir)
 
 

@@ -42,3 +42,29 @@ def test_a_job_is_claimed_once_while_its_lease_lasts_and_resumed_after(ready):
     assert resumed.job_id == first.job_id and resumed.request_ids == first.request_ids
     events = ready.get("/v1/audit?model=m&limit=1000", headers=A).json()["events"]
     assert [e["kind"] for e in events][-1] == "job.resumed"
+
+
+def test_job_state_round_trips_and_reads_the_flat_form_saved_before_it_was_typed(ready, monkeypatch):
+    """A job planned by an earlier release (one flat dict) still resumes after an upgrade."""
+    from app.jobs.flow import Attempt, JobFlow, JobState
+    from app.jobs.service import running_state
+
+    saved, plan_job = {}, JobFlow._plan
+
+    def plan_and_keep(self, claim):
+        state = plan_job(self, claim)
+        with ready.app_.state.sessionmaker() as s:
+            saved.update(running_state(s, claim.job_id))
+        return state
+
+    monkeypatch.setattr(JobFlow, "_plan", plan_and_keep)
+    ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready), "method": "ga"}, headers=C)
+    run_worker_inline(ready.app_)
+    state = JobState.from_dict(saved)
+    assert JobState.from_dict(state.to_dict()) == state
+    assert state.plan.method.name == "ga" and state.attempt == Attempt(requested_method="ga")
+    flat = {**state.plan.to_dict(), "attempt": 2, "phase": "spot_check", "requested_method": "ga",
+            "checked_version": 2}
+    old = JobState.from_dict(flat)
+    assert old.plan == state.plan
+    assert old.attempt == Attempt(number=2, phase="spot_check", requested_method="ga", checked_version=2)

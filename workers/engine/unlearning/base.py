@@ -113,8 +113,13 @@ def expected_forget_accuracy(model, forget: Split, retain: Split, heldout: Split
     with torch.no_grad():
         model.eval()
         predicted = torch.cat([model(heldout.x[i : i + 2048]).argmax(1) for i in range(0, len(heldout), 2048)])
-    return metrics.expected_accuracy(forget.y.cpu().numpy(), (predicted == heldout.y).cpu().numpy(),
-                                     heldout.y.cpu().numpy(), torch.unique(retain.y).cpu().numpy())
+    correct = (predicted == heldout.y).float()
+
+    def class_accuracy(c):
+        rows = heldout.y == c
+        return correct[rows].mean().item() if rows.any() else None
+
+    return metrics.expected_accuracy(forget.y.cpu().numpy(), class_accuracy, set(torch.unique(retain.y).tolist()))
 
 
 class ForgetMonitor:
