@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.settings import Settings
 from workers.engine.engine import Engine
 from workers.engine.sisa import Strategy
 from workers.engine.training import TrainConfig
@@ -41,7 +42,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slice-epochs", default="each", choices=["each", "budget"],
                     help="passes per SISA slice step (see TrainConfig)")
-    ap.add_argument("--fashion-mnist-dir", default=None)
+    ap.add_argument("--fashion-mnist-dir", default=Settings().fashion_mnist_dir,
+                    help="the IDX files (env LETHE_FASHION_MNIST_DIR; default Debian's location)")
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
 

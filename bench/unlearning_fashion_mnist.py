@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.settings import Settings
 from workers.engine import metrics, nets, sources, unlearning
 from workers.engine.training import TrainConfig, predict_proba
 from workers.engine.unlearning import Split
@@ -42,7 +43,7 @@ TITLES = {"random": "(a) random owners, ~10%", "class": "(b) one whole class", "
 
 
 def load(seed: int, train_size: int, val_size: int, device):
-    raw = sources.load_fashion_mnist(None, OUT / "fashion-mnist")
+    raw = sources.load_fashion_mnist(Settings().fashion_mnist_dir, OUT / "fashion-mnist")
     order = np.random.default_rng(seed).permutation(len(raw.y))
     val, train = np.sort(order[:val_size]), np.sort(order[val_size : val_size + train_size])
     owners = sources.assign_owners(len(train), seed=seed)

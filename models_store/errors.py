@@ -13,6 +13,8 @@ class LetheError(Exception):
 
 
 class StoreError(LetheError):
+    """The store cannot do what was asked (a missing blob, for one): a server-side fault."""
+
     code = "store_error"
 
 
@@ -29,8 +31,12 @@ class VersionNotFound(StoreError):
 
 
 class VersionConflict(StoreError):
+    """Another publisher got to the next version number first: re-derive from it."""
+
     code = "version_conflict"
 
 
 class BlobCorrupt(StoreError):
+    """Stored bytes no longer match their sha256."""
+
     code = "blob_corrupt"

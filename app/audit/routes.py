@@ -1,50 +1,16 @@
+"""Audit routes (admin): query the hash-chained events, verify the chain."""
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, field_validator
 
 from app.audit import service
+from app.audit.schemas import AuditEvent, AuditPage, ChainOut
 from app.deps import AdminDep, SessionDep
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
-
-
-class AuditEvent(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    seq: int
-    at: str
-    actor: str
-    kind: str
-    owner_id: str | None
-    request_id: str | None
-    model: str | None
-    version: int | None
-    data: dict
-    prev_hash: str
-    hash: str
-
-    @field_validator("data", mode="before")
-    @classmethod
-    def _parse(cls, value):
-        return json.loads(value) if isinstance(value, str) else value
-
-
-class AuditPage(BaseModel):
-    events: list[AuditEvent]
-    next_cursor: int | None
-
-
-class ChainOut(BaseModel):
-    ok: bool
-    events: int
-    head_hash: str
-    first_bad_seq: int | None
-    problem: str | None
 
 
 @router.get("", response_model=AuditPage)

@@ -1,3 +1,4 @@
+"""``python -m app.cli``: the same as the ``lethe`` command."""
 import sys
 
 from app.cli import main

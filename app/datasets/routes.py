@@ -1,3 +1,4 @@
+"""Dataset routes: import (admin; a public set by name, or an .npz upload), list, read, owners."""
 from __future__ import annotations
 
 import tempfile

@@ -1,3 +1,4 @@
+"""Dataset requests and answers; the source names come from the engine's registry."""
 from __future__ import annotations
 
 from datetime import datetime

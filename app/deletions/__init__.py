@@ -1,0 +1,1 @@
+"""Deletion requests: intake, status, per-model outcomes."""

@@ -1,3 +1,4 @@
+"""Deletion-request routes: submit (through the intake's group commit), list, read."""
 from __future__ import annotations
 
 from typing import Annotated

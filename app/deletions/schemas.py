@@ -1,3 +1,4 @@
+"""Deletion requests and answers; the method names come from the engine's registry."""
 from __future__ import annotations
 
 from datetime import datetime

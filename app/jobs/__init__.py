@@ -1,0 +1,1 @@
+"""Jobs: the flow of a training or deletion job through the workers."""

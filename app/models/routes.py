@@ -1,3 +1,4 @@
+"""Model routes: train (admin), list, read, versions, artifact download, predict."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request

@@ -1,3 +1,4 @@
+"""Model requests and answers; architectures and aggregations come from the engine's registries."""
 from __future__ import annotations
 
 from datetime import datetime

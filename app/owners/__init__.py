@@ -1,0 +1,1 @@
+"""Owners: where a data owner's samples are or were."""

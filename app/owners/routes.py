@@ -1,41 +1,13 @@
+"""Owner lineage (admin): datasets, model versions and requests of one owner."""
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter
-from pydantic import BaseModel
 
 from app.deps import AdminDep, EngineDep, SessionDep
 from app.owners import service
+from app.owners.schemas import OwnerLineage
 
 router = APIRouter(prefix="/v1/owners", tags=["owners"])
-
-
-class OwnerDataset(BaseModel):
-    dataset: str
-    remaining_samples: int
-    erasures: list[dict]
-
-
-class OwnerModel(BaseModel):
-    model: str
-    latest_version: int | None
-    versions_trained_on_owner: list[int]
-    latest_excludes_owner: bool
-
-
-class OwnerRequest(BaseModel):
-    id: str
-    status: str
-    created_at: datetime
-    completed_at: datetime | None
-
-
-class OwnerLineage(BaseModel):
-    owner_id: str
-    datasets: list[OwnerDataset]
-    models: list[OwnerModel]
-    deletion_requests: list[OwnerRequest]
 
 
 @router.get("/{owner_id}", response_model=OwnerLineage)

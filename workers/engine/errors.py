@@ -11,6 +11,8 @@ class EngineError(LetheError):
 
 
 class DatasetError(EngineError):
+    """The data, or a request about it, is not usable (bad arrays, bad name, bad source)."""
+
     code = "invalid_dataset"
 
 
@@ -23,10 +25,14 @@ class DatasetExists(EngineError):
 
 
 class OwnerNotFound(EngineError):
+    """The dataset never held that owner."""
+
     code = "owner_not_found"
 
 
 class ModelError(EngineError):
+    """A model cannot be trained or unlearned as asked (shape, strategy, method)."""
+
     code = "invalid_model"
 
 
