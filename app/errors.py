@@ -22,9 +22,11 @@ STATUS_BY_CODE = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str, headers: dict | None = None):
+    """A 4xx: ``code`` and ``detail``, and ``extra`` fields a caller can act on."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict | None = None, extra: dict | None = None):
         super().__init__(detail)
-        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+        self.status, self.code, self.detail, self.headers, self.extra = status, code, detail, headers, extra or {}
 
 
 def not_found(code: str, detail: str) -> ApiError:

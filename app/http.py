@@ -23,7 +23,7 @@ def _body(code: str, detail: str, **extra) -> dict:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
-        return JSONResponse(_body(exc.code, exc.detail), status_code=exc.status, headers=exc.headers)
+        return JSONResponse(_body(exc.code, exc.detail, **exc.extra), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(LetheError)
     async def _library_error(_: Request, exc: LetheError):

@@ -83,6 +83,25 @@ class ModelVersionRow(Base):
     requests: Mapped[list]
     job_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when a later version removed samples this one was trained on (0002).
+    revoked_at: Mapped[datetime | None]
+    revoked_for: Mapped[list | None]  # the deletion requests that revoked it
+    replaced_by: Mapped[int | None]
+
+    @property
+    def status(self) -> str:
+        return "revoked" if self.revoked_at is not None else "published"
+
+
+class ModelAliasRow(Base):
+    """A name for one version of a model (``production``); never on a revoked version."""
+
+    __tablename__ = "model_aliases"
+
+    model: Mapped[str] = mapped_column(ForeignKey("models.name"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class JobRow(Base):

@@ -5,6 +5,7 @@ Keys::
     objects/sha256/<ab>/<digest>          artifact bytes, stored once per digest
     models/<name>/model.json              what the model is (architecture, strategy, recipe)
     models/<name>/versions/<n:08d>.json   one version: parent, artifacts, manifest, metrics
+    models/<name>/revocations/<n:08d>.json  that version revoked: when, for which requests, by which version
 
 A version becomes visible only when its record is created, after every blob it names
 has been written; the record is created with ``write_new``, so a crash mid-publish
@@ -89,6 +90,24 @@ class ModelStore:
         record = json.loads(raw)
         record["record_sha256"] = hashlib.sha256(raw).hexdigest()
         return record
+
+    def revoke(self, name: str, number: int, *, requests: list[str], replaced_by: int) -> dict:
+        """Record, once and for good, that version ``number`` is revoked: a later version
+        (``replaced_by``) removed samples it was trained on, for ``requests``. The version
+        record itself never changes. Revoking again returns the first revocation."""
+        self.version(name, number)
+        revocation = {"model": name, "version": int(number), "replaced_by": int(replaced_by),
+                      "requests": sorted(set(requests)),
+                      "revoked_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        self.backend.write_new(f"models/{name}/revocations/{int(number):08d}.json", _dumps(revocation))
+        return self.revocation(name, number)
+
+    def revocation(self, name: str, number: int) -> dict | None:
+        """The revocation of version ``number``, or None while it is live."""
+        try:
+            return json.loads(self.backend.read(f"models/{name}/revocations/{int(number):08d}.json"))
+        except FileNotFoundError:
+            return None
 
     def publish(self, name: str, record: dict, *, parent: int | None) -> dict:
         """Publish ``record`` as version ``parent + 1`` (1 if no parent); return it.

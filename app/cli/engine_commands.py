@@ -168,6 +168,10 @@ def verify(c: Context, model, version):
     """Recompute a version's digests from the stored bytes; list erased owners in it."""
     report = c.engine().verify(model, _version_number(version))
     lines = [f"{report['model']} v{report['version']}: {'OK' if report['ok'] else 'FAILED'}"]
+    if report["revoked"]:
+        r = report["revoked"]
+        lines.append(f"  REVOKED at {r['revoked_at']}, replaced by v{r['replaced_by']} "
+                     f"(requests {', '.join(r['requests']) or '-'}): it was trained on erased samples")
     lines += [f"  problem: {p}" for p in report["problems"]]
     if report["ok"]:
         lines.append(f"  manifest digest {report['manifest_digest']} recomputed from the stored sample ids")

@@ -28,6 +28,7 @@ from app.db import session_scope
 from app.jobs import outcomes
 from app.jobs import service as jobs
 from app.jobs.heartbeat import Heartbeat
+from app.models import versions
 from app.settings import Settings
 from app.statuses import JobKind
 from app.tables import ModelRow
@@ -208,10 +209,21 @@ class JobFlow:
         except LetheError as exc:
             self.fail(job_id, exc)
             return None
-        with session_scope(self.sessions) as s:
-            outcomes.complete(s, job_id, record)
-        eng.scratch.drop(plan.scratch)
+        self._complete(job_id, plan, record)
         return None
+
+    def _complete(self, job_id: str, plan: Plan, record: dict, audit=None) -> None:
+        """The job is done with ``record`` published: revoke the earlier versions trained
+        on what it removed (store first, then the database with the outcomes and any
+        ``audit(session)`` of the step, in one transaction, aliases moved), and drop the
+        forget rows."""
+        revocations = self.engine.revoke_superseded(record)
+        with session_scope(self.sessions) as s:
+            if audit is not None:
+                audit(s)
+            outcomes.complete(s, job_id, record)
+            versions.record_revocations(s, actor=jobs.WORKER, name=plan.model, revocations=revocations)
+        self.engine.scratch.drop(plan.scratch)
 
     def _passes_gate(self, job_id: str, plan: Plan, record: dict) -> bool:
         s = self.settings
@@ -259,12 +271,10 @@ class JobFlow:
         except LetheError as exc:
             gaps = {"error": reason(exc)}
         published["metrics"]["spot_check"] = gaps
-        with session_scope(self.sessions) as s:
-            jobs.record_attempt(s, job_id, method=dataclasses.asdict(plan.method), parent=plan.parent,
-                                metrics=jobs.numbers(reference["metrics"]) if "error" not in gaps else {},
-                                failures=[], phase="spot_check", gaps=gaps)
-            outcomes.complete(s, job_id, published)
-        eng.scratch.drop(plan.scratch)
+        self._complete(job_id, plan, published, audit=lambda s: jobs.record_attempt(
+            s, job_id, method=dataclasses.asdict(plan.method), parent=plan.parent,
+            metrics=jobs.numbers(reference["metrics"]) if "error" not in gaps else {},
+            failures=[], phase="spot_check", gaps=gaps))
 
 
 def reason(exc: BaseException) -> str:

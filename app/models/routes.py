@@ -5,8 +5,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.deps import AdminDep, CallerDep, EngineDep, SessionDep, SettingsDep
-from app.models import service
+from app.models import service, versions
 from app.models.schemas import (
+    AliasIn,
+    AliasOut,
     JobOut,
     ModelAccepted,
     ModelCreate,
@@ -51,15 +53,19 @@ def list_versions(name: str, session: SessionDep, _: CallerDep) -> list[VersionS
 
 @router.get("/{name}/versions/{number}", response_model=VersionOut)
 def get_version(name: str, number: str, session: SessionDep, engine: EngineDep, _: CallerDep) -> VersionOut:
-    """A version's evidence: parent, digests, requests it covers, metrics, timings."""
-    return VersionOut.from_record(service.record(session=session, engine=engine, name=name, number=number))
+    """A version's evidence: parent, digests, requests it covers, metrics, timings, and
+    whether it was revoked. ``number`` is a version, ``latest`` or an alias."""
+    service.get(session=session, name=name)
+    v = versions.resolve(session=session, engine=engine, name=name, reference=number)
+    return VersionOut.from_record(v.record, v.row)
 
 
 @router.get("/{name}/versions/{number}/artifact", response_class=Response,
             responses={200: {"content": {"application/zip": {}}}})
 def download_artifact(name: str, number: str, session: SessionDep, engine: EngineDep, _: CallerDep) -> Response:
-    """A zip of ``version.json`` and each constituent's weights as safetensors."""
-    r = service.record(session=session, engine=engine, name=name, number=number)
+    """A zip of ``version.json`` and each constituent's weights as safetensors (410 once revoked)."""
+    service.get(session=session, name=name)
+    r = versions.servable(versions.resolve(session=session, engine=engine, name=name, reference=number))
     return Response(
         service.artifact_zip(engine=engine, record=r), media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{name}-v{r["version"]}.zip"',
@@ -70,9 +76,34 @@ def download_artifact(name: str, number: str, session: SessionDep, engine: Engin
 @router.post("/{name}/versions/{number}/predict", response_model=PredictOut)
 def predict(name: str, number: str, body: PredictIn, request: Request, session: SessionDep, engine: EngineDep,
             settings: SettingsDep, _: CallerDep) -> PredictOut:
-    """Class probabilities for a batch of inputs from any version, so anyone can check it."""
-    r = service.record(session=session, engine=engine, name=name, number=number)
+    """Class probabilities for a batch of inputs from any live version, so anyone can check it."""
+    service.get(session=session, name=name)
+    r = versions.servable(versions.resolve(session=session, engine=engine, name=name, reference=number))
     probs = service.predict(engine=engine, cache=request.app.state.ensembles, record=r, inputs=body.inputs,
                             max_rows=settings.max_predict_rows)
     return PredictOut(model=name, version=r["version"], probabilities=probs.astype(float).round(6).tolist(),
                       predicted=probs.argmax(1).tolist())
+
+
+@router.get("/{name}/aliases", response_model=list[AliasOut])
+def list_aliases(name: str, session: SessionDep, _: CallerDep) -> list[AliasOut]:
+    service.get(session=session, name=name)
+    return [AliasOut.model_validate(a) for a in versions.aliases(session=session, name=name)]
+
+
+@router.put("/{name}/aliases/{alias}", response_model=AliasOut)
+def set_alias(name: str, alias: str, body: AliasIn, session: SessionDep, engine: EngineDep,
+              caller: AdminDep) -> AliasOut:
+    """Point an alias (``production``, ...) at a live version; every version route takes
+    it in place of a number. When that version is revoked, the alias moves to the one
+    that replaced it."""
+    service.get(session=session, name=name)
+    return AliasOut.model_validate(versions.set_alias(session=session, engine=engine, actor=caller.key_id,
+                                                      name=name, alias=alias, version=body.version))
+
+
+@router.delete("/{name}/aliases/{alias}", status_code=204)
+def delete_alias(name: str, alias: str, session: SessionDep, caller: AdminDep) -> Response:
+    service.get(session=session, name=name)
+    versions.delete_alias(session=session, actor=caller.key_id, name=name, alias=alias)
+    return Response(status_code=204)

@@ -11,6 +11,8 @@ from app.statuses import JobKind, JobStatus, ModelStatus
 from workers.engine.nets import ARCHITECTURES
 from workers.engine.sisa import AGGREGATIONS
 
+VersionStatus = Literal["published", "revoked"]
+
 
 class SisaStrategy(BaseModel):
     kind: Literal["sisa"]
@@ -89,6 +91,9 @@ class VersionSummary(BaseModel):
     test_accuracy: float | None = Field(None, validation_alias=AliasChoices("test_accuracy",
                                                                       AliasPath("metrics", "test_accuracy")))
     created_at: datetime
+    status: VersionStatus = "published"
+    revoked_at: datetime | None = None
+    replaced_by: int | None = None
 
 
 class Constituent(BaseModel):
@@ -103,7 +108,7 @@ class Constituent(BaseModel):
 
 
 class VersionOut(BaseModel):
-    """A version as its store record says (``from_record``)."""
+    """A version as its store record says (``from_record``), with its revocation state."""
 
     model: str
     version: int
@@ -126,12 +131,33 @@ class VersionOut(BaseModel):
     constituents: list[Constituent]
     artifacts: dict[str, str]
     created_at: str
+    status: VersionStatus = Field("published", description="revoked: trained on data erased since; "
+                                  "its weights and predictions are gone (410), its record stays")
+    revoked_at: datetime | None = None
+    revoked_for: list[str] | None = Field(None, description="the deletion requests that revoked it")
+    replaced_by: int | None = Field(None, description="the version that removed the erased data")
 
     @classmethod
-    def from_record(cls, r: dict) -> "VersionOut":
+    def from_record(cls, r: dict, row=None) -> "VersionOut":
+        """From the store record and the version's row (revocation state), if any."""
         method = r.get("method", {})
+        state = {"status": row.status, "revoked_at": row.revoked_at, "revoked_for": row.revoked_for,
+                 "replaced_by": row.replaced_by} if row is not None else {}
         return cls.model_validate({**r, "method": method.get("name", "exact"), "method_config": method.get("config"),
-                                   "exact": r.get("exact", True), "requests": r["removed"]["requests"]})
+                                   "exact": r.get("exact", True), "requests": r["removed"]["requests"], **state})
+
+
+class AliasIn(BaseModel):
+    version: int = Field(ge=1, le=2**31 - 1)
+
+
+class AliasOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    model: str
+    alias: str
+    version: int
+    updated_at: datetime
 
 
 class PredictIn(BaseModel):

@@ -66,20 +66,6 @@ def versions(*, session: Session, name: str) -> list[ModelVersionRow]:
         select(ModelVersionRow).where(ModelVersionRow.model == name).order_by(ModelVersionRow.version)))
 
 
-def parse_version(number: str) -> int | str:
-    if number == "latest":
-        return number
-    if not (number.isascii() and number.isdigit()) or int(number) < 1:
-        raise ApiError(422, "invalid_version", f"version must be a positive integer or 'latest', got {number!r}")
-    return int(number)
-
-
-def record(*, session: Session, engine: Engine, name: str, number: str) -> dict:
-    """The published record of one version, from the model store."""
-    get(session=session, name=name)
-    return engine.version(name, parse_version(number))
-
-
 def artifact_zip(*, engine: Engine, record: dict) -> bytes:
     """The version's record and each constituent's final weights (safetensors), as a zip
     with fixed timestamps, so the same version always downloads as the same bytes."""

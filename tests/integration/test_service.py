@@ -82,6 +82,33 @@ def test_deletion_request_end_to_end(stack, http, trained):
     assert kinds == ["request.accepted", "request.running", "request.model_unlearned", "request.completed"]
 
 
+def test_a_revoked_version_is_gone_for_admin_and_client_and_its_alias_moves(stack, http, trained):
+    latest = http.get("/v1/models/digits-sisa", headers=A).json()["latest_version"]
+    r = http.put("/v1/models/digits-sisa/aliases/production", json={"version": latest}, headers=A)
+    assert r.status_code == 200, r.text
+    x = {"inputs": np.zeros((1, 64)).tolist()}
+    assert http.post("/v1/models/digits-sisa/versions/production/predict", json=x, headers=C).status_code == 200
+    owner = owners(http, 20)[15]
+    rid = http.post("/v1/deletion-requests", json={"owner_id": owner}, headers=C).json()["id"]
+    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
+                lambda r: r["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    new = done["outcomes"][0]["version"]
+    for headers in (A, C):
+        for r in (http.post(f"/v1/models/digits-sisa/versions/{latest}/predict", json=x, headers=headers),
+                  http.get(f"/v1/models/digits-sisa/versions/{latest}/artifact", headers=headers)):
+            assert r.status_code == 410 and r.json() | {"detail": ""} == {
+                "code": "version_revoked", "detail": "", "replaced_by": new}
+    old = http.get(f"/v1/models/digits-sisa/versions/{latest}", headers=C).json()
+    assert old["status"] == "revoked" and rid in old["revoked_for"]
+    (alias,) = http.get("/v1/models/digits-sisa/aliases", headers=C).json()
+    assert alias["alias"] == "production" and alias["version"] == new
+    p = http.post("/v1/models/digits-sisa/versions/production/predict", json=x, headers=C)
+    assert p.status_code == 200 and p.json()["version"] == new
+    kinds = [e["kind"] for e in http.get("/v1/audit?model=digits-sisa&limit=1000", headers=A).json()["events"]]
+    assert "model.version_revoked" in kinds and "alias.moved" in kinds
+
+
 def test_auto_deletion_is_verified_published_and_audited(stack, http, trained):
     """method=auto: the approximate candidate is measured and gated; whichever attempt is
     published, the version carries the metrics and the request's audit trail shows the gate."""

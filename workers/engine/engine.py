@@ -159,6 +159,11 @@ class Engine:
         self.store.model_spec(name)
         return self.store.version(name, number)
 
+    def revoke_superseded(self, record: dict) -> list[dict]:
+        """Revoke every earlier, live version of the model that was trained on a sample
+        ``record`` removed (see ``publishing.revoke_superseded``); the revocations."""
+        return publishing.revoke_superseded(self.store, record)
+
     def slice_ids(self, record: dict) -> list[list[np.ndarray]]:
         return slice_ids(self.store, record)
 

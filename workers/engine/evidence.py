@@ -19,6 +19,8 @@ def verify(store: ModelStore, datasets: DatasetStore, name: str, number: int | s
     (expected only for versions published before that erasure). ``exact`` is False
     for a version with approximately unlearned constituents: its manifest excludes the
     removed samples, but its weights were derived from a model that saw them.
+    ``revoked`` is the version's revocation (when, for which requests, replaced by which
+    version), or None while it is live; a revoked version still verifies.
     """
     store.model_spec(name)
     record = store.version(name, number)
@@ -57,6 +59,7 @@ def verify(store: ModelStore, datasets: DatasetStore, name: str, number: int | s
         "model": name,
         "version": record["version"],
         "ok": not problems,
+        "revoked": store.revocation(name, record["version"]),
         "exact": record.get("exact", True),
         "problems": problems,
         "manifest_digest": record["manifest_digest"],

@@ -1,9 +1,13 @@
-"""Publishing a candidate as the model's next immutable version, at most once per job."""
+"""Publishing a candidate as the model's next immutable version, at most once per job,
+and revoking the earlier versions it makes obsolete."""
 from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from models_store import ModelStore
+from workers.engine.ids import get_ids, trained_on
 from workers.engine.plans import Plan
 
 
@@ -26,3 +30,28 @@ def publish(store: ModelStore, plan: Plan, record: dict, progress=lambda msg: No
     progress(f"published {plan.model} v{published['version']}: test accuracy {record['metrics']['test_accuracy']}, "
              f"{wall:.1f}s, retrained shards {record['metrics']['retrained_shards']}")
     return published
+
+
+def revoke_superseded(store: ModelStore, record: dict) -> list[dict]:
+    """Revoke every earlier version of ``record``'s model whose training manifest holds a
+    sample ``record`` removed: those versions learned from erased data. An approximate
+    version's manifest already excludes what it unlearned, so it is revoked only when a
+    later version removes a sample it still holds. Idempotent: a version revoked before
+    keeps its first revocation. Returns the revocations (each a store record)."""
+    removed = record.get("removed", {}).get("sample_ids")
+    if not removed:
+        return []
+    ids = get_ids(store, removed)
+    if not len(ids):
+        return []
+    name, out = record["model"], []
+    for number in store.version_numbers(name):
+        if number >= record["version"]:
+            break
+        earlier = store.revocation(name, number)
+        if earlier is None and np.isin(ids, trained_on(store, store.version(name, number))).any():
+            earlier = store.revoke(name, number, requests=record["removed"]["requests"],
+                                   replaced_by=record["version"])
+        if earlier is not None and earlier["replaced_by"] == record["version"]:
+            out.append(earlier)
+    return out
