@@ -6,6 +6,7 @@ serve``, a test); ``from_environment`` is the factory for running under uvicorn 
 from __future__ import annotations
 
 import gc
+import time
 import logging
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -25,6 +26,7 @@ from app.http import BodyLimit, install_error_handlers
 from app.jobs.flow import check_settings
 from app.jobs.service import requeue_stalled
 from app.models.routes import router as models_router
+from app.models.purge import purge
 from app.models.service import EnsembleCache
 from app.outbox import Relay, prune_sent
 from app.owners.routes import router as owners_router
@@ -50,10 +52,16 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
     def send(task: str, payload: dict) -> None:
         celery.send_task(task, kwargs=payload)
 
+    engine = build_engine(settings)
+    last_purge = [time.monotonic()]
+
     def reconcile() -> None:
         with session_scope(factory) as session:
             requeue_stalled(session)
             prune_sent(session, timedelta(days=7))  # sent rows are only history
+        if time.monotonic() - last_purge[0] >= settings.purge_interval:
+            last_purge[0] = time.monotonic()
+            purge(factory, engine, settings, actor="lethe-api")  # revocations whose purge is due
 
     relay = Relay(factory, send, interval=settings.relay_interval, reconcile=reconcile,
                   reconcile_interval=settings.reconcile_interval)
@@ -81,7 +89,7 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessionmaker = factory
     app.state.key_roles = settings.roles_by_key_hash()
-    app.state.engine = build_engine(settings)
+    app.state.engine = engine
     app.state.ensembles = EnsembleCache()
     app.state.celery = celery
     app.state.relay = relay

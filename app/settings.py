@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # Share of approximate deletions that also get an exact retrain, unpublished, as a
     # reference: the gap between the two is recorded (0 = never, 1 = always).
     spot_check_rate: float = 0.0
+    # Hours after revocation before a revoked version's learned artifacts are deleted
+    # (0: as soon as the replacing version is published); a sweep runs every purge_interval s.
+    purge_after_hours: float = 0.0
+    purge_interval: float = 600.0
 
     @field_validator("admin_keys", "client_keys", mode="before")
     @classmethod

@@ -87,6 +87,7 @@ class ModelVersionRow(Base):
     revoked_at: Mapped[datetime | None]
     revoked_for: Mapped[list | None]  # the deletion requests that revoked it
     replaced_by: Mapped[int | None]
+    purged_at: Mapped[datetime | None]  # its learned artifacts deleted from the store
 
     @property
     def status(self) -> str:

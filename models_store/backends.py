@@ -24,6 +24,11 @@ class Backend(Protocol):
     def list(self, prefix: str) -> list[str]:
         """Names directly under ``prefix`` (not recursive), sorted."""
 
+    def size(self, key: str) -> int: ...
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; False if it was not there."""
+
 
 class LocalBackend:
     """A directory on the local filesystem. Writes go to a temp file, fsync, then hard-link."""
@@ -68,6 +73,16 @@ class LocalBackend:
             return []
         return sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
 
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._path(key).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
 
 class FsspecBackend:
     """Any fsspec URL (``s3://bucket/lethe``, ``memory://x``).
@@ -103,6 +118,15 @@ class FsspecBackend:
         if not self.fs.exists(path):
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._path(key)))
+
+    def delete(self, key: str) -> bool:
+        if not self.exists(key):
+            return False
+        self.fs.rm_file(self._path(key))
+        return True
 
 
 def open_backend(url: str | os.PathLike) -> Backend:

@@ -6,6 +6,7 @@ Keys::
     models/<name>/model.json              what the model is (architecture, strategy, recipe)
     models/<name>/versions/<n:08d>.json   one version: parent, artifacts, manifest, metrics
     models/<name>/revocations/<n:08d>.json  that version revoked: when, for which requests, by which version
+    models/<name>/purges/<n:08d>.json       that revoked version's learned artifacts deleted: when, which, bytes
 
 A version becomes visible only when its record is created, after every blob it names
 has been written; the record is created with ``write_new``, so a crash mid-publish
@@ -53,6 +54,13 @@ class ModelStore:
     def has_blob(self, digest: str) -> bool:
         return self.backend.exists(_blob_key(digest))
 
+    def blob_size(self, digest: str) -> int:
+        return self.backend.size(_blob_key(digest))
+
+    def delete_blob(self, digest: str) -> bool:
+        """Delete an artifact for good (purge); False if it was already gone."""
+        return self.backend.delete(_blob_key(digest))
+
     # -- models -------------------------------------------------------------
     def create_model(self, name: str, spec: dict) -> None:
         if not self.backend.write_new(f"models/{name}/model.json", _dumps(spec)):
@@ -91,23 +99,44 @@ class ModelStore:
         record["record_sha256"] = hashlib.sha256(raw).hexdigest()
         return record
 
+    # -- what happened to a version after it was published ----------------------
+    # Each is its own immutable record beside the version (the version never changes),
+    # written once: a second write keeps the first.
+    def _note(self, name: str, kind: str, number: int) -> str:
+        return f"models/{name}/{kind}/{int(number):08d}.json"
+
+    def _write_note(self, name: str, kind: str, number: int, note: dict, *, stamp: str) -> dict:
+        note = {"model": name, "version": int(number), **note,
+                stamp: datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        self.backend.write_new(self._note(name, kind, number), _dumps(note))
+        return self._read_note(name, kind, number)
+
+    def _read_note(self, name: str, kind: str, number: int) -> dict | None:
+        try:
+            return json.loads(self.backend.read(self._note(name, kind, number)))
+        except FileNotFoundError:
+            return None
+
     def revoke(self, name: str, number: int, *, requests: list[str], replaced_by: int) -> dict:
-        """Record, once and for good, that version ``number`` is revoked: a later version
-        (``replaced_by``) removed samples it was trained on, for ``requests``. The version
-        record itself never changes. Revoking again returns the first revocation."""
+        """Record that version ``number`` is revoked: a later version (``replaced_by``)
+        removed samples it was trained on, for ``requests``. Revoking again returns the
+        first revocation."""
         self.version(name, number)
-        revocation = {"model": name, "version": int(number), "replaced_by": int(replaced_by),
-                      "requests": sorted(set(requests)),
-                      "revoked_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-        self.backend.write_new(f"models/{name}/revocations/{int(number):08d}.json", _dumps(revocation))
-        return self.revocation(name, number)
+        return self._write_note(name, "revocations", number,
+                                {"replaced_by": int(replaced_by), "requests": sorted(set(requests))}, stamp="revoked_at")
 
     def revocation(self, name: str, number: int) -> dict | None:
         """The revocation of version ``number``, or None while it is live."""
-        try:
-            return json.loads(self.backend.read(f"models/{name}/revocations/{int(number):08d}.json"))
-        except FileNotFoundError:
-            return None
+        return self._read_note(name, "revocations", number)
+
+    def mark_purged(self, name: str, number: int, *, digests: list[str], freed_bytes: int) -> dict:
+        """Record that a revoked version's learned artifacts were deleted."""
+        return self._write_note(name, "purges", number, {"digests": sorted(digests), "bytes": int(freed_bytes)},
+                                stamp="purged_at")
+
+    def purge(self, name: str, number: int) -> dict | None:
+        """The purge record of version ``number``, or None while its artifacts are kept."""
+        return self._read_note(name, "purges", number)
 
     def publish(self, name: str, record: dict, *, parent: int | None) -> dict:
         """Publish ``record`` as version ``parent + 1`` (1 if no parent); return it.

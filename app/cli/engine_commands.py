@@ -172,6 +172,9 @@ def verify(c: Context, model, version):
         r = report["revoked"]
         lines.append(f"  REVOKED at {r['revoked_at']}, replaced by v{r['replaced_by']} "
                      f"(requests {', '.join(r['requests']) or '-'}): it was trained on erased samples")
+    if report.get("purged"):
+        p = report["purged"]
+        lines.append(f"  PURGED at {p['purged_at']}: {len(p['digests'])} learned artifacts, {p['bytes']} bytes deleted")
     lines += [f"  problem: {p}" for p in report["problems"]]
     if report["ok"]:
         lines.append(f"  manifest digest {report['manifest_digest']} recomputed from the stored sample ids")

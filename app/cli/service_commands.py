@@ -226,3 +226,23 @@ def _safe_url(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="print what would be deleted, delete nothing")
+@pass_ctx
+def gc(c: Context, dry_run):
+    """Purge revoked versions now: delete the artifacts they learned (checkpoints, weights,
+    test outputs) that no live version or running job needs, LETHE_PURGE_AFTER_HOURS after
+    revocation. Uses the service's database and model store."""
+    from app.db import make_sessionmaker
+    from app.engine import build_engine
+    from app.models.purge import purge
+
+    report = purge(make_sessionmaker(c.settings.db_url), build_engine(c.settings), c.settings, actor="lethe-gc",
+                   dry_run=dry_run)
+    lines = [f"{p['model']} v{p['version']}: {len(p['digests'])} artifacts, {p['bytes']} bytes"
+             for p in report.purged]
+    verb = "would free" if dry_run else "freed"
+    c.print({"dry_run": dry_run, "freed_bytes": report.freed_bytes, "purged": report.purged},
+            "\n".join(lines + [f"{verb} {report.freed_bytes} bytes in {len(report.purged)} revoked versions"]))

@@ -28,7 +28,7 @@ from app.db import session_scope
 from app.jobs import outcomes
 from app.jobs import service as jobs
 from app.jobs.heartbeat import Heartbeat
-from app.models import versions
+from app.models import purge, versions
 from app.settings import Settings
 from app.statuses import JobKind
 from app.tables import ModelRow
@@ -224,6 +224,11 @@ class JobFlow:
             outcomes.complete(s, job_id, record)
             versions.record_revocations(s, actor=jobs.WORKER, name=plan.model, revocations=revocations)
         self.engine.scratch.drop(plan.scratch)
+        if revocations and self.settings.purge_after_hours <= 0:
+            try:  # the job is done either way; a purge that fails is retried by the next sweep
+                purge.purge(self.sessions, self.engine, self.settings, actor=jobs.WORKER)
+            except Exception:
+                log.exception("purging after job %s failed", job_id)
 
     def _passes_gate(self, job_id: str, plan: Plan, record: dict) -> bool:
         s = self.settings

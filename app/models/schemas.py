@@ -136,13 +136,14 @@ class VersionOut(BaseModel):
     revoked_at: datetime | None = None
     revoked_for: list[str] | None = Field(None, description="the deletion requests that revoked it")
     replaced_by: int | None = Field(None, description="the version that removed the erased data")
+    purged_at: datetime | None = Field(None, description="when its learned artifacts were deleted from the store")
 
     @classmethod
     def from_record(cls, r: dict, row=None) -> "VersionOut":
         """From the store record and the version's row (revocation state), if any."""
         method = r.get("method", {})
         state = {"status": row.status, "revoked_at": row.revoked_at, "revoked_for": row.revoked_for,
-                 "replaced_by": row.replaced_by} if row is not None else {}
+                 "replaced_by": row.replaced_by, "purged_at": row.purged_at} if row is not None else {}
         return cls.model_validate({**r, "method": method.get("name", "exact"), "method_config": method.get("config"),
                                    "exact": r.get("exact", True), "requests": r["removed"]["requests"], **state})
 

@@ -7,6 +7,7 @@ Create Date: 2026-11-25
 A version trained on samples erased for a request is revoked when the version that
 removes them is published: ``revoked_at``, the requests and the replacing version.
 Aliases (``production``, ...) name a version of a model and move off a revoked one.
+``purged_at``: when the revoked version's learned artifacts were deleted from the store.
 """
 from alembic import op
 import sqlalchemy as sa
@@ -23,6 +24,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column('revoked_for', sa.JSON(), nullable=True))
         batch.add_column(sa.Column('replaced_by', sa.Integer(), nullable=True))
+        batch.add_column(sa.Column('purged_at', sa.DateTime(timezone=True), nullable=True))
     op.create_table('model_aliases',
     sa.Column('model', sa.String(length=64), nullable=False),
     sa.Column('alias', sa.String(length=64), nullable=False),
@@ -36,6 +38,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table('model_aliases')
     with op.batch_alter_table('model_versions') as batch:
+        batch.drop_column('purged_at')
         batch.drop_column('replaced_by')
         batch.drop_column('revoked_for')
         batch.drop_column('revoked_at')

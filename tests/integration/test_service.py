@@ -5,10 +5,12 @@ import httpx
 import numpy as np
 import psycopg
 import pytest
+import torch
 
 from tests.integration.conftest import poll
 from tests.service_helpers import A, C
 from workers.engine.engine import Engine
+from workers.engine.purge import learned
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +108,19 @@ def test_a_revoked_version_is_gone_for_admin_and_client_and_its_alias_moves(stac
     p = http.post("/v1/models/digits-sisa/versions/production/predict", json=x, headers=C)
     assert p.status_code == 200 and p.json()["version"] == new
     kinds = [e["kind"] for e in http.get("/v1/audit?model=digits-sisa&limit=1000", headers=A).json()["events"]]
-    assert "model.version_revoked" in kinds and "alias.moved" in kinds
+    assert "model.version_revoked" in kinds and "alias.moved" in kinds and "store.purged" in kinds
+    # Purged at once (LETHE_PURGE_AFTER_HOURS=0): what the revoked version learned is gone from
+    # the store; the live version kept every byte and predicts exactly what it did when published.
+    engine = Engine(stack.env["LETHE_DATA_DIR"], device="cpu")
+    revoked, live = engine.version("digits-sisa", latest), engine.version("digits-sisa", new)
+    gone = learned(revoked) - set(live["artifacts"].values())
+    assert gone and not any(engine.store.has_blob(d) for d in gone)
+    assert http.get(f"/v1/models/digits-sisa/versions/{latest}", headers=C).json()["purged_at"] is not None
+    assert engine.verify("digits-sisa", new)["ok"] and engine.verify("digits-sisa", latest)["ok"]
+    x_raw = np.asarray(x["inputs"], dtype=np.float32)
+    local = engine.load("digits-sisa", new).predict_proba(
+        torch.as_tensor(x_raw.reshape(1, 1, 8, 8) * np.float32(1 / 16))).numpy().astype(float).round(6).tolist()
+    assert p.json()["probabilities"] == local
 
 
 def test_auto_deletion_is_verified_published_and_audited(stack, http, trained):

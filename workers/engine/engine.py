@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models_store import ModelStore, open_backend
-from workers.engine import candidate, datasets, evidence, nets, planning, publishing, shards, verification
+from workers.engine import candidate, datasets, evidence, nets, planning, publishing, purge, shards, verification
 from workers.engine.ids import get_ids, slice_ids
 from workers.engine.ledger import Dataset, DatasetInfo, DatasetStore, Erasure
 from workers.engine.plans import Plan
@@ -163,6 +163,11 @@ class Engine:
         """Revoke every earlier, live version of the model that was trained on a sample
         ``record`` removed (see ``publishing.revoke_superseded``); the revocations."""
         return publishing.revoke_superseded(self.store, record)
+
+    def purge(self, *, keep: set[str] = frozenset(), due=lambda revocation: True,
+              dry_run: bool = False) -> purge.PurgeReport:
+        """Delete what revoked versions learned (see ``purge.purge``)."""
+        return purge.purge(self.store, keep=keep, due=due, dry_run=dry_run)
 
     def slice_ids(self, record: dict) -> list[list[np.ndarray]]:
         return slice_ids(self.store, record)

@@ -20,16 +20,21 @@ def verify(store: ModelStore, datasets: DatasetStore, name: str, number: int | s
     for a version with approximately unlearned constituents: its manifest excludes the
     removed samples, but its weights were derived from a model that saw them.
     ``revoked`` is the version's revocation (when, for which requests, replaced by which
-    version), or None while it is live; a revoked version still verifies.
+    version), or None while it is live; a revoked version still verifies. ``purged`` is
+    the record of its learned artifacts' deletion (those are then not looked for).
     """
     store.model_spec(name)
     record = store.version(name, number)
+    purge = store.purge(name, record["version"])
+    purged = set(purge["digests"]) if purge else set()  # deleted on purpose, and recorded
     problems = []
     try:
         slice_ids = read_slice_ids(store, record)
     except StoreError as exc:
         return {"model": name, "version": record["version"], "ok": False, "problems": [exc.detail]}
     for digest in record["artifacts"].values():
+        if digest in purged:
+            continue
         try:
             store.get_blob(digest)
         except StoreError as exc:
@@ -38,6 +43,8 @@ def verify(store: ModelStore, datasets: DatasetStore, name: str, number: int | s
         ids = np.concatenate(slices)
         if ids_digest(ids) != c["manifest_digest"] or len(ids) != c["n_samples"]:
             problems.append(f"shard {c['shard']}: manifest digest does not match its sample ids")
+        if c["weights"] in purged:
+            continue
         try:
             info = checkpoints.loads(store.get_blob(c["weights"])).info
         except StoreError:
@@ -60,6 +67,7 @@ def verify(store: ModelStore, datasets: DatasetStore, name: str, number: int | s
         "version": record["version"],
         "ok": not problems,
         "revoked": store.revocation(name, record["version"]),
+        "purged": purge,
         "exact": record.get("exact", True),
         "problems": problems,
         "manifest_digest": record["manifest_digest"],

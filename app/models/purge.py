@@ -1,0 +1,57 @@
+"""Purging revoked versions from the store: the engine's mark and sweep, with the running
+jobs' blobs kept, the versions marked ``purged_at`` and an audit event per version
+(digests and bytes, never contents).
+
+Like the job flow it owns its units of work: it reads the running jobs, lets the engine
+delete, then records what went, each in its own transaction (deleting blobs must not
+hold a database transaction open).
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.audit.service import append
+from app.db import session_scope
+from app.settings import Settings
+from app.statuses import JobStatus
+from app.tables import JobRow, ModelVersionRow
+from workers.engine.engine import Engine
+from workers.engine.plans import Plan
+from workers.engine.purge import PurgeReport, plan_blobs
+
+log = logging.getLogger("lethe.purge")
+
+
+def _running_blobs(session: Session) -> set[str]:
+    keep = set()
+    for state in session.scalars(select(JobRow.plan).where(JobRow.status == JobStatus.RUNNING)):
+        if state:
+            keep |= plan_blobs(Plan.from_dict(state.get("plan", state)))
+    return keep
+
+
+def purge(sessions: sessionmaker[Session], engine: Engine, settings: Settings, *, actor: str,
+          dry_run: bool = False) -> PurgeReport:
+    """Delete what revoked versions learned, ``settings.purge_after_hours`` after their
+    revocation; record and audit each purged version."""
+    cutoff = datetime.now(timezone.utc) - timedelta(hours=settings.purge_after_hours)
+    with session_scope(sessions) as s:
+        keep = _running_blobs(s)
+    report = engine.purge(keep=keep, due=lambda r: datetime.fromisoformat(r["revoked_at"]) <= cutoff,
+                          dry_run=dry_run)
+    if dry_run or not report.purged:
+        return report
+    with session_scope(sessions) as s:
+        for p in report.purged:
+            row = s.scalars(select(ModelVersionRow).where(
+                ModelVersionRow.model == p["model"], ModelVersionRow.version == p["version"])).first()
+            if row is not None and row.purged_at is None:
+                row.purged_at = datetime.now(timezone.utc)
+            append(s, "store.purged", actor=actor, model=p["model"], version=p["version"],
+                   data={"digests": p["digests"], "bytes": p["bytes"]})
+    log.info("purged %d revoked versions, %d bytes", len(report.purged), report.freed_bytes)
+    return report
