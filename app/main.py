@@ -94,7 +94,8 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
     app.state.celery = celery
     app.state.relay = relay
     app.state.poke_relay = relay.poke if run_relay else (lambda: None)
-    app.state.intake = Intake(factory, app.state.engine, on_commit=app.state.poke_relay)
+    app.state.intake = Intake(factory, app.state.engine, on_commit=app.state.poke_relay,
+                              deadline=timedelta(days=settings.deadline_days))
     install_error_handlers(app)
     for router in (datasets_router, models_router, deletions_router, owners_router, audit_router):
         app.include_router(router)

@@ -138,6 +138,7 @@ class DeletionRequestRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None]
+    due_at: Mapped[datetime | None]  # accepted + LETHE_DEADLINE_DAYS (0003)
 
 
 class DeletionOutcomeRow(Base):
@@ -156,6 +157,8 @@ class DeletionOutcomeRow(Base):
     seconds: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")  # failed tries so far (0003)
+    retry_at: Mapped[datetime | None]  # a pending retry waits until then
 
 
 class AuditEventRow(Base):

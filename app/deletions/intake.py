@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
@@ -23,8 +24,10 @@ log = logging.getLogger("lethe.intake")
 
 
 class Intake:
-    def __init__(self, factory: sessionmaker[Session], engine: Engine, on_commit=lambda: None, max_batch: int = 256):
+    def __init__(self, factory: sessionmaker[Session], engine: Engine, on_commit=lambda: None, max_batch: int = 256,
+                 deadline: timedelta = timedelta(days=30)):
         self.factory, self.engine, self.on_commit, self.max_batch = factory, engine, on_commit, max_batch
+        self.deadline = deadline
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
 
@@ -75,11 +78,11 @@ class Intake:
         process, fall back to one transaction per request so only that one replays."""
         try:
             with session_scope(self.factory) as session:  # one unit of work per batch
-                results = accept_many(session=session, engine=self.engine, subs=subs)
+                results = accept_many(session=session, engine=self.engine, subs=subs, deadline=self.deadline)
         except IntegrityError:
             if len(subs) == 1:
                 with session_scope(self.factory) as session:  # the other process committed the key first
-                    results = accept_many(session=session, engine=self.engine, subs=subs)
+                    results = accept_many(session=session, engine=self.engine, subs=subs, deadline=self.deadline)
             else:
                 results = [r for sub in subs for r in self.write([sub])]
         if any(isinstance(r, Accepted) and not r.replayed for r in results):

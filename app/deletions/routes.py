@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from app.deletions import service
 from app.deletions.schemas import DeletionCreate, DeletionOut, Outcome
-from app.deps import CallerDep, SessionDep
+from app.deps import AdminDep, CallerDep, SessionDep
 from app.statuses import RequestStatus
 
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
@@ -18,6 +18,7 @@ def _out(session, row, outcomes=None) -> DeletionOut:
     out = DeletionOut.model_validate(row)
     out.outcomes = [Outcome.model_validate(o) for o in outcomes]
     out.models = [o.model for o in outcomes]
+    out.overdue = service.is_overdue(row)
     return out
 
 
@@ -41,11 +42,19 @@ async def create_deletion(
 def list_deletions(
     session: SessionDep, caller: CallerDep, owner_id: str | None = None,
     status: RequestStatus | None = None,
+    overdue: Annotated[bool, Query(description="only those past due_at and not completed")] = False,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[DeletionOut]:
     """The caller's own requests, newest first (an admin sees everyone's)."""
-    rows = service.list_for(session=session, caller=caller, owner_id=owner_id, status=status, limit=limit)
+    rows = service.list_for(session=session, caller=caller, owner_id=owner_id, status=status, limit=limit,
+                            overdue=overdue)
     return [_out(session, r) for r in rows]
+
+
+@router.post("/{request_id}/retry", response_model=DeletionOut)
+def retry_deletion(request_id: str, session: SessionDep, caller: AdminDep) -> DeletionOut:
+    """Queue a failed request's failed outcomes again (admin); 409 ``request_not_failed`` otherwise."""
+    return _out(session, service.retry(session=session, caller=caller, request_id=request_id))
 
 
 @router.get("/{request_id}", response_model=DeletionOut)

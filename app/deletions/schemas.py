@@ -32,6 +32,8 @@ class Outcome(BaseModel):
     metrics: dict | None
     seconds: float | None
     error: str | None
+    attempts: int = Field(0, description="failed tries so far; retried up to LETHE_MAX_ATTEMPTS")
+    retry_at: datetime | None = Field(None, description="when a pending retry runs")
 
 
 class DeletionOut(BaseModel):
@@ -50,3 +52,5 @@ class DeletionOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    due_at: datetime | None = Field(None, description="accepted + LETHE_DEADLINE_DAYS (GDPR Art. 12(3))")
+    overdue: bool = Field(False, description="past due_at and not completed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from datetime import timedelta
 from dataclasses import dataclass, field
 
 from sqlalchemy import insert, select, tuple_
@@ -84,7 +85,8 @@ class _Targets:
         return names
 
 
-def accept_many(*, session: Session, engine: Engine, subs: list[Submission]) -> list[Accepted | ApiError]:
+def accept_many(*, session: Session, engine: Engine, subs: list[Submission],
+                deadline: timedelta = timedelta(days=30)) -> list[Accepted | ApiError]:
     """Accept deletion requests in the caller's transaction; one result per submission.
 
     For each new request: the request row, one ``pending`` outcome per model, a
@@ -118,10 +120,11 @@ def accept_many(*, session: Session, engine: Engine, subs: list[Submission]) -> 
         request = DeletionRequestRow(
             id=str(uuid.uuid4()), owner_id=sub.body.owner_id, caller=sub.caller.key_id, method=sub.body.method,
             reason=sub.body.reason, status=RequestStatus.QUEUED, idempotency_key=sub.idempotency_key, request_hash=sub.body_hash,
-            failure_reason=None, created_at=now, updated_at=now, completed_at=None,
+            failure_reason=None, created_at=now, updated_at=now, completed_at=None, due_at=now + deadline,
         )
         mine = [DeletionOutcomeRow(request_id=request.id, model=m, status=OutcomeStatus.PENDING, method=sub.body.method,
-                                   job_id=None, version=None, metrics=None, seconds=None, error=None, updated_at=now)
+                                   job_id=None, version=None, metrics=None, seconds=None, error=None, updated_at=now,
+                                   attempts=0, retry_at=None)
                 for m in names]
         requests.append(request)
         outcomes.extend(mine)
@@ -170,8 +173,12 @@ def get(*, session: Session, caller: Caller, request_id: str) -> DeletionRequest
 
 
 def list_for(*, session: Session, caller: Caller, owner_id: str | None, status: str | None,
-             limit: int) -> list[DeletionRequestRow]:
+             limit: int, overdue: bool = False) -> list[DeletionRequestRow]:
+    """The caller's requests (an admin's: everyone's), newest first; ``overdue``: only
+    those past their due time and not completed."""
     stmt = select(DeletionRequestRow)
+    if overdue:
+        stmt = stmt.where(DeletionRequestRow.due_at < utcnow(), DeletionRequestRow.status != RequestStatus.COMPLETED)
     if not caller.is_admin:
         stmt = stmt.where(DeletionRequestRow.caller == caller.key_id)
     if owner_id is not None:
@@ -184,3 +191,26 @@ def list_for(*, session: Session, caller: Caller, owner_id: str | None, status: 
 def outcomes(*, session: Session, request_id: str) -> list[DeletionOutcomeRow]:
     return list(session.scalars(
         select(DeletionOutcomeRow).where(DeletionOutcomeRow.request_id == request_id).order_by(DeletionOutcomeRow.model)))
+
+
+def is_overdue(row: DeletionRequestRow) -> bool:
+    return row.due_at is not None and row.status != RequestStatus.COMPLETED and row.due_at < utcnow()
+
+
+def retry(*, session: Session, caller: Caller, request_id: str) -> DeletionRequestRow:
+    """Put a failed request's failed outcomes back in the queue, with fresh attempts."""
+    row = get(session=session, caller=caller, request_id=request_id)
+    if row.status != RequestStatus.FAILED:
+        raise ApiError(409, "request_not_failed", f"deletion request {request_id!r} is {row.status}, not failed")
+    now = utcnow()
+    models = []
+    for o in session.scalars(select(DeletionOutcomeRow).where(
+            DeletionOutcomeRow.request_id == row.id, DeletionOutcomeRow.status == OutcomeStatus.FAILED)):
+        o.status, o.job_id, o.attempts, o.retry_at, o.updated_at = OutcomeStatus.PENDING, None, 0, None, now
+        models.append(o.model)
+    row.status, row.failure_reason, row.completed_at = RequestStatus.QUEUED, None, None
+    for m in sorted(models):
+        enqueue_advance(session, m)
+    append_many(session, [Event("request.retried", caller.key_id, owner_id=row.owner_id, request_id=row.id,
+                                data={"models": sorted(models)})])
+    return row

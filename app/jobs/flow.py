@@ -138,7 +138,8 @@ class JobFlow:
     def fail(self, job_id: str, exc: BaseException) -> None:
         """The job fails with ``exc`` as its reason; its forget rows are dropped."""
         with session_scope(self.sessions) as s:
-            outcomes.fail(s, job_id, reason(exc))
+            outcomes.fail(s, job_id, reason(exc), max_attempts=self.settings.max_attempts,
+                          backoff_seconds=self.settings.retry_backoff_seconds)
         self.engine.scratch.drop(job_id)
 
     # -- planning -----------------------------------------------------------------

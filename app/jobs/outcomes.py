@@ -3,6 +3,8 @@ deletion requests it covers, their outcomes and the audit trail follow, and the 
 is freed for the next job. Each function works in the caller's transaction."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -82,19 +84,31 @@ def _record_version(session: Session, job: JobRow, record: dict) -> None:
                  "metrics": numbers(record["metrics"])})
 
 
-def fail(session: Session, job_id: str, reason: str) -> None:
-    """Mark the job failed with ``reason``; its requests fail for this model."""
+def fail(session: Session, job_id: str, reason: str, *, max_attempts: int = 1, backoff_seconds: float = 0.0) -> None:
+    """Mark the job failed with ``reason``. Each of its outcomes is tried again later
+    (pending, after ``backoff_seconds * 2^(n-1)`` for the n-th failure) until it failed
+    ``max_attempts`` times; then its request fails for this model."""
     job = session.get(JobRow, job_id)
     if job is None or job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
         return
     reason = reason[:2000]
-    job.status, job.error, job.finished_at = JobStatus.FAILED, reason, utcnow()
+    now = utcnow()
+    job.status, job.error, job.finished_at = JobStatus.FAILED, reason, now
     if job.kind == JobKind.TRAIN:
         model = session.get(ModelRow, job.model)
         model.status, model.error = ModelStatus.FAILED, reason
     for outcome in session.scalars(select(DeletionOutcomeRow).where(DeletionOutcomeRow.job_id == job_id)):
-        outcome.status, outcome.error = OutcomeStatus.FAILED, reason
-        refresh_request(session, session.get(DeletionRequestRow, outcome.request_id))
+        outcome.attempts, outcome.error = (outcome.attempts or 0) + 1, reason
+        request = session.get(DeletionRequestRow, outcome.request_id)
+        if outcome.attempts < max_attempts:
+            outcome.status, outcome.job_id = OutcomeStatus.PENDING, None
+            outcome.retry_at = now + timedelta(seconds=backoff_seconds * 2 ** (outcome.attempts - 1))
+            append(session, "request.retry_scheduled", actor=WORKER, owner_id=request.owner_id, request_id=request.id,
+                   model=job.model, data={"job_id": job_id, "attempt": outcome.attempts,
+                                          "retry_at": outcome.retry_at.isoformat(), "reason": reason})
+        else:
+            outcome.status = OutcomeStatus.FAILED
+        refresh_request(session, request)
     append(session, "job.failed", actor=WORKER, model=job.model, data={"job_id": job_id, "kind": job.kind, "reason": reason})
     _release(session, job)
 

@@ -34,6 +34,12 @@ WORKER = "worker"
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+def ready_to_run(now):
+    """Pending outcomes a job may take now (a retry waits for its ``retry_at``)."""
+    return (DeletionOutcomeRow.status == OutcomeStatus.PENDING) & (
+        DeletionOutcomeRow.retry_at.is_(None) | (DeletionOutcomeRow.retry_at <= now))
+
+
 @dataclass
 class Claim:
     job_id: str
@@ -65,16 +71,14 @@ def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
     job = session.scalars(
         select(JobRow).where(JobRow.model == model, JobRow.status.in_(ACTIVE)).order_by(JobRow.created_at)
     ).first()
+    now = utcnow()
     if job is None:
         pending = session.scalars(
-            select(DeletionOutcomeRow.request_id).where(
-                DeletionOutcomeRow.model == model, DeletionOutcomeRow.status == OutcomeStatus.PENDING
-            ).limit(1)
+            select(DeletionOutcomeRow.request_id).where(DeletionOutcomeRow.model == model, ready_to_run(now)).limit(1)
         ).first()
         if pending is None:
             return None
     job_id = job.id if job is not None else str(uuid.uuid4())
-    now = utcnow()
     took = session.execute(
         update(DatasetRow)
         .where(DatasetRow.name == m.dataset, or_(DatasetRow.busy_job.is_(None), DatasetRow.busy_until < now))
@@ -91,8 +95,8 @@ def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
     if job.kind == JobKind.UNLEARN and job.plan is None:
         session.execute(
             update(DeletionOutcomeRow)
-            .where(DeletionOutcomeRow.model == model, DeletionOutcomeRow.status == OutcomeStatus.PENDING)
-            .values(status=OutcomeStatus.RUNNING, job_id=job.id, updated_at=now)
+            .where(DeletionOutcomeRow.model == model, ready_to_run(now))
+            .values(status=OutcomeStatus.RUNNING, job_id=job.id, updated_at=now, retry_at=None)
         )
     if job.kind == JobKind.TRAIN:
         m.status = ModelStatus.TRAINING
@@ -182,7 +186,7 @@ def stalled_models(session: Session) -> list[str]:
     free = select(DatasetRow.name).where(or_(DatasetRow.busy_job.is_(None), DatasetRow.busy_until < now))
     waiting = or_(
         ModelRow.name.in_(select(DeletionOutcomeRow.model).where(
-            DeletionOutcomeRow.status.in_((OutcomeStatus.PENDING, OutcomeStatus.RUNNING)))),
+            ready_to_run(now) | (DeletionOutcomeRow.status == OutcomeStatus.RUNNING))),
         ModelRow.name.in_(select(JobRow.model).where(JobRow.status.in_(ACTIVE))),
     )
     return list(session.scalars(select(ModelRow.name).where(ModelRow.dataset.in_(free), waiting)))

@@ -45,6 +45,7 @@ class Stack:
             "LETHE_DEVICE": "cpu",
             "LETHE_LEASE_SECONDS": "4",
             "LETHE_RECONCILE_INTERVAL": "1",
+            "LETHE_RETRY_BACKOFF_SECONDS": "1",
             "PYTHONUNBUFFERED": "1",
         }
         self.worker: subprocess.Popen | None = None

@@ -191,3 +191,31 @@ def test_accepted_request_survives_a_worker_crash(stack, http, trained):
 def test_readyz_reports_database_and_broker(http):
     r = http.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_a_failing_deletion_is_retried_then_fails_then_an_admin_retry_completes_it(stack, http, trained):
+    """The store loses the test-set outputs the next version needs: each try fails, is
+    retried with back-off, and the request fails after the last; restored, an admin
+    retry completes it. Every request carries its deadline."""
+    engine = Engine(stack.env["LETHE_DATA_DIR"], device="cpu")
+    latest = engine.version("digits-sisa", "latest")
+    lost = {c["test_probs"]: engine.store.get_blob(c["test_probs"]) for c in latest["constituents"] if c["test_probs"]}
+    for digest in lost:
+        engine.store.delete_blob(digest)
+    owner = owners(http, 30)[25]
+    req = http.post("/v1/deletion-requests", json={"owner_id": owner}, headers=C).json()
+    assert req["overdue"] is False and req["due_at"] > req["created_at"]
+    failed = poll(lambda: http.get(f"/v1/deletion-requests/{req['id']}", headers=C).json(),
+                  lambda r: r["status"] in ("completed", "failed"))
+    assert failed["status"] == "failed" and failed["outcomes"][0]["attempts"] == 3, failed
+    assert "missing from the store" in failed["failure_reason"]
+    kinds = [e["kind"] for e in http.get(f"/v1/audit?request_id={req['id']}", headers=A).json()["events"]]
+    assert kinds.count("request.retry_scheduled") == 2 and kinds[-1] == "request.failed"
+    for blob in lost.values():
+        engine.store.put_blob(blob)
+    r = http.post(f"/v1/deletion-requests/{req['id']}/retry", headers=A)
+    assert r.status_code == 200 and r.json()["status"] == "queued"
+    done = poll(lambda: http.get(f"/v1/deletion-requests/{req['id']}", headers=C).json(),
+                lambda r: r["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    assert http.get("/v1/deletion-requests?overdue=true", headers=A).json() == []

@@ -1,7 +1,17 @@
-"""Deletion jobs: a failed job fails its requests with a reason; a job is claimed once while its lease lasts."""
+"""Deletion jobs: failures are retried with back-off, then fail the request with a reason;
+an admin can retry; deadlines; a job is claimed once while its lease lasts."""
 from __future__ import annotations
 
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from app.tables import DeletionOutcomeRow, utcnow
 from tests.service_helpers import A, C, an_owner, run_worker_inline
+
+
+def _settings(client, **changes):
+    client.app_.state.settings = client.app_.state.settings.model_copy(update=changes)
 
 
 def test_failed_job_fails_its_requests_with_a_reason(ready, monkeypatch):
@@ -11,6 +21,7 @@ def test_failed_job_fails_its_requests_with_a_reason(ready, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(Engine, "run_shard", broken)
+    _settings(ready, max_attempts=1)  # no retries left
     rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
     run_worker_inline(ready.app_)
     req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
@@ -68,3 +79,72 @@ def test_job_state_round_trips_and_reads_the_flat_form_saved_before_it_was_typed
     old = JobState.from_dict(flat)
     assert old.plan == state.plan
     assert old.attempt == Attempt(number=2, phase="spot_check", requested_method="ga", checked_version=2)
+
+
+def test_a_failed_outcome_is_retried_with_back_off_before_its_request_fails(ready, monkeypatch):
+    from workers.engine.engine import Engine
+
+    real, calls = Engine.run_shard, []
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionResetError("the store went away")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Engine, "run_shard", flaky)
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
+    run_worker_inline(ready.app_)  # default back-off: the retry waits a minute
+    req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
+    (outcome,) = req["outcomes"]
+    assert req["status"] == "running" and outcome["status"] == "pending" and outcome["attempts"] == 1
+    assert outcome["retry_at"] is not None and "the store went away" in outcome["error"]
+    assert run_worker_inline(ready.app_) == 0  # not due yet: nothing runs
+    _settings(ready, retry_backoff_seconds=0.0)
+    with ready.app_.state.sessionmaker() as s:  # the minute has passed
+        s.execute(update(DeletionOutcomeRow).values(retry_at=utcnow()))
+        s.commit()
+    ready.app_.state.relay.reconcile()  # the reconciler queues the due retry
+    run_worker_inline(ready.app_)
+    req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
+    assert req["status"] == "completed" and req["outcomes"][0]["version"] == 2
+    kinds = [e["kind"] for e in ready.get(f"/v1/audit?request_id={rid}", headers=A).json()["events"]]
+    assert kinds.count("request.retry_scheduled") == 1 and kinds[-1] == "request.completed"
+
+
+def test_after_the_last_attempt_an_admin_can_retry_a_failed_request(ready, monkeypatch):
+    from workers.engine.engine import Engine
+
+    real, broken = Engine.run_shard, {"on": True}
+
+    def maybe(self, *a, **k):
+        if broken["on"]:
+            raise RuntimeError("disk on fire")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Engine, "run_shard", maybe)
+    _settings(ready, retry_backoff_seconds=0.0)  # retried at once, three tries in all
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
+    assert ready.post(f"/v1/deletion-requests/{rid}/retry", headers=A).json()["code"] == "request_not_failed"
+    run_worker_inline(ready.app_)
+    req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
+    assert req["status"] == "failed" and req["outcomes"][0]["attempts"] == 3
+    assert ready.post(f"/v1/deletion-requests/{rid}/retry", headers=C).status_code == 403
+    broken["on"] = False
+    r = ready.post(f"/v1/deletion-requests/{rid}/retry", headers=A)
+    assert r.status_code == 200 and r.json()["status"] == "queued" and r.json()["outcomes"][0]["attempts"] == 0
+    run_worker_inline(ready.app_)
+    assert ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()["status"] == "completed"
+
+
+def test_every_request_is_due_and_overdue_ones_are_listed(ready):
+    done = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()
+    run_worker_inline(ready.app_)
+    ready.app_.state.intake.deadline = timedelta(days=-1)  # accepted from now on: past due at once
+    late = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()
+    assert late["due_at"] < late["created_at"] and late["overdue"] is True
+    first = ready.get(f"/v1/deletion-requests/{done['id']}", headers=C).json()
+    assert first["status"] == "completed" and first["overdue"] is False and first["due_at"] > first["created_at"]
+    assert [r["id"] for r in ready.get("/v1/deletion-requests?overdue=true", headers=C).json()] == [late["id"]]
+    run_worker_inline(ready.app_)
+    assert ready.get("/v1/deletion-requests?overdue=true", headers=C).json() == []  # completed, not overdue
