@@ -17,6 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
 from app.audit.routes import router as audit_router
+from app.certificates import keys
+from app.certificates.routes import router as certificates_router
 from app.datasets.routes import router as datasets_router
 from app.db import make_db_engine, session_scope
 from app.deletions.intake import Intake
@@ -72,6 +74,8 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
         # full collections over it stalled about 1% of requests by ~200 ms under load.
         gc.collect()
         gc.freeze()
+        with session_scope(factory) as session:
+            keys.publish(session, app.state.signing_key)
         await app.state.intake.start()
         if run_relay:
             relay.start()
@@ -90,6 +94,8 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
     app.state.sessionmaker = factory
     app.state.key_roles = settings.roles_by_key_hash()
     app.state.engine = engine
+    # A key named in settings must exist; the default one is made on first start.
+    app.state.signing_key = keys.load(settings.signing_key_path, create=settings.signing_key_file is None)
     app.state.ensembles = EnsembleCache()
     app.state.celery = celery
     app.state.relay = relay
@@ -97,7 +103,8 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
     app.state.intake = Intake(factory, app.state.engine, on_commit=app.state.poke_relay,
                               deadline=timedelta(days=settings.deadline_days))
     install_error_handlers(app)
-    for router in (datasets_router, models_router, deletions_router, owners_router, audit_router):
+    for router in (datasets_router, models_router, deletions_router, owners_router, audit_router,
+                   certificates_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # Tries per outcome before its request fails; the n-th retry waits backoff * 2^(n-1) s.
     max_attempts: int = 3
     retry_backoff_seconds: float = 60.0
+    # Ed25519 key (PEM) that signs deletion certificates; unset: <data_dir>/signing-key.pem,
+    # generated (mode 600) on first start. A key file named here must exist.
+    signing_key_file: Path | None = None
 
     @field_validator("admin_keys", "client_keys", mode="before")
     @classmethod
@@ -97,6 +100,10 @@ class Settings(BaseSettings):
         roles = {hashlib.sha256(k.encode()).hexdigest(): "client" for k in self.client_keys}
         roles.update({hashlib.sha256(k.encode()).hexdigest(): "admin" for k in self.admin_keys})
         return roles
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.data_dir / "signing-key.pem"
 
     def source_paths(self) -> dict[str, Path]:
         """Default locations of the dataset sources that read files by name."""

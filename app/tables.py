@@ -195,3 +195,13 @@ class OutboxRow(Base):
     sent_at: Mapped[datetime | None] = mapped_column(index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class SigningKeyRow(Base):
+    """The public key (JWK) of every key that ever signed a certificate (0004)."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_jwk: Mapped[dict]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

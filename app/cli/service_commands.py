@@ -246,3 +246,44 @@ def gc(c: Context, dry_run):
     verb = "would free" if dry_run else "freed"
     c.print({"dry_run": dry_run, "freed_bytes": report.freed_bytes, "purged": report.purged},
             "\n".join(lines + [f"{verb} {report.freed_bytes} bytes in {len(report.purged)} revoked versions"]))
+
+
+@cli.group()
+def certificate():
+    """Deletion certificates."""
+
+
+@certificate.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--jwks", "jwks_from", default=None,
+              help="the public keys: a JWKS file or URL (default: this data directory's signing key)")
+@pass_ctx
+def certificate_verify(c: Context, file: Path, jwks_from: str | None):
+    """Check a certificate's signature offline; print what it certifies; exit 0 or 1."""
+    import httpx
+    import jwt
+
+    from app.certificates import keys
+
+    text = file.read_text().strip()
+    token = json.loads(text)["certificate"] if text.startswith("{") else text
+    if jwks_from is None:
+        key = keys.load(c.settings.signing_key_path, create=False)
+        jwk_set = {"keys": [key.public_jwk]}
+    elif jwks_from.startswith(("http://", "https://")):
+        jwk_set = httpx.get(jwks_from, timeout=10).raise_for_status().json()
+    else:
+        jwk_set = json.loads(Path(jwks_from).read_text())
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+        known = {k.key_id: k for k in jwt.PyJWKSet.from_dict(jwk_set).keys}
+        if kid not in known:
+            raise jwt.InvalidKeyError(f"no public key with kid {kid!r} in the key set")
+        claims = jwt.decode(token, known[kid].key, algorithms=["EdDSA"])
+    except (jwt.PyJWTError, ValueError) as exc:
+        click.echo(f"certificate INVALID: {exc}")
+        raise SystemExit(1)
+    lines = [f"certificate OK (key {kid}): request {claims['request_id']} completed {claims['completed_at']}"]
+    lines += [f"  {m['model']} v{m['version']} ({'exact' if m['exact'] else 'approximate'}, {m['method']}), "
+              f"revoked {[r['version'] for r in m['revoked_versions']]}" for m in claims["models"]]
+    c.print(claims, "\n".join(lines))

@@ -219,3 +219,25 @@ def test_a_failing_deletion_is_retried_then_fails_then_an_admin_retry_completes_
                 lambda r: r["status"] in ("completed", "failed"))
     assert done["status"] == "completed", done
     assert http.get("/v1/deletion-requests?overdue=true", headers=A).json() == []
+
+
+def test_a_completed_request_has_a_certificate_that_pyjwt_and_the_cli_verify(stack, http, trained, tmp_path):
+    import json
+
+    import jwt
+
+    owner = owners(http, 40)[35]
+    rid = http.post("/v1/deletion-requests", json={"owner_id": owner}, headers=C).json()["id"]
+    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
+                lambda r: r["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    token = http.get(f"/v1/deletion-requests/{rid}/certificate", headers=C).json()["certificate"]
+    keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(http.get("/.well-known/jwks.json").json()).keys}
+    claims = jwt.decode(token, keys[jwt.get_unverified_header(token)["kid"]].key, algorithms=["EdDSA"])
+    versions = {o["model"]: o["version"] for o in done["outcomes"]}
+    assert claims["request_id"] == rid and {m["model"]: m["version"] for m in claims["models"]} == versions
+    (model,) = [m for m in claims["models"] if m["model"] == "digits-sisa"]
+    assert model["revoked_versions"] and model["revoked_versions"][0]["purged_at"]
+    (tmp_path / "cert.json").write_text(json.dumps({"certificate": token}))
+    checked = stack.run("certificate", "verify", str(tmp_path / "cert.json"), "--jwks", f"{stack.url}/.well-known/jwks.json")
+    assert checked.returncode == 0 and "certificate OK" in checked.stdout, checked.stderr

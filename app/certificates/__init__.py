@@ -1,0 +1,1 @@
+"""Deletion certificates: signed statements of what was erased, replaced and verified."""
