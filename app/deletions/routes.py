@@ -17,6 +17,10 @@ def _out(session, row, outcomes=None) -> DeletionOut:
     outcomes = outcomes if outcomes is not None else service.outcomes(session=session, request_id=row.id)
     out = DeletionOut.model_validate(row)
     out.outcomes = [Outcome.model_validate(o) for o in outcomes]
+    if session is not None:
+        produced = service.published_methods(session=session, outcomes=outcomes)
+        for o in out.outcomes:
+            o.published_method = produced.get((o.model, o.version))
     out.models = [o.model for o in outcomes]
     out.overdue = service.is_overdue(row)
     return out

@@ -32,6 +32,8 @@ class Outcome(BaseModel):
     metrics: dict | None
     seconds: float | None
     error: str | None
+    published_method: str | None = Field(None, description="the method that produced the published version "
+                                         "(``method`` is the one asked for; exact when the gate fell back)")
     attempts: int = Field(0, description="failed tries so far; retried up to LETHE_MAX_ATTEMPTS")
     retry_at: datetime | None = Field(None, description="when a pending retry runs")
 

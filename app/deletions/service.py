@@ -9,19 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import timedelta
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy import insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.audit.service import Event, append_many
-from app.deletions.schemas import DeletionCreate
 from app.callers import Caller
+from app.deletions.schemas import DeletionCreate
 from app.errors import ApiError, not_found
 from app.outbox import enqueue_advance
 from app.statuses import ModelStatus, OutcomeStatus, RequestStatus
-from app.tables import DeletionOutcomeRow, DeletionRequestRow, ModelRow, utcnow
+from app.tables import DeletionOutcomeRow, DeletionRequestRow, ModelRow, ModelVersionRow, utcnow
 from workers.engine.engine import Engine
 
 
@@ -66,8 +66,11 @@ class _Targets:
     def _knows(self, dataset: str, owner_id: str) -> bool:
         return owner_id in self._known[dataset]
 
-    def __call__(self, body: DeletionCreate) -> list[str]:
-        """The named models, or every model (not failed) whose dataset holds or held the owner."""
+    def __call__(self, body: DeletionCreate) -> tuple[list[str], list[str]]:
+        """The models the request covers: the named ones, or every model (not failed) whose
+        dataset holds or held the owner; and which of them were added although not named.
+        Erasing the owner's raw rows changes their dataset for every model on it, so the
+        other models on that dataset that learned from the owner are covered too."""
         if body.models is not None:
             names = list(dict.fromkeys(body.models))
             missing = [n for n in names if n not in self.models]
@@ -77,12 +80,15 @@ class _Targets:
             if unknown:
                 raise not_found("owner_not_found",
                                 f"model {unknown[0]!r}'s dataset never held owner {body.owner_id!r}")
-            return names
+            datasets = {self.models[n].dataset for n in names}
+            added = [m.name for m in self.models.values() if m.name not in names and m.dataset in datasets
+                     and m.status != ModelStatus.FAILED and m.latest_version is not None]
+            return names + added, added
         names = [m.name for m in self.models.values()
                  if m.status != ModelStatus.FAILED and self._knows(m.dataset, body.owner_id)]
         if not names:
             raise not_found("owner_not_found", f"no model's dataset holds owner {body.owner_id!r}")
-        return names
+        return names, []
 
 
 def accept_many(*, session: Session, engine: Engine, subs: list[Submission],
@@ -113,7 +119,7 @@ def accept_many(*, session: Session, engine: Engine, subs: list[Submission],
             later.append((i, first_with_key[sub.key]))  # the same key twice in one batch
             continue
         try:
-            names = targets(sub.body)
+            names, added = targets(sub.body)
         except ApiError as exc:
             results[i] = exc
             continue
@@ -132,6 +138,8 @@ def accept_many(*, session: Session, engine: Engine, subs: list[Submission],
         # The reason is free text and may hold personal data: the audit log keeps its hash only.
         events.append(Event("request.accepted", sub.caller.key_id, owner_id=sub.body.owner_id, request_id=request.id,
                             data={"models": names, "method": sub.body.method,
+                                  **({"models_added": added, "why_added": "they were trained on the dataset whose "
+                                      "raw rows this request erases"} if added else {}),
                                   "idempotency_key_given": sub.idempotency_key is not None,
                                   "reason_sha256": hashlib.sha256(sub.body.reason.encode()).hexdigest()
                                   if sub.body.reason else None}))
@@ -214,3 +222,13 @@ def retry(*, session: Session, caller: Caller, request_id: str) -> DeletionReque
     append_many(session, [Event("request.retried", caller.key_id, owner_id=row.owner_id, request_id=row.id,
                                 data={"models": sorted(models)})])
     return row
+
+
+def published_methods(*, session: Session, outcomes: list[DeletionOutcomeRow]) -> dict[tuple[str, int], str]:
+    """(model, version) -> the method that produced that published version."""
+    done = {(o.model, o.version) for o in outcomes if o.version is not None}
+    if not done:
+        return {}
+    rows = session.execute(select(ModelVersionRow.model, ModelVersionRow.version, ModelVersionRow.method).where(
+        tuple_(ModelVersionRow.model, ModelVersionRow.version).in_(list(done)))).all()
+    return {(m, v): method for m, v, method in rows}

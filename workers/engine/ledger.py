@@ -124,6 +124,8 @@ class Dataset:
     @contextmanager
     def _db(self):
         con = sqlite3.connect(self.path / "ledger.sqlite", timeout=30, isolation_level=None)
+        # Erased owners' rows must not linger in free pages: overwrite what is deleted.
+        con.execute("PRAGMA secure_delete = ON")
         try:
             yield con
         finally:
