@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.tables import SigningKeyRow
@@ -41,12 +42,18 @@ def load(path: Path, *, create: bool) -> SigningKey:
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
+            os.link(tmp, path)  # appears whole, or not at all; never replaces a key
         except FileExistsError:
             pass  # another process created it first: use theirs
+        finally:
+            tmp.unlink(missing_ok=True)
     private = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(private, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
@@ -56,9 +63,13 @@ def load(path: Path, *, create: bool) -> SigningKey:
 
 
 def publish(session: Session, key: SigningKey) -> None:
-    """Add the key's public half to the published set (once)."""
+    """Add the key's public half to the published set (once; another process may race)."""
     if session.get(SigningKeyRow, key.kid) is None:
-        session.add(SigningKeyRow(kid=key.kid, public_jwk=key.public_jwk))
+        try:
+            with session.begin_nested():
+                session.add(SigningKeyRow(kid=key.kid, public_jwk=key.public_jwk))
+        except IntegrityError:
+            pass
 
 
 def jwks(session: Session) -> dict:

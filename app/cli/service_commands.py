@@ -265,21 +265,24 @@ def certificate_verify(c: Context, file: Path, jwks_from: str | None):
 
     from app.certificates import keys
 
-    text = file.read_text().strip()
-    token = json.loads(text)["certificate"] if text.startswith("{") else text
-    if jwks_from is None:
-        key = keys.load(c.settings.signing_key_path, create=False)
-        jwk_set = {"keys": [key.public_jwk]}
-    elif jwks_from.startswith(("http://", "https://")):
-        jwk_set = httpx.get(jwks_from, timeout=10).raise_for_status().json()
-    else:
-        jwk_set = json.loads(Path(jwks_from).read_text())
+    try:
+        text = file.read_text().strip()
+        token = json.loads(text)["certificate"] if text.startswith("{") else text
+        if jwks_from is None:
+            jwk_set = {"keys": [keys.load(c.settings.signing_key_path, create=False).public_jwk]}
+        elif jwks_from.startswith(("http://", "https://")):
+            jwk_set = httpx.get(jwks_from, timeout=10).raise_for_status().json()
+        else:
+            jwk_set = json.loads(Path(jwks_from).read_text())
+    except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
+        raise click.UsageError(f"cannot read the certificate or the keys: {exc}") from None
     try:
         kid = jwt.get_unverified_header(token).get("kid")
         known = {k.key_id: k for k in jwt.PyJWKSet.from_dict(jwk_set).keys}
         if kid not in known:
             raise jwt.InvalidKeyError(f"no public key with kid {kid!r} in the key set")
-        claims = jwt.decode(token, known[kid].key, algorithms=["EdDSA"])
+        # A little leeway: a verifier's clock may be behind the service's.
+        claims = jwt.decode(token, known[kid].key, algorithms=["EdDSA"], leeway=300)
     except (jwt.PyJWTError, ValueError) as exc:
         click.echo(f"certificate INVALID: {exc}")
         raise SystemExit(1)

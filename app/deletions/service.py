@@ -82,7 +82,7 @@ class _Targets:
                                 f"model {unknown[0]!r}'s dataset never held owner {body.owner_id!r}")
             datasets = {self.models[n].dataset for n in names}
             added = [m.name for m in self.models.values() if m.name not in names and m.dataset in datasets
-                     and m.status != ModelStatus.FAILED and m.latest_version is not None]
+                     and m.status != ModelStatus.FAILED]
             return names + added, added
         names = [m.name for m in self.models.values()
                  if m.status != ModelStatus.FAILED and self._knows(m.dataset, body.owner_id)]

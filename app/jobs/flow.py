@@ -136,7 +136,17 @@ class JobFlow:
             return self._finish(job_id, state, results)
 
     def fail(self, job_id: str, exc: BaseException) -> None:
-        """The job fails with ``exc`` as its reason; its forget rows are dropped."""
+        """The job fails with ``exc`` as its reason; its forget rows are dropped. A job
+        that already published its version (a step after publishing failed: a spot
+        check, the completion) completes with that version instead: it stands, and
+        what it supersedes must be revoked."""
+        state = self._state(job_id)
+        published = self.engine.published_by_job(state.plan) if state is not None else None
+        if published is not None:
+            log.warning("job %s failed after publishing v%s (%s); completing with it", job_id,
+                        published["version"], reason(exc))
+            self._complete(job_id, state.plan, published)
+            return
         with session_scope(self.sessions) as s:
             outcomes.fail(s, job_id, reason(exc), max_attempts=self.settings.max_attempts,
                           backoff_seconds=self.settings.retry_backoff_seconds)

@@ -102,7 +102,8 @@ def fail(session: Session, job_id: str, reason: str, *, max_attempts: int = 1, b
         request = session.get(DeletionRequestRow, outcome.request_id)
         if outcome.attempts < max_attempts:
             outcome.status, outcome.job_id = OutcomeStatus.PENDING, None
-            outcome.retry_at = now + timedelta(seconds=backoff_seconds * 2 ** (outcome.attempts - 1))
+            wait = min(backoff_seconds * 2 ** min(outcome.attempts - 1, 30), 24 * 3600.0)  # at most a day
+            outcome.retry_at = now + timedelta(seconds=wait)
             append(session, "request.retry_scheduled", actor=WORKER, owner_id=request.owner_id, request_id=request.id,
                    model=job.model, data={"job_id": job_id, "attempt": outcome.attempts,
                                           "retry_at": outcome.retry_at.isoformat(), "reason": reason})

@@ -15,7 +15,7 @@ from app.errors import ApiError, not_found
 from app.tables import ModelAliasRow, ModelVersionRow, utcnow
 from workers.engine.engine import Engine
 
-ALIAS_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+ALIAS_PATTERN = r"[a-z][a-z0-9_.-]{0,63}"
 _ALIAS = re.compile(ALIAS_PATTERN)
 
 
@@ -40,9 +40,9 @@ def parse_reference(session: Session, name: str, reference: str) -> int | str:
     """A version number, ``latest``, or the version an alias names."""
     if reference == "latest":
         return reference
-    if reference.isascii() and reference.isdigit() and int(reference) >= 1:
+    if reference.isascii() and reference.isdigit() and len(reference) <= 10 and int(reference) >= 1:
         return int(reference)
-    alias = session.get(ModelAliasRow, (name, reference)) if _ALIAS.match(reference) else None
+    alias = session.get(ModelAliasRow, (name, reference)) if _ALIAS.fullmatch(reference) else None
     if alias is None:
         raise ApiError(422, "invalid_version",
                        f"version must be a positive integer, 'latest' or an alias of the model, got {reference!r}")
@@ -68,7 +68,7 @@ def servable(version: Resolved) -> dict:
 # -- aliases -------------------------------------------------------------------------
 def set_alias(*, session: Session, engine: Engine, actor: str, name: str, alias: str, version: int) -> ModelAliasRow:
     """Point ``alias`` at a live version of the model (created or moved)."""
-    if not _ALIAS.match(alias) or alias == "latest":
+    if not _ALIAS.fullmatch(alias) or alias == "latest":
         raise ApiError(422, "invalid_alias", f"an alias is 1-64 of a-z, 0-9, '_', '.', '-' starting with a letter, "
                        f"and not 'latest' (a number would read as a version); got {alias!r}")
     engine.version(name, version)  # version_not_found otherwise

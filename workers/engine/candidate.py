@@ -41,6 +41,10 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             ckpts, weights = entry.checkpoints, results[shard][0]
         else:
             ckpts = entry.checkpoints + list(results.get(shard, []))
+        if entry.status == ShardStatus.REUSED and entry.parent_weights not in (None, ckpts[-1] if ckpts else None):
+            # An approximately unlearned constituent, reused: it keeps serving its unlearned
+            # weights, never the slice checkpoint they were derived from.
+            weights = entry.parent_weights
         if len(ckpts) != len(entry.slices):
             raise ModelError(f"shard {shard} has {len(ckpts)} checkpoints for {len(entry.slices)} slices")
         slices_out = []

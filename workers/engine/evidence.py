@@ -8,6 +8,7 @@ from workers.engine import checkpoints
 from workers.engine.digests import ids_digest
 from workers.engine.ids import slice_ids as read_slice_ids
 from workers.engine.ledger import DatasetStore
+from workers.engine.purge import learned
 
 
 def verify(store: ModelStore, datasets: DatasetStore, name: str, number: int | str = "latest") -> dict:
@@ -26,7 +27,9 @@ def verify(store: ModelStore, datasets: DatasetStore, name: str, number: int | s
     store.model_spec(name)
     record = store.version(name, number)
     purge = store.purge(name, record["version"])
-    purged = set(purge["digests"]) if purge else set()  # deleted on purpose, and recorded
+    # Deleted on purpose: what the version learned (some of it may have gone with the
+    # purge of another revoked version that shared it).
+    purged = (set(purge["digests"]) | learned(record)) if purge else set()
     problems = []
     try:
         slice_ids = read_slice_ids(store, record)

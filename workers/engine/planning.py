@@ -85,7 +85,8 @@ def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa
             touched[shard] = min(touched.get(shard, tainted), tainted)
         if shard not in touched:
             shards.append(_shard(store, shard, slices, ShardStatus.REUSED, None, old,
-                                 test_probs=constituent.get("test_probs"), tainted_from_slice=tainted))
+                                 test_probs=constituent.get("test_probs"), tainted_from_slice=tainted,
+                                 parent_weights=constituent["weights"]))
             continue
         r = touched[shard]
         kept = [np.setdiff1d(ids, removed) for ids in slices]

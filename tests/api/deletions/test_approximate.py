@@ -1,6 +1,7 @@
 """Approximate deletions through the API (in-process worker): metrics, gate, fallback."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.service_helpers import A, C, an_owner
@@ -113,3 +114,48 @@ def test_spot_check_records_the_gap_to_an_exact_reference(ready):
     gap = check["data"]["gap_to_exact"]
     assert gap["avg_gap"] is not None and gap["kl_forget"] >= 0 and gap["ua"] >= 0
     assert req["outcomes"][0]["metrics"]["spot_check"] == gap
+
+
+def test_a_reused_unlearned_constituent_keeps_serving_its_unlearned_weights(ready):
+    """Two approximate passes on different shards: the first pass's unlearned weights are
+    what the second version serves for that shard, not the checkpoint they came from."""
+    from app.engine import build_engine
+
+    _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0)
+    engine = build_engine(ready.app_.state.settings)
+    first = an_owner(ready)
+    _delete(ready, "ssd", first)
+    v2 = engine.version("m", 2)
+    (touched,) = [c["shard"] for c in v2["constituents"] if c["status"] == "approximate"]
+    slices = engine.slice_ids(v2)
+    owners = [o["owner_id"] for o in ready.get("/v1/datasets/digits/owners?limit=100", headers=A).json()["owners"]]
+    ds = engine.dataset("digits")
+    other = next(o for o in owners if np.isin(ds.owner_sample_ids(o), np.concatenate(slices[1 - touched])).all())
+    assert _delete(ready, "ssd", other)["status"] == "completed"
+    v3 = ready.get("/v1/models/m/versions/3", headers=C).json()
+    kept = v3["constituents"][touched]
+    assert kept["status"] == "reused" and kept["weights_sha256"] == v2["constituents"][touched]["weights"]
+    assert kept["weights_sha256"] != v2["constituents"][touched]["slices"][-1]["checkpoint"]
+    assert engine.verify("m", 3)["ok"] is True
+
+
+def test_a_job_that_fails_after_publishing_completes_with_what_it_published(ready, monkeypatch):
+    """The spot check's reference shard fails after the approximate version was published:
+    the version stands, the request completes on it, and its parent is revoked."""
+    from workers.engine.engine import Engine
+
+    _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0)
+    _settings(ready, spot_check_rate=1.0)
+    real, calls = Engine.run_shard, []
+
+    def reference_fails(self, *a, **k):
+        calls.append(1)
+        if len(calls) > 1:  # the first run is the approximate shard; then the reference's
+            raise MemoryError("out of memory on the reference retrain")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Engine, "run_shard", reference_fails)
+    req = _delete(ready, "ssd")
+    assert req["status"] == "completed" and req["outcomes"][0]["version"] == 2
+    assert ready.get("/v1/models/m/versions/1", headers=C).json()["status"] == "revoked"
+    assert ready.get("/v1/models/m/versions/2", headers=C).json()["method"] == "ssd"
