@@ -48,9 +48,11 @@ def purge(sessions: sessionmaker[Session], engine: Engine, settings: Settings, *
     with session_scope(sessions) as s:
         for p in report.purged:
             row = s.scalars(select(ModelVersionRow).where(
-                ModelVersionRow.model == p["model"], ModelVersionRow.version == p["version"])).first()
-            if row is not None and row.purged_at is None:
-                row.purged_at = datetime.now(timezone.utc)
+                ModelVersionRow.model == p["model"], ModelVersionRow.version == p["version"])
+                .with_for_update()).first()
+            if row is None or row.purged_at is not None:
+                continue  # another sweep recorded it first
+            row.purged_at = datetime.now(timezone.utc)
             append(s, "store.purged", actor=actor, model=p["model"], version=p["version"],
                    data={"digests": p["digests"], "bytes": p["bytes"]})
     log.info("purged %d revoked versions, %d bytes", len(report.purged), report.freed_bytes)

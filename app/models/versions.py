@@ -31,9 +31,11 @@ class Resolved:
         return self.row is not None and self.row.revoked_at is not None
 
 
-def _row(session: Session, name: str, version: int) -> ModelVersionRow | None:
-    return session.scalars(select(ModelVersionRow).where(
-        ModelVersionRow.model == name, ModelVersionRow.version == version)).first()
+def _row(session: Session, name: str, version: int, *, lock: bool = False) -> ModelVersionRow | None:
+    stmt = select(ModelVersionRow).where(ModelVersionRow.model == name, ModelVersionRow.version == version)
+    # Locked where an alias is set or a version revoked: the two serialise on the version's
+    # row, so an alias can never land on a version revoked at the same moment.
+    return session.scalars(stmt.with_for_update() if lock else stmt).first()
 
 
 def parse_reference(session: Session, name: str, reference: str) -> int | str:
@@ -72,7 +74,7 @@ def set_alias(*, session: Session, engine: Engine, actor: str, name: str, alias:
         raise ApiError(422, "invalid_alias", f"an alias is 1-64 of a-z, 0-9, '_', '.', '-' starting with a letter, "
                        f"and not 'latest' (a number would read as a version); got {alias!r}")
     engine.version(name, version)  # version_not_found otherwise
-    row = _row(session, name, version)
+    row = _row(session, name, version, lock=True)
     if row is not None and row.revoked_at is not None:
         raise ApiError(409, "version_revoked", f"version {version} of {name!r} is revoked; point {alias!r} at "
                        f"version {row.replaced_by} instead", extra={"replaced_by": row.replaced_by})
@@ -106,7 +108,7 @@ def record_revocations(session: Session, *, actor: str, name: str, revocations: 
     """Mark each revoked version (a store revocation record) in the database, once; audit
     it and move every alias on it to the replacing version, in the caller's transaction."""
     for r in revocations:
-        row = _row(session, name, r["version"])
+        row = _row(session, name, r["version"], lock=True)
         if row is None or row.revoked_at is not None:
             continue
         row.revoked_at = datetime.fromisoformat(r["revoked_at"])
