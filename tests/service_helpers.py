@@ -30,6 +30,22 @@ def an_owner(client) -> str:
     return client.get("/v1/datasets/digits/owners?limit=1", headers=A).json()["owners"][0]["owner_id"]
 
 
+def make_app(data_dir, **overrides):
+    """The API (no relay thread) on a fresh, migrated SQLite database under ``data_dir``."""
+    from app.main import create_app
+    from app.migrate import upgrade
+
+    settings = make_settings(data_dir, **overrides)
+    settings.data_dir.mkdir(parents=True)
+    upgrade(settings.db_url)
+    return create_app(settings, run_relay=False)
+
+
+def change_settings(client, **changes) -> None:
+    """Change the settings the (inline) worker runs with from now on."""
+    client.app_.state.settings = client.app_.state.settings.model_copy(update=changes)
+
+
 def run_worker_inline(app) -> int:
     """Deliver every outbox message to the tasks, in this process, until none is left.
 

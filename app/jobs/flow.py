@@ -28,6 +28,7 @@ from app.db import session_scope
 from app.jobs import outcomes
 from app.jobs import service as jobs
 from app.jobs.heartbeat import Heartbeat
+from app.jobs.state import Attempt, JobState
 from app.models import purge, versions
 from app.settings import Settings
 from app.statuses import JobKind
@@ -42,36 +43,6 @@ from workers.engine.training import TrainConfig
 from workers.engine.unlearning import METHODS
 
 log = logging.getLogger("lethe.worker")
-
-
-@dataclass
-class Attempt:
-    """Which try at the job this is, beside its plan."""
-
-    number: int = 1
-    phase: str = "publish"  # publish | spot_check (an unpublished exact reference)
-    requested_method: str | None = None  # what the requests asked for (exact, auto, a method)
-    fallback_from: dict | None = None  # the failed approximate attempt: {"method", "metrics"}
-    checked_version: int | None = None  # spot_check: the approximate version it checks
-
-
-@dataclass
-class JobState:
-    plan: Plan
-    attempt: Attempt
-
-    def to_dict(self) -> dict:
-        return {"plan": self.plan.to_dict(), "attempt": dataclasses.asdict(self.attempt)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> JobState:
-        if "plan" not in d:  # saved before the state was typed: one flat dict
-            attempt = Attempt(number=d.get("attempt", 1),
-                              phase="spot_check" if d.get("phase") == "spot_check" else "publish",
-                              requested_method=d.get("requested_method"), fallback_from=d.get("fallback_from"),
-                              checked_version=d.get("checked_version"))
-            return cls(Plan.from_dict(d), attempt)
-        return cls(Plan.from_dict(d["plan"]), Attempt(**d["attempt"]))
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.audit.service import append
 from app.db import session_scope
+from app.jobs.state import JobState
 from app.settings import Settings
 from app.statuses import JobStatus
 from app.tables import JobRow, ModelVersionRow
 from workers.engine.engine import Engine
-from workers.engine.plans import Plan
 from workers.engine.purge import PurgeReport, plan_blobs
 
 log = logging.getLogger("lethe.purge")
@@ -30,7 +30,7 @@ def _running_blobs(session: Session) -> set[str]:
     keep = set()
     for state in session.scalars(select(JobRow.plan).where(JobRow.status == JobStatus.RUNNING)):
         if state:
-            keep |= plan_blobs(Plan.from_dict(state.get("plan", state)))
+            keep |= plan_blobs(JobState.from_dict(state).plan)
     return keep
 
 

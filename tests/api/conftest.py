@@ -6,8 +6,7 @@ import warnings
 
 import pytest
 
-from app.migrate import upgrade
-from tests.service_helpers import A, TINY_MODEL, make_settings, run_worker_inline
+from tests.service_helpers import A, TINY_MODEL, make_app, run_worker_inline
 
 warnings.filterwarnings("ignore", message=".*httpx.*")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -15,12 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 @pytest.fixture
 def client(tmp_path):
-    settings = make_settings(tmp_path / "lethe")
-    settings.data_dir.mkdir(parents=True)
-    upgrade(settings.db_url)
-    from app.main import create_app
-
-    app = create_app(settings, run_relay=False)
+    app = make_app(tmp_path / "lethe")
     with TestClient(app) as c:
         c.app_ = app
         yield c

@@ -8,20 +8,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from app.migrate import upgrade
-from tests.service_helpers import A, TINY_MODEL, make_settings, run_worker_inline
+from tests.service_helpers import A, TINY_MODEL, make_app, run_worker_inline
 
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
-    settings_ = make_settings(tmp_path_factory.mktemp("fuzz") / "lethe")
-    settings_.data_dir.mkdir(parents=True)
-    upgrade(settings_.db_url)
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
-
-    app = create_app(settings_, run_relay=False)
+    app = make_app(tmp_path_factory.mktemp("fuzz") / "lethe")
     with TestClient(app) as c:
         c.post("/v1/datasets", json={"name": "digits", "source": "digits"}, headers=A)
         c.post("/v1/models", json=TINY_MODEL, headers=A)

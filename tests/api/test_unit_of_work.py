@@ -8,18 +8,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app.main import create_app
-from app.migrate import upgrade
 from app.tables import JobRow, ModelRow, OutboxRow
-from tests.service_helpers import A, TINY_MODEL, make_settings
+from tests.service_helpers import A, TINY_MODEL, make_app
 
 
 @pytest.fixture
 def app(tmp_path):
-    settings = make_settings(tmp_path / "lethe")
-    settings.data_dir.mkdir(parents=True)
-    upgrade(settings.db_url)
-    app = create_app(settings, run_relay=False)
+    app = make_app(tmp_path / "lethe")
     pokes = []
     app.state.poke_relay = lambda: pokes.append(1)
     app.state.pokes = pokes

@@ -6,17 +6,11 @@ import io
 import numpy as np
 from fastapi.testclient import TestClient
 
-from app.migrate import upgrade
-from tests.service_helpers import A, make_settings
+from tests.service_helpers import A, make_app
 
 
 def test_oversized_upload_is_413(tmp_path):
-    settings = make_settings(tmp_path / "small", max_upload_bytes=1000)
-    settings.data_dir.mkdir(parents=True)
-    upgrade(settings.db_url)
-    from app.main import create_app
-
-    with TestClient(create_app(settings, run_relay=False)) as c:
+    with TestClient(make_app(tmp_path / "small", max_upload_bytes=1000)) as c:
         r = c.post("/v1/datasets", files={"file": ("x.npz", b"\0" * 5000)}, data={"name": "big"}, headers=A)
     assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
 

@@ -4,18 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.service_helpers import A, C, an_owner
+from tests.service_helpers import A, C, an_owner, change_settings
 
 VERIFICATION = ("ua", "ra", "ta", "mia_efficacy", "mia_heldout", "loss_auc", "expected_ua", "l2_to_parent", "rte_seconds")
 
 
-def _settings(client, **changes) -> None:
-    """Change the settings the (inline) worker runs with from now on."""
-    client.app_.state.settings = client.app_.state.settings.model_copy(update=changes)
-
 
 def _gate(client, ua: float, mia: float, ta_drop: float) -> None:
-    _settings(client, gate_ua_tolerance=ua, gate_mia_tolerance=mia, gate_max_ta_drop=ta_drop)
+    change_settings(client, gate_ua_tolerance=ua, gate_mia_tolerance=mia, gate_max_ta_drop=ta_drop)
 
 
 def _delete(client, method: str, owner: str | None = None) -> dict:
@@ -105,7 +101,7 @@ def test_unknown_method_is_422(ready, method):
 
 def test_spot_check_records_the_gap_to_an_exact_reference(ready):
     _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0)
-    _settings(ready, spot_check_rate=1.0)
+    change_settings(ready, spot_check_rate=1.0)
     req = _delete(ready, "ssd")
     assert req["status"] == "completed"
     v = ready.get("/v1/models/m/versions/latest", headers=C).json()
@@ -145,7 +141,7 @@ def test_a_job_that_fails_after_publishing_completes_with_what_it_published(read
     from workers.engine.engine import Engine
 
     _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0)
-    _settings(ready, spot_check_rate=1.0)
+    change_settings(ready, spot_check_rate=1.0)
     real, calls = Engine.run_shard, []
 
     def reference_fails(self, *a, **k):

@@ -7,11 +7,8 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from app.tables import DeletionOutcomeRow, utcnow
-from tests.service_helpers import A, C, an_owner, run_worker_inline
+from tests.service_helpers import A, C, an_owner, change_settings, run_worker_inline
 
-
-def _settings(client, **changes):
-    client.app_.state.settings = client.app_.state.settings.model_copy(update=changes)
 
 
 def test_failed_job_fails_its_requests_with_a_reason(ready, monkeypatch):
@@ -21,7 +18,7 @@ def test_failed_job_fails_its_requests_with_a_reason(ready, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(Engine, "run_shard", broken)
-    _settings(ready, max_attempts=1)  # no retries left
+    change_settings(ready, max_attempts=1)  # no retries left
     rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
     run_worker_inline(ready.app_)
     req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
@@ -100,7 +97,7 @@ def test_a_failed_outcome_is_retried_with_back_off_before_its_request_fails(read
     assert req["status"] == "running" and outcome["status"] == "pending" and outcome["attempts"] == 1
     assert outcome["retry_at"] is not None and "the store went away" in outcome["error"]
     assert run_worker_inline(ready.app_) == 0  # not due yet: nothing runs
-    _settings(ready, retry_backoff_seconds=0.0)
+    change_settings(ready, retry_backoff_seconds=0.0)
     with ready.app_.state.sessionmaker() as s:  # the minute has passed
         s.execute(update(DeletionOutcomeRow).values(retry_at=utcnow()))
         s.commit()
@@ -123,7 +120,7 @@ def test_after_the_last_attempt_an_admin_can_retry_a_failed_request(ready, monke
         return real(self, *a, **k)
 
     monkeypatch.setattr(Engine, "run_shard", maybe)
-    _settings(ready, retry_backoff_seconds=0.0)  # retried at once, three tries in all
+    change_settings(ready, retry_backoff_seconds=0.0)  # retried at once, three tries in all
     rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
     assert ready.post(f"/v1/deletion-requests/{rid}/retry", headers=A).json()["code"] == "request_not_failed"
     run_worker_inline(ready.app_)

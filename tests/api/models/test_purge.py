@@ -11,14 +11,11 @@ from app.db import make_sessionmaker
 from app.engine import build_engine
 from app.models.purge import purge
 from app.models.service import EnsembleCache
-from tests.service_helpers import A, C, an_owner, run_worker_inline
+from tests.service_helpers import A, C, an_owner, change_settings, run_worker_inline
 from workers.engine.purge import learned
 
 X = np.random.default_rng(0).uniform(0, 16, (5, 64)).round().tolist()
 
-
-def _settings(client, **changes):
-    client.app_.state.settings = client.app_.state.settings.model_copy(update=changes)
 
 
 def _delete(client, owner: str) -> None:
@@ -28,7 +25,7 @@ def _delete(client, owner: str) -> None:
 
 
 def test_gc_deletes_what_the_revoked_version_learned_and_nothing_live(ready, capsys):
-    _settings(ready, purge_after_hours=1.0)  # keep v1's artifacts for now
+    change_settings(ready, purge_after_hours=1.0)  # keep v1's artifacts for now
     _delete(ready, an_owner(ready))
     engine = build_engine(ready.app_.state.settings)
     v1, v2 = engine.version("m", 1), engine.version("m", 2)
@@ -70,7 +67,7 @@ def test_a_deletion_purges_the_revoked_version_at_once_by_default(ready):
 
 
 def test_a_running_jobs_blobs_are_never_swept(ready):
-    _settings(ready, purge_after_hours=1.0)
+    change_settings(ready, purge_after_hours=1.0)
     _delete(ready, an_owner(ready))
     engine = build_engine(ready.app_.state.settings)
     doomed = learned(engine.version("m", 1)) - set(engine.version("m", 2)["artifacts"].values())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.cli import main as lethe
-from tests.service_helpers import A, C, an_owner, run_worker_inline
+from tests.service_helpers import A, C, an_owner, change_settings, run_worker_inline
 
 X = np.zeros((2, 64)).tolist()
 
@@ -81,8 +81,7 @@ def test_alias_mistakes_are_refused_with_a_code(ready):
 
 
 def test_an_approximate_version_is_not_revoked_for_what_it_unlearned(ready):
-    ready.app_.state.settings = ready.app_.state.settings.model_copy(
-        update={"gate_ua_tolerance": 1.0, "gate_mia_tolerance": 1.0, "gate_max_ta_drop": 1.0})
+    change_settings(ready, gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0)
     owners = [o["owner_id"] for o in ready.get("/v1/datasets/digits/owners?limit=2", headers=A).json()["owners"]]
     _delete(ready, owners[0], method="ssd")
     v2 = ready.get("/v1/models/m/versions/2", headers=C).json()
