@@ -35,6 +35,9 @@ def make_db_engine(url: str, pool_size: int = 4) -> Engine:
             dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
             dbapi_conn.execute("PRAGMA foreign_keys=ON")
+            # Deleted content (an owner's id, a destroyed evidence key) is overwritten
+            # with zeros, not left in free pages.
+            dbapi_conn.execute("PRAGMA secure_delete=ON")
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):

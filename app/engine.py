@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from app.settings import Settings
 from workers.engine.engine import Engine
+from workers.engine.vault import Keyring
 
 
-def build_engine(settings: Settings, *, progress=None, device: str | None = None) -> Engine:
+def build_engine(settings: Settings, *, progress=None, device: str | None = None,
+                 keyring: Keyring | None = None) -> Engine:
+    """The engine for ``settings``; a worker passes the database keyring
+    (``app.deletions.evidence.DatabaseKeyring``) so requests' evidence outlives a job."""
     return Engine(settings.data_dir, store_url=settings.store_url, device=device or settings.device,
-                  source_paths=settings.source_paths(), progress=progress)
+                  source_paths=settings.source_paths(), progress=progress, keyring=keyring)

@@ -21,6 +21,7 @@ from app.certificates import keys
 from app.certificates.routes import router as certificates_router
 from app.datasets.routes import router as datasets_router
 from app.db import make_db_engine, session_scope
+from app.deletions import evidence
 from app.deletions.intake import Intake
 from app.deletions.routes import router as deletions_router
 from app.engine import build_engine
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
             prune_sent(session, timedelta(days=7))  # sent rows are only history
         if time.monotonic() - last_purge[0] >= settings.purge_interval:
             last_purge[0] = time.monotonic()
+            evidence.sweep(factory, engine, max_hours=settings.evidence_max_hours, actor="lethe-api")
             purge(factory, engine, settings, actor="lethe-api")  # revocations whose purge is due
 
     relay = Relay(factory, send, interval=settings.relay_interval, reconcile=reconcile,

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # (0: as soon as the replacing version is published); a sweep runs every purge_interval s.
     purge_after_hours: float = 0.0
     purge_interval: float = 600.0
+    # A request's forget set (its owner's rows, sealed) is destroyed when every outcome has
+    # ended, or this many hours after it was sealed if that comes first.
+    evidence_max_hours: float = 72.0
     # A request is due this many days after it was accepted (GDPR Art. 12(3): one month).
     deadline_days: float = 30.0
     # Tries per outcome before its request fails; the n-th retry waits backoff * 2^(n-1) s.

@@ -139,6 +139,13 @@ class DeletionRequestRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None]
     due_at: Mapped[datetime | None]  # accepted + LETHE_DEADLINE_DAYS (0003)
+    # The request's forget set is sealed in the engine's evidence vault under this key
+    # (AES-256-GCM, hex) until every outcome ends or LETHE_EVIDENCE_MAX_HOURS pass;
+    # destroying it clears the key (crypto-shredding) and the files follow (0005).
+    evidence_key: Mapped[str | None] = mapped_column(String(64))
+    evidence_held_at: Mapped[datetime | None]
+    evidence_destroyed_at: Mapped[datetime | None]
+    evidence_destroyed_reason: Mapped[str | None] = mapped_column(String(200))
 
 
 class DeletionOutcomeRow(Base):

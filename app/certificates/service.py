@@ -55,6 +55,7 @@ def payload(*, session: Session, engine: Engine, caller: Caller, request_id: str
             "method_requested": outcome.method,
             "method": version.method if version else None,
             "metrics": {k: metrics.get(k) for k in METRICS},
+            "forget_metrics_unavailable": metrics.get("forget_metrics_unavailable"),
             "revoked_versions": [{"version": r.version, "revoked_at": _iso(r.revoked_at),
                                   "purged_at": _iso(r.purged_at)} for r in revoked],
         })
@@ -70,6 +71,10 @@ def payload(*, session: Session, engine: Engine, caller: Caller, request_id: str
         "accepted_at": _iso(request.created_at),
         "completed_at": _iso(request.completed_at),
         "due_at": _iso(request.due_at),
+        # The owner's sealed rows (the forget set every model was measured on), destroyed
+        # with their key when the request completed.
+        "evidence": {"held_since": _iso(request.evidence_held_at), "destroyed_at": _iso(request.evidence_destroyed_at),
+                     "reason": request.evidence_destroyed_reason},
         "datasets": [{"dataset": d, "erasures": e} for d, e in sorted(datasets.items())],
         "models": models,
         "audit": {"seq": completed.seq, "head_hash": completed.hash} if completed else None,

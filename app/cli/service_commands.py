@@ -234,18 +234,25 @@ def _safe_url(url: str) -> str:
 def gc(c: Context, dry_run):
     """Purge revoked versions now: delete the artifacts they learned (checkpoints, weights,
     test outputs) that no live version or running job needs, LETHE_PURGE_AFTER_HOURS after
-    revocation. Uses the service's database and model store."""
+    revocation; and destroy sealed evidence held past LETHE_EVIDENCE_MAX_HOURS (or whose
+    key is gone). Uses the service's database and model store."""
     from app.db import make_sessionmaker
+    from app.deletions import evidence
     from app.engine import build_engine
     from app.models.purge import purge
 
-    report = purge(make_sessionmaker(c.settings.db_url), build_engine(c.settings), c.settings, actor="lethe-gc",
-                   dry_run=dry_run)
+    sessions, engine = make_sessionmaker(c.settings.db_url), build_engine(c.settings)
+    swept = [] if dry_run else evidence.sweep(sessions, engine, max_hours=c.settings.evidence_max_hours,
+                                              actor="lethe-gc")
+    report = purge(sessions, engine, c.settings, actor="lethe-gc", dry_run=dry_run)
     lines = [f"{p['model']} v{p['version']}: {len(p['digests'])} artifacts, {p['bytes']} bytes"
              for p in report.purged]
     verb = "would free" if dry_run else "freed"
-    c.print({"dry_run": dry_run, "freed_bytes": report.freed_bytes, "purged": report.purged},
-            "\n".join(lines + [f"{verb} {report.freed_bytes} bytes in {len(report.purged)} revoked versions"]))
+    lines.append(f"{verb} {report.freed_bytes} bytes in {len(report.purged)} revoked versions")
+    if not dry_run:
+        lines.append(f"deleted the sealed evidence of {len(swept)} requests")
+    c.print({"dry_run": dry_run, "freed_bytes": report.freed_bytes, "purged": report.purged,
+             "evidence_destroyed": len(swept)}, "\n".join(lines))
 
 
 @cli.group()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
+from app.deletions import evidence
 from app.jobs import outcomes
 from app.jobs import service as jobs
 from app.jobs.heartbeat import Heartbeat
@@ -121,7 +122,7 @@ class JobFlow:
         with session_scope(self.sessions) as s:
             outcomes.fail(s, job_id, reason(exc), max_attempts=self.settings.max_attempts,
                           backoff_seconds=self.settings.retry_backoff_seconds)
-        self.engine.scratch.drop(job_id)
+        self._sweep_evidence()
 
     # -- planning -----------------------------------------------------------------
     def _plan(self, claim: jobs.Claim) -> JobState | None:
@@ -143,10 +144,9 @@ class JobFlow:
             planning.check_request(mode, method)
             dataset = eng.model_dataset(claim.model).name
             if claim.owner_ids:
-                erasures = eng.erase_owners(claim.model, claim.owner_ids, key=claim.job_id,
-                                            requests=claim.request_ids)
-            plan = eng.plan_removal(claim.model, key=claim.job_id, mode=mode, method=method,
-                                    requests=claim.request_ids, job=claim.job_id)
+                erasures = eng.erase_owners(claim.model, claim.owners)
+            plan = eng.plan_removal(claim.model, mode=mode, method=method, requests=claim.request_ids,
+                                    job=claim.job_id)
         with session_scope(self.sessions) as s:
             if plan is None:  # the latest version already excludes the owners
                 outcomes.complete(s, claim.job_id, None)
@@ -197,20 +197,28 @@ class JobFlow:
     def _complete(self, job_id: str, plan: Plan, record: dict, audit=None) -> None:
         """The job is done with ``record`` published: revoke the earlier versions trained
         on what it removed (store first, then the database with the outcomes and any
-        ``audit(session)`` of the step, in one transaction, aliases moved), and drop the
-        forget rows."""
+        ``audit(session)`` of the step, in one transaction, aliases moved); the evidence
+        of requests that ended goes."""
         revocations = self.engine.revoke_superseded(record)
         with session_scope(self.sessions) as s:
             if audit is not None:
                 audit(s)
             outcomes.complete(s, job_id, record)
             versions.record_revocations(s, actor=jobs.WORKER, name=plan.model, revocations=revocations)
-        self.engine.scratch.drop(plan.scratch)
+        self._sweep_evidence()
         if revocations and self.settings.purge_after_hours <= 0:
             try:  # the job is done either way; a purge that fails is retried by the next sweep
                 purge.purge(self.sessions, self.engine, self.settings, actor=jobs.WORKER)
             except Exception:
                 log.exception("purging after job %s failed", job_id)
+
+    def _sweep_evidence(self) -> None:
+        """Delete the sealed files of requests whose evidence was destroyed (the job's
+        requests that just ended, and any expired); a failure waits for the next sweep."""
+        try:
+            evidence.sweep(self.sessions, self.engine, max_hours=self.settings.evidence_max_hours, actor=jobs.WORKER)
+        except Exception:
+            log.exception("sweeping sealed evidence failed")
 
     def _passes_gate(self, job_id: str, plan: Plan, record: dict) -> bool:
         s = self.settings
@@ -227,8 +235,7 @@ class JobFlow:
         """The approximate candidate failed the gate: plan the next attempt as exact SISA
         retraining from the same parent (the owners are already erased), and run it."""
         plan = state.plan
-        exact = self.engine.plan_removal(plan.model, key=plan.scratch, mode="sisa", requests=plan.removal.requests,
-                                         job=job_id)
+        exact = self.engine.plan_removal(plan.model, mode="sisa", requests=plan.removal.requests, job=job_id)
         attempt = Attempt(number=state.attempt.number + 1, requested_method=state.attempt.requested_method,
                           fallback_from={"method": dataclasses.asdict(plan.method),
                                          "metrics": jobs.numbers(record["metrics"])})
@@ -238,9 +245,9 @@ class JobFlow:
         """Plan an exact retrain of the approximate version just published (never
         published itself) as its reference; the job's requests complete when it is done."""
         plan = state.plan
-        reference = self.engine.plan_removal(plan.model, key=plan.scratch, mode="sisa", job=job_id)
+        reference = self.engine.plan_removal(plan.model, mode="sisa", job=job_id)
         # Measured on the published version's forget set, and audited under its method.
-        reference.removal, reference.method = plan.removal, plan.method
+        reference.removal, reference.method, reference.evidence = plan.removal, plan.method, plan.evidence
         attempt = Attempt(number=state.attempt.number + 1, phase="spot_check",
                           requested_method=state.attempt.requested_method, checked_version=record["version"])
         return self._replan(job_id, JobState(reference, attempt))

@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.audit.service import append
+from app.deletions import evidence
 from app.jobs.service import WORKER, numbers
 from app.outbox import enqueue_advance
 from app.statuses import JobKind, JobStatus, ModelStatus, OutcomeStatus, RequestStatus
@@ -136,3 +137,6 @@ def refresh_request(session: Session, request: DeletionRequestRow) -> None:
         request.failure_reason = "; ".join(f"{o.model}: {o.error}" for o in failed)[:2000]
         data["reason"] = request.failure_reason
     append(session, f"request.{new}", actor=WORKER, owner_id=request.owner_id, request_id=request.id, data=data)
+    if new in (RequestStatus.COMPLETED, RequestStatus.FAILED):
+        # Every outcome has ended: the forget set is needed no more.
+        evidence.destroy(session, request, f"request {new}", actor=WORKER)

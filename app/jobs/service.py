@@ -46,9 +46,16 @@ class Claim:
     kind: JobKind
     model: str
     state: dict | None  # the job's saved state (plan and attempt) when it is resumed
-    owner_ids: list[str]
-    request_ids: list[str]
+    owners: dict[str, list[str]]  # request id -> owner ids
     methods: list[str]
+
+    @property
+    def owner_ids(self) -> list[str]:
+        return sorted({o for owners in self.owners.values() for o in owners})
+
+    @property
+    def request_ids(self) -> list[str]:
+        return list(self.owners)
 
 
 def job_method(methods: list[str]) -> str:
@@ -114,8 +121,7 @@ def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
             r.status = RequestStatus.RUNNING
             append(session, "request.running", actor=WORKER, owner_id=r.owner_id, request_id=r.id, model=model,
                    data={"job_id": job.id})
-    return Claim(job.id, JobKind(job.kind), model, job.plan, sorted({r.owner_id for r in rows}), [r.id for r in rows],
-                 [r.method for r in rows])
+    return Claim(job.id, JobKind(job.kind), model, job.plan, {r.id: [r.owner_id] for r in rows}, [r.method for r in rows])
 
 
 def renew_lease(session: Session, job_id: str, lease_seconds: float, progress: str | None = None) -> bool:

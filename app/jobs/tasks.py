@@ -11,6 +11,7 @@ import logging
 from celery import Celery, chord
 
 from app.db import make_sessionmaker
+from app.deletions.evidence import DatabaseKeyring
 from app.engine import build_engine
 from app.jobs.flow import Dispatch, JobFlow
 
@@ -23,7 +24,9 @@ def job_flow(app: Celery) -> JobFlow:
     flow = getattr(app, "lethe_flow", None)
     if flow is None:
         s = app.lethe_settings
-        flow = app.lethe_flow = JobFlow(s, make_sessionmaker(s.db_url, s.db_pool_size), build_engine(s, progress=log.info))
+        sessions = make_sessionmaker(s.db_url, s.db_pool_size)
+        engine = build_engine(s, progress=log.info, keyring=DatabaseKeyring(sessions))
+        flow = app.lethe_flow = JobFlow(s, sessions, engine)
     return flow
 
 

@@ -144,6 +144,8 @@ def test_fashion_mnist_loads_through_torchvision_from_idx_files(engine, tmp_path
     info = engine.import_dataset("fm", "fashion-mnist", path=src, seed=1)
     assert (info.n_samples, info.n_test, info.input_shape) == (40, 10, [1, 28, 28])
     assert (engine.dataset("fm").load_arrays().y == np.arange(40) % 10).all()
+    # the uncompressed copy torchvision reads is gone: no row outlives the import in a cache
+    assert not [p for p in (engine.data_dir / "cache").rglob("*") if p.is_file()]
 
 
 def test_missing_fashion_mnist_files_give_a_clear_error(engine, tmp_path):

@@ -81,7 +81,8 @@ def test_deletion_request_end_to_end(stack, http, trained):
     chain = http.get("/v1/audit/verify", headers=A).json()
     assert chain["ok"] is True, chain
     kinds = [e["kind"] for e in http.get(f"/v1/audit?request_id={rid}", headers=A).json()["events"]]
-    assert kinds == ["request.accepted", "request.running", "request.model_unlearned", "request.completed"]
+    assert kinds == ["request.accepted", "request.running", "request.model_unlearned", "request.completed",
+                     "request.evidence_destroyed"]
 
 
 def test_a_revoked_version_is_gone_for_admin_and_client_and_its_alias_moves(stack, http, trained):
@@ -149,7 +150,7 @@ def test_auto_deletion_is_verified_published_and_audited(stack, http, trained):
     record = engine.version("digits-sisa", outcome["version"])
     manifest = np.concatenate([np.concatenate(s) for s in engine.slice_ids(record)])
     assert not np.isin(owner_ids, manifest).any()
-    assert not any((engine.data_dir / "scratch").glob("*.npz"))  # the forget rows are gone too
+    assert not any((engine.data_dir / "evidence").glob("*/*"))  # the sealed forget rows are gone too
     assert http.get("/v1/audit/verify", headers=A).json()["ok"] is True
 
 
@@ -210,7 +211,8 @@ def test_a_failing_deletion_is_retried_then_fails_then_an_admin_retry_completes_
     assert failed["status"] == "failed" and failed["outcomes"][0]["attempts"] == 3, failed
     assert "missing from the store" in failed["failure_reason"]
     kinds = [e["kind"] for e in http.get(f"/v1/audit?request_id={req['id']}", headers=A).json()["events"]]
-    assert kinds.count("request.retry_scheduled") == 2 and kinds[-1] == "request.failed"
+    assert kinds.count("request.retry_scheduled") == 2 and kinds[-2:] == [
+        "request.failed", "request.evidence_destroyed"]
     for blob in lost.values():
         engine.store.put_blob(blob)
     r = http.post(f"/v1/deletion-requests/{req['id']}/retry", headers=A)
@@ -218,6 +220,8 @@ def test_a_failing_deletion_is_retried_then_fails_then_an_admin_retry_completes_
     done = poll(lambda: http.get(f"/v1/deletion-requests/{req['id']}", headers=C).json(),
                 lambda r: r["status"] in ("completed", "failed"))
     assert done["status"] == "completed", done
+    # Its evidence was destroyed when it failed: the retried outcome says so, not nulls.
+    assert "no longer held" in done["outcomes"][0]["metrics"]["forget_metrics_unavailable"]
     assert http.get("/v1/deletion-requests?overdue=true", headers=A).json() == []
 
 
@@ -241,3 +245,61 @@ def test_a_completed_request_has_a_certificate_that_pyjwt_and_the_cli_verify(sta
     (tmp_path / "cert.json").write_text(json.dumps({"certificate": token}))
     checked = stack.run("certificate", "verify", str(tmp_path / "cert.json"), "--jwks", f"{stack.url}/.well-known/jwks.json")
     assert checked.returncode == 0 and "certificate OK" in checked.stdout, checked.stderr
+
+
+def test_two_models_on_one_dataset_are_both_measured_and_nothing_keeps_the_owner(stack, http, trained):
+    """A request naming one of two models on a dataset covers both; each outcome is
+    measured on the owner's real rows (sealed evidence); afterwards neither the data
+    directory, nor Redis (broker and results), nor a log holds the owner's rows, id or
+    reason."""
+    import redis
+
+    r = http.post("/v1/datasets", json={"name": "digits2", "source": "digits", "seed": 7}, headers=A)
+    assert r.status_code == 201, r.text
+    for name in ("d2-a", "d2-b"):
+        r = http.post("/v1/models", headers=A, json={
+            "name": name, "dataset": "digits2", "architecture": "mlp",
+            "strategy": {"kind": "sisa", "shards": 2, "slices": 2}, "training": {"epochs": 2, "batch_size": 64}})
+        assert r.status_code == 202, r.text
+    for name in ("d2-a", "d2-b"):
+        m = poll(lambda: http.get(f"/v1/models/{name}", headers=A).json(), lambda m: m["status"] in ("ready", "failed"))
+        assert m["status"] == "ready", m
+    owner = http.get("/v1/datasets/digits2/owners?limit=1", headers=A).json()["owners"][0]["owner_id"]
+    engine = Engine(stack.env["LETHE_DATA_DIR"], device="cpu")
+    ds = engine.dataset("digits2")
+    arrays = ds.load_arrays()
+    mine = np.isin(arrays.sample_ids, ds.owner_sample_ids(owner))
+    others = {row.tobytes() for row in arrays.x[~mine]}
+    unique = [row for row in arrays.x[mine] if row.tobytes() not in others]
+    assert unique
+    reason = "integration-reason-please-forget-5550100"
+    rid = http.post("/v1/deletion-requests", json={"owner_id": owner, "models": ["d2-a"], "method": "auto",
+                                                   "reason": reason}, headers=C).json()["id"]
+    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
+                lambda d: d["status"] in ("completed", "failed"))
+    assert done["status"] == "completed" and done["models"] == ["d2-a", "d2-b"], done
+    for outcome in done["outcomes"]:
+        assert outcome["metrics"]["forget_size"] == int(mine.sum()), outcome
+        assert outcome["metrics"]["ua"] is not None and outcome["metrics"]["mia_efficacy"] is not None
+    kinds = [e["kind"] for e in http.get(f"/v1/audit?request_id={rid}&limit=200", headers=A).json()["events"]]
+    assert kinds.count("request.evidence_destroyed") == 1
+    assert not (engine.data_dir / "evidence" / rid).exists()
+
+    forms = [form for row in unique for form in (row.tobytes(), (row.astype(np.float32) / 16).tobytes())]
+    other = engine.data_dir / "datasets" / "digits"  # the same images, as other owners' rows
+    for path in engine.data_dir.rglob("*"):
+        if path.is_file() and other not in path.parents:
+            data = path.read_bytes()
+            assert not any(form in data for form in forms), f"{path} holds a row of the erased owner"
+    client = redis.Redis.from_url(stack.env["LETHE_BROKER_URL"])
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        values = ([client.get(key)] if kind == b"string" else client.lrange(key, 0, -1) if kind == b"list"
+                  else list(client.hgetall(key).values()) if kind == b"hash" else
+                  client.zrange(key, 0, -1) if kind == b"zset" else list(client.smembers(key)) if kind == b"set" else [])
+        for value in [key, *values]:
+            value = value or b""
+            assert owner.encode() not in value and reason.encode() not in value, key
+            assert not any(form in value for form in forms), key
+    logs = stack.worker_log() + (stack.tmp / "api.log").read_text()
+    assert owner not in logs and reason not in logs

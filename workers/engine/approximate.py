@@ -1,5 +1,5 @@
 """Approximate unlearning of one constituent of a plan: its parent weights, the forget
-rows kept in scratch and its retained rows go to an unlearning method; the result is
+rows sealed in the evidence vault and its retained rows go to an unlearning method; the result is
 stored as a checkpoint that names where it came from."""
 from __future__ import annotations
 
@@ -14,18 +14,18 @@ from workers.engine.errors import DatasetError, ModelError
 from workers.engine.ids import get_ids
 from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan, ShardPlan
-from workers.engine.scratch import Scratch
 from workers.engine.training import scaled
+from workers.engine.vault import Vault
 
 
 def unlearn_constituent(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: Dataset, device: torch.device,
-                        scratch: Scratch, progress) -> str:
+                        vault: Vault, progress) -> str:
     """Run the plan's method on one constituent; return the new weights' digest."""
     spec, shard = plan.spec, entry.shard
     data = device_data(ds, device)
     kept = np.concatenate([get_ids(store, k) for k in entry.slices])
     forget_ids = get_ids(store, entry.forget_ids)
-    ids, x, y = scratch.load(plan.scratch)
+    ids, x, y = vault.rows(spec["dataset"], plan.evidence)
     rows = np.isin(ids, forget_ids)
     if rows.sum() != len(forget_ids):
         raise ModelError(f"shard {shard}: the forget set is no longer available; unlearn exactly instead")

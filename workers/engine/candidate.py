@@ -17,12 +17,12 @@ from workers.engine.errors import ModelError
 from workers.engine.ids import get_ids
 from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan, ShardStatus
-from workers.engine.scratch import Scratch
 from workers.engine.training import predict_proba
+from workers.engine.vault import Vault
 
 
 def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] | None, *, store: ModelStore,
-          ds: Dataset, device: torch.device, scratch: Scratch) -> dict:
+          ds: Dataset, device: torch.device, vault: Vault) -> dict:
     """The version record for ``plan``, given each run shard's new checkpoints (or, for an
     approximate shard, its new weights) and the seconds each took.
 
@@ -120,6 +120,6 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
     }
     parent = store.version(plan.model, plan.parent) if plan.parent is not None else None
     record["metrics"].update(verification.measure(plan, record, every_id, store=store, ds=ds, device=device,
-                                                  scratch=scratch))
+                                                  vault=vault))
     record["metrics"]["l2_to_parent"] = verification.l2_to_parent(store, record, parent)
     return record

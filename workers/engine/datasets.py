@@ -1,5 +1,5 @@
 """Datasets and erasure: a source imported into the owner-keyed ledger, owners erased
-from it (their rows kept in the job's scratch first), and a dataset's rows as tensors.
+from it (their rows sealed in the evidence vault first), and a dataset's rows as tensors.
 
 Erasure comes before planning: :func:`erase_owners` returns the receipts (ids digest
 and count, never rows) for whoever audits them, and the plan is cut from what is left.
@@ -14,8 +14,8 @@ import torch
 from workers.engine import sources
 from workers.engine.errors import DatasetExists
 from workers.engine.ledger import Dataset, DatasetInfo, DatasetStore, Erasure, check_name
-from workers.engine.scratch import Scratch
 from workers.engine.training import DeviceData, scaled
+from workers.engine.vault import Vault
 
 
 def import_dataset(
@@ -50,18 +50,23 @@ def import_dataset(
     return ds.info()
 
 
-def erase_owners(ds: Dataset, owner_ids: list[str], *, scratch: Scratch, key: str,
-                 requests: list[str] | None = None) -> list[Erasure]:
-    """Keep the owners' raw rows in ``scratch`` under ``key`` (the job's forget set: the
-    methods unlearn from it and the metrics are measured on it), then erase them from the
-    dataset. Returns the owners' erasure receipts, this one's and any earlier one's."""
-    ids = [ds.owner_sample_ids(o) for o in owner_ids if ds.knows_owner(o)]
-    ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-    arrays = ds.load_arrays()
-    rows = np.flatnonzero(np.isin(arrays.sample_ids, ids))
-    if len(rows):
-        scratch.keep(key, arrays.sample_ids[rows], arrays.x[rows], arrays.y[rows])
-    return ds.erase_owners(owner_ids, reference=",".join(requests or []) or None)
+def erase_owners(ds: Dataset, owners: dict[str, list[str]], *, vault: Vault) -> list[Erasure]:
+    """Seal each request's owners' raw rows in ``vault`` (the request's forget set: the
+    methods unlearn from it and the metrics are measured on it, for every model on the
+    dataset), then erase them from the dataset. ``owners`` maps request ids to owner ids.
+    Returns the owners' erasure receipts, this one's and any earlier one's."""
+    arrays = None
+    for request, owner_ids in owners.items():
+        ids = [ds.owner_sample_ids(o) for o in owner_ids if ds.knows_owner(o)]
+        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        if not len(ids):
+            continue
+        arrays = arrays if arrays is not None else ds.load_arrays()
+        rows = np.flatnonzero(np.isin(arrays.sample_ids, ids))
+        if len(rows):
+            vault.seal(request, ds.name, arrays.sample_ids[rows], arrays.x[rows], arrays.y[rows])
+    every = sorted({o for owner_ids in owners.values() for o in owner_ids})
+    return ds.erase_owners(every, reference=",".join(owners) or None)
 
 
 def device_data(ds: Dataset, device: torch.device) -> DeviceData:

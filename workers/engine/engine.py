@@ -1,5 +1,5 @@
 """The engine's front door: one object that holds the collaborators (the dataset store,
-the model store, the scratch space, the device) and runs whole passes through the rooms:
+the model store, the evidence vault, the device) and runs whole passes through the rooms:
 
     datasets (import, erasure) -> planning -> shards (run each) -> candidate (build and
     measure) -> publishing;  evidence (verify a version) for auditors.
@@ -22,22 +22,24 @@ from workers.engine import candidate, datasets, evidence, nets, planning, publis
 from workers.engine.ids import get_ids, slice_ids
 from workers.engine.ledger import Dataset, DatasetInfo, DatasetStore, Erasure
 from workers.engine.plans import Plan
-from workers.engine.scratch import Scratch
 from workers.engine.sisa import Ensemble, Strategy
 from workers.engine.training import TrainConfig, make_deterministic
+from workers.engine.vault import Keyring, MemoryKeyring, Vault
 
 
 class Engine:
     """Datasets under ``<data_dir>/datasets``; models in the store at ``store_url``
     (default ``<data_dir>/models_store``). ``source_paths`` gives a dataset source its
-    default location (e.g. ``{"fashion-mnist": dir}``) when an import names none."""
+    default location (e.g. ``{"fashion-mnist": dir}``) when an import names none.
+    Forget sets are sealed under ``<data_dir>/evidence`` with keys from ``keyring``
+    (default: held in this process, for one-process use)."""
 
     def __init__(self, data_dir: str | os.PathLike, *, store_url: str | None = None, device: str | None = None,
-                 source_paths: dict[str, Path] | None = None, progress=None):
+                 source_paths: dict[str, Path] | None = None, progress=None, keyring: Keyring | None = None):
         self.data_dir = Path(data_dir)
         self.datasets = DatasetStore(self.data_dir / "datasets")
         self.store = ModelStore(open_backend(store_url or self.data_dir / "models_store"))
-        self.scratch = Scratch(self.data_dir / "scratch")
+        self.vault = Vault(self.data_dir / "evidence", keyring or MemoryKeyring())
         self.device = torch.device(device) if device else nets.default_device()
         self.source_paths = dict(source_paths or {})
         self.progress = progress or (lambda msg: None)
@@ -66,11 +68,10 @@ class Engine:
     def model_dataset(self, model: str) -> Dataset:
         return self.dataset(self.store.model_spec(model)["dataset"])
 
-    def erase_owners(self, model: str, owner_ids: list[str], *, key: str,
-                     requests: list[str] | None = None) -> list[Erasure]:
-        """Erase the owners from the model's dataset, their rows kept in scratch under ``key``."""
-        return datasets.erase_owners(self.model_dataset(model), owner_ids, scratch=self.scratch, key=key,
-                                     requests=requests)
+    def erase_owners(self, model: str, owners: dict[str, list[str]]) -> list[Erasure]:
+        """Erase the owners (by request id) from the model's dataset, each request's rows
+        sealed in the vault first."""
+        return datasets.erase_owners(self.model_dataset(model), owners, vault=self.vault)
 
     # -- passes: plan -> shards -> candidate -> publish ---------------------
     def plan_train(self, name: str, *, dataset: str, architecture: str = "cnn", strategy: Strategy = Strategy(),
@@ -78,17 +79,15 @@ class Engine:
         return planning.plan_train(self.store, self.dataset(dataset), name, architecture=architecture,
                                    strategy=strategy, config=config, job=job)
 
-    def plan_removal(self, name: str, *, key: str, mode: str = "sisa", method: str | None = None,
+    def plan_removal(self, name: str, *, mode: str = "sisa", method: str | None = None,
                      method_config: dict | None = None, requests: list[str] | None = None,
-                     job: str | None = None) -> Plan | None:
+                     job: str | None = None, evidence: list[str] = ()) -> Plan | None:
         """Plan removing what the dataset no longer holds (see ``planning.plan_unlearn``);
-        ``key`` names the forget rows kept in scratch."""
-        plan = planning.plan_unlearn(self.store, self.model_dataset(name), name, mode=mode, method=method,
-                                     method_config=method_config, requests=requests, job=job, scratch=key,
-                                     kept_ids=self.scratch.load(key)[0])
-        if plan is None:
-            self.scratch.drop(key)
-        return plan
+        the forget rows come from the evidence of the requests behind the removal (and
+        of ``evidence``, extra keys sealed without a request)."""
+        return planning.plan_unlearn(self.store, self.model_dataset(name), name, mode=mode, method=method,
+                                     method_config=method_config, requests=requests, job=job, vault=self.vault,
+                                     evidence=evidence)
 
     def plan_unlearn(self, name: str, owner_ids: list[str], *, requests: list[str] | None = None,
                      mode: str = "sisa", job: str | None = None, method: str | None = None,
@@ -97,17 +96,20 @@ class Engine:
         planning.check_request(mode, method, method_config)
         key = job or f"plan-{os.getpid()}-{time.time_ns()}"
         if owner_ids:
-            self.erase_owners(name, owner_ids, key=key, requests=requests)
-        return self.plan_removal(name, key=key, mode=mode, method=method, method_config=method_config,
-                                 requests=requests, job=job)
+            self.erase_owners(name, {r: owner_ids for r in (requests or [key])})
+        plan = self.plan_removal(name, mode=mode, method=method, method_config=method_config,
+                                 requests=requests, job=job, evidence=[key])
+        if plan is None:
+            self.destroy_evidence([key])
+        return plan
 
     def run_shard(self, plan: Plan, shard: int, progress=None) -> list[str]:
         return shards.run_shard(plan, shard, store=self.store, ds=self.dataset(plan.spec["dataset"]),
-                                device=self.device, scratch=self.scratch, progress=progress or self.progress)
+                                device=self.device, vault=self.vault, progress=progress or self.progress)
 
     def candidate(self, plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] | None = None) -> dict:
         return candidate.build(plan, results, seconds, store=self.store, ds=self.dataset(plan.spec["dataset"]),
-                               device=self.device, scratch=self.scratch)
+                               device=self.device, vault=self.vault)
 
     def published_by_job(self, plan: Plan) -> dict | None:
         return publishing.published_by_job(self.store, plan)
@@ -130,7 +132,15 @@ class Engine:
         try:
             return self.finish(plan, results, seconds)
         finally:
-            self.scratch.drop(plan.scratch)
+            self.destroy_evidence(plan.evidence)
+
+    def destroy_evidence(self, requests: list[str]) -> None:
+        """Forget the requests' evidence keys held in this process and delete their files
+        (one-process use; the service destroys evidence through its database keyring)."""
+        if isinstance(self.vault.keyring, MemoryKeyring):
+            for request in requests:
+                self.vault.keyring.destroy(request)
+                self.vault.destroy(request)
 
     def train(self, name: str, *, dataset: str, architecture: str = "cnn", strategy: Strategy = Strategy(),
               config: TrainConfig = TrainConfig()) -> dict:
@@ -184,7 +194,7 @@ class Engine:
 
     def forget_kl(self, plan: Plan, reference: dict, record: dict) -> float | None:
         return verification.forget_kl(plan, reference, record, store=self.store,
-                                      ds=self.dataset(plan.spec["dataset"]), device=self.device, scratch=self.scratch)
+                                      ds=self.dataset(plan.spec["dataset"]), device=self.device, vault=self.vault)
 
     def verify(self, name: str, number: int | str = "latest") -> dict:
         """Re-derive a version's evidence from the stored bytes; see ``evidence.verify``."""

@@ -19,6 +19,7 @@ from workers.engine.ids import put_ids, slice_ids
 from workers.engine.ledger import Dataset, check_name
 from workers.engine.plans import MethodSpec, Plan, PlanKind, Removal, ShardPlan, ShardStatus
 from workers.engine.training import TrainConfig
+from workers.engine.vault import Vault
 
 MODES = {"sisa": PlanKind.UNLEARN, "full": PlanKind.FULL_RETRAIN, "approximate": PlanKind.APPROXIMATE}
 
@@ -50,16 +51,17 @@ def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, 
 
 def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa", method: str | None = None,
                  method_config: dict | None = None, requests: list[str] | None = None, job: str | None = None,
-                 scratch: str | None = None, kept_ids: np.ndarray | None = None) -> Plan | None:
+                 vault: Vault | None = None, evidence: list[str] = ()) -> Plan | None:
     """Plan removing from model ``name`` every sample its latest version holds that the
     dataset no longer does.
 
     ``sisa`` retrains the touched shards from their earliest touched slice (and any
     constituent an approximate pass left tainted); ``full`` retrains every shard from
     scratch; ``approximate`` runs ``method`` on each touched constituent, from the
-    forget rows kept in scratch (``kept_ids`` are their sample ids; rows erased by an
-    earlier, crashed job are gone, and such a pass is planned exactly instead). Returns
-    None when there is nothing to remove (``sisa``, ``approximate``).
+    forget rows sealed in ``vault`` for the requests behind the removal (and for the
+    extra keys ``evidence``); when some are no longer held (their evidence was
+    destroyed), such a pass is planned exactly instead. Returns None when there is
+    nothing to remove (``sisa``, ``approximate``).
     """
     check_request(mode, method, method_config)
     started = time.time()
@@ -71,7 +73,9 @@ def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa
     tainted_any = any(c.get("tainted_from_slice") is not None for c in parent["constituents"])
     if mode != "full" and not len(removed) and not (mode == "sisa" and tainted_any):
         return None
-    if mode == "approximate" and not np.isin(removed, kept_ids if kept_ids is not None else []).all():
+    removal = _removal(store, ds, removed, requests)
+    keys = sorted(set(removal.requests) | set(evidence))
+    if mode == "approximate" and (vault is None or not np.isin(removed, vault.rows(ds.name, keys)[0]).all()):
         mode = "sisa"
     touched = ({s: 0 for s in range(len(parent_slices))} if mode == "full"
                else sisa.first_touched_slices(parent_slices, removed))
@@ -98,7 +102,7 @@ def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa
         else:
             shards.append(_shard(store, shard, kept, ShardStatus.RETRAINED, r, old[:r]))
     plan = Plan(name, MODES[mode], parent["version"], job, spec, started, shards,
-                removal=_removal(store, ds, removed, requests), scratch=scratch)
+                removal=removal, evidence=keys)
     if mode == "approximate":
         plan.method = MethodSpec(method, dataclasses.asdict(unlearning.config(method, method_config)))
     return plan

@@ -71,7 +71,7 @@ class Plan:
     started_at: float
     shards: list[ShardPlan]
     removal: Removal | None = None
-    scratch: str | None = None  # key of the forget rows kept for this pass
+    evidence: list[str] = dataclasses.field(default_factory=list)  # requests whose sealed rows are the forget set
     method: MethodSpec | None = None  # approximate passes only
 
     @property
@@ -88,7 +88,7 @@ class Plan:
             started_at=d["started_at"],
             shards=[ShardPlan(**{**s, "status": ShardStatus(s["status"])}) for s in d["shards"]],
             removal=Removal(**d["removal"]) if d.get("removal") else None,
-            scratch=d.get("scratch"),
+            evidence=list(d.get("evidence") or []),  # (older plans named a plaintext scratch file)
             method=MethodSpec(**d["method"]) if d.get("method") else None,
         )
 

@@ -13,18 +13,18 @@ from workers.engine.errors import DatasetError
 from workers.engine.ids import get_ids
 from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan, ShardStatus
-from workers.engine.scratch import Scratch
 from workers.engine.training import TrainConfig
+from workers.engine.vault import Vault
 
 
-def run_shard(plan: Plan, shard: int, *, store: ModelStore, ds: Dataset, device: torch.device, scratch: Scratch,
+def run_shard(plan: Plan, shard: int, *, store: ModelStore, ds: Dataset, device: torch.device, vault: Vault,
               progress=lambda msg: None) -> list[str]:
     """Train (or unlearn) one planned shard; return its new checkpoints' digests."""
     entry = plan.shards[shard]
     if entry.status == ShardStatus.REUSED:
         return []
     if entry.status == ShardStatus.APPROXIMATE:
-        return [approximate.unlearn_constituent(plan, entry, store=store, ds=ds, device=device, scratch=scratch,
+        return [approximate.unlearn_constituent(plan, entry, store=store, ds=ds, device=device, vault=vault,
                                                 progress=progress)]
     spec = plan.spec
     slice_ids: list[np.ndarray] = [get_ids(store, k) for k in entry.slices]

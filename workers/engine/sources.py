@@ -12,6 +12,7 @@ import gzip
 import io
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -91,12 +92,20 @@ def load_fashion_mnist(directory: str | os.PathLike | None, cache_dir: str | os.
     ``directory`` holds the four IDX files, gzipped or not (Debian's
     ``dataset-fashion-mnist`` puts them in ``/usr/share/datasets/fashion-mnist``).
     torchvision wants them uncompressed under ``<root>/FashionMNIST/raw``, so they are
-    laid out once under ``cache_dir``.
+    laid out in a temporary folder under ``cache_dir`` for the read and deleted after
+    it: no copy of the rows outlives the import (an owner erased later must not stay
+    in a cache).
     """
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(Path(cache_dir) / "FashionMNIST", ignore_errors=True)  # an older release's copy
+    with tempfile.TemporaryDirectory(dir=cache_dir) as root:
+        return _read_fashion_mnist(Path(directory or DEFAULT_FASHION_MNIST_DIR), Path(root))
+
+
+def _read_fashion_mnist(src: Path, cache_dir: Path) -> SourceData:
     from torchvision.datasets import FashionMNIST
 
-    src = Path(directory or DEFAULT_FASHION_MNIST_DIR)
-    raw = Path(cache_dir) / "FashionMNIST" / "raw"
+    raw = cache_dir / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in FASHION_MNIST_FILES:
         target = raw / name

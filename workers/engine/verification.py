@@ -1,7 +1,7 @@
 """Verification metrics of a version about to be published, from the stored artifacts.
 
 Evaluates the version as it will be served (the ensemble of its constituents) on the
-pass's forget set (kept in scratch), a fixed sample of the rows it was trained on, and
+pass's forget set (sealed in the evidence vault), a fixed sample of the rows it was trained on, and
 the dataset's test split; see ``metrics`` for what each number means.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from workers.engine import checkpoints, metrics, sisa
 from workers.engine.ids import get_ids
 from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan
-from workers.engine.scratch import Scratch
 from workers.engine.training import scaled
+from workers.engine.vault import Vault
 
 RETAIN_SAMPLE = 2000
 
@@ -54,19 +54,21 @@ def _predictor(store: ModelStore, ds: Dataset, record: dict, device: torch.devic
 
     return probs
 
+FORGET_METRICS = ("ua", "mia_efficacy", "loss_auc", "expected_ua")
 
-def _forget_rows(plan: Plan, store: ModelStore, scratch: Scratch) -> tuple[np.ndarray, np.ndarray] | None:
+
+def _forget_rows(plan: Plan, store: ModelStore, vault: Vault) -> tuple[np.ndarray, np.ndarray] | None:
     if plan.removal is None:
         return None
-    ids, x, y = scratch.load(plan.scratch)
+    ids, x, y = vault.rows(plan.spec["dataset"], plan.evidence)
     keep = np.isin(ids, get_ids(store, plan.removal.sample_ids))
     return x[keep], y[keep].astype(np.int64)
 
 
 def forget_kl(plan: Plan, reference: dict, record: dict, *, store: ModelStore, ds: Dataset,
-              device: torch.device, scratch: Scratch) -> float | None:
+              device: torch.device, vault: Vault) -> float | None:
     """Mean KL(reference || version) of output distributions on the plan's forget set."""
-    rows = _forget_rows(plan, store, scratch)
+    rows = _forget_rows(plan, store, vault)
     ref, mine = _predictor(store, ds, reference, device), _predictor(store, ds, record, device)
     if rows is None or ref is None or mine is None:
         return None
@@ -74,7 +76,7 @@ def forget_kl(plan: Plan, reference: dict, record: dict, *, store: ModelStore, d
 
 
 def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore, ds: Dataset,
-            device: torch.device, scratch: Scratch) -> dict:
+            device: torch.device, vault: Vault) -> dict:
     """UA, RA, TA, MIA-efficacy (and on held-out rows), loss AUC and the UA a model that
     never saw the forget set is expected to show, for the version ``record`` describes."""
     probs = _predictor(store, ds, record, device)
@@ -86,10 +88,20 @@ def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore
     retain = (probs(arrays.x[rows]), arrays.y[rows].astype(np.int64))
     test = ds.load_test()
     test = (probs(test[0]), test[1].astype(np.int64)) if test is not None else None
-    rows = _forget_rows(plan, store, scratch)
+    rows = _forget_rows(plan, store, vault)
     forget = (probs(rows[0]), rows[1]) if rows is not None else None
     out = metrics.evaluate(forget=forget, retain=retain, test=test)
     if forget is not None and test is not None:
         present = np.unique(arrays.y[trained])
         out["expected_ua"] = metrics.expected_ua(forget[1], test, present)
+    missing = plan.removal.sample_count - len(rows[1]) if rows is not None else 0
+    if missing > 0:
+        out["forget_rows_missing"] = int(missing)
+    if missing > 0 and not len(rows[1]):
+        # Nothing to measure on: say why rather than publish empty numbers.
+        for key in FORGET_METRICS:
+            out.pop(key, None)
+        out["forget_metrics_unavailable"] = (
+            f"the forget set ({missing} removed samples) is no longer held: the evidence of "
+            f"{', '.join(plan.removal.requests) or 'its requests'} was destroyed before this version was measured")
     return out

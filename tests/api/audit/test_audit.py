@@ -12,7 +12,8 @@ def test_audit_trail_holds_the_requests_events_in_order(ready):
     run_worker_inline(ready.app_)
     events = ready.get(f"/v1/audit?request_id={rid}", headers=A).json()["events"]
     assert [e["kind"] for e in events] == [
-        "request.accepted", "request.running", "request.model_unlearned", "request.completed"]
+        "request.accepted", "request.running", "request.model_unlearned", "request.completed",
+        "request.evidence_destroyed"]
     assert ready.get("/v1/audit/verify", headers=A).json()["ok"] is True
 
 

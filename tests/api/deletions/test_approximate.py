@@ -86,11 +86,11 @@ def test_exact_pass_after_an_approximate_one_retrains_from_the_tainted_slice(rea
         assert c["status"] == "retrained" and c["retrained_from_slice"] <= r
 
 
-def test_forget_rows_leave_scratch_when_the_job_ends(ready):
+def test_the_sealed_forget_rows_go_when_the_request_ends(ready):
     _gate(ready, ua=-1.0, mia=-1.0, ta_drop=-1.0)
     _delete(ready, "rl")
-    scratch = ready.app_.state.settings.data_dir / "scratch"
-    assert not scratch.exists() or not any(scratch.iterdir())
+    evidence = ready.app_.state.settings.data_dir / "evidence"
+    assert not evidence.exists() or not any(evidence.iterdir())
 
 
 @pytest.mark.parametrize("method", ["nope", "approximate", ""])
