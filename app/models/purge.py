@@ -43,17 +43,29 @@ def purge(sessions: sessionmaker[Session], engine: Engine, settings: Settings, *
         keep = _running_blobs(s)
     report = engine.purge(keep=keep, due=lambda r: datetime.fromisoformat(r["revoked_at"]) <= cutoff,
                           dry_run=dry_run)
-    if dry_run or not report.purged:
+    if dry_run:
         return report
     with session_scope(sessions) as s:
         for p in report.purged:
-            row = s.scalars(select(ModelVersionRow).where(
-                ModelVersionRow.model == p["model"], ModelVersionRow.version == p["version"])
-                .with_for_update()).first()
-            if row is None or row.purged_at is not None:
-                continue  # another sweep recorded it first
-            row.purged_at = datetime.now(timezone.utc)
-            append(s, "store.purged", actor=actor, model=p["model"], version=p["version"],
-                   data={"digests": p["digests"], "bytes": p["bytes"]})
-    log.info("purged %d revoked versions, %d bytes", len(report.purged), report.freed_bytes)
+            _record(s, p["model"], p["version"], p["digests"], p["bytes"], actor=actor)
+        # A sweep that died between the store's purge record and this transaction left
+        # versions purged in the store but not here: the store's record says what went.
+        for row in s.scalars(select(ModelVersionRow).where(
+                ModelVersionRow.revoked_at.is_not(None), ModelVersionRow.purged_at.is_(None))).all():
+            note = engine.store.purge(row.model, row.version)
+            if note is not None:
+                _record(s, row.model, row.version, note["digests"], note["bytes"], actor=actor)
+    if report.purged:
+        log.info("purged %d revoked versions, %d bytes", len(report.purged), report.freed_bytes)
     return report
+
+
+def _record(session: Session, model: str, version: int, digests: list[str], freed: int, *, actor: str) -> None:
+    """Mark the version purged and audit it, once (concurrent sweeps serialise on the row)."""
+    row = session.scalars(select(ModelVersionRow).where(
+        ModelVersionRow.model == model, ModelVersionRow.version == version).with_for_update()).first()
+    if row is None or row.purged_at is not None:
+        return  # another sweep recorded it first
+    row.purged_at = datetime.now(timezone.utc)
+    append(session, "store.purged", actor=actor, model=model, version=version,
+           data={"digests": digests, "bytes": freed})

@@ -74,3 +74,19 @@ def test_a_running_jobs_blobs_are_never_swept(ready):
     held = sorted(doomed)[:1]
     report = engine.purge(keep=set(held))
     assert engine.store.has_blob(held[0]) and held[0] not in report.purged[0]["digests"]
+
+
+def test_a_sweep_that_died_after_the_store_purge_is_recorded_by_the_next(ready):
+    """The store's purge record was written but the database was not (a crash in between):
+    the next sweep marks the version purged and audits it, once."""
+    change_settings(ready, purge_after_hours=1.0)
+    _delete(ready, an_owner(ready))
+    engine = build_engine(ready.app_.state.settings)
+    assert [p["version"] for p in engine.purge().purged] == [1]  # the store side only
+    assert ready.get("/v1/models/m/versions/1", headers=C).json()["purged_at"] is None
+    settings = ready.app_.state.settings
+    for _ in range(2):
+        assert purge(make_sessionmaker(settings.db_url), engine, settings, actor="test").purged == []
+    assert ready.get("/v1/models/m/versions/1", headers=C).json()["purged_at"] is not None
+    events = [e for e in ready.get("/v1/audit?model=m", headers=A).json()["events"] if e["kind"] == "store.purged"]
+    assert [e["version"] for e in events] == [1] and events[0]["data"]["bytes"] == engine.store.purge("m", 1)["bytes"]
