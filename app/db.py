@@ -25,10 +25,13 @@ def normalise_url(url: str) -> str:
 
 
 def make_db_engine(url: str, pool_size: int = 4) -> Engine:
-    """A SQLAlchemy engine for ``url`` (PostgreSQL, or a SQLite file for the embedded default)."""
+    """A SQLAlchemy engine for ``url`` (PostgreSQL, or a SQLite file for the embedded default).
+
+    Statement parameters (owner ids, free-text reasons) never appear in an error message
+    or a log line (``hide_parameters``)."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn, _record):
@@ -48,8 +51,10 @@ def make_db_engine(url: str, pool_size: int = 4) -> Engine:
         return engine
     # A small pool per process: appends to the audit chain are serialised, and more
     # transactions in flight than cores only queue on that lock while holding the GIL.
-    # No pre-ping (it costs a round trip per request); connections are recycled instead.
-    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_recycle=1800)
+    # Pre-ping: a connection the server dropped (a restart, a terminated backend) is
+    # replaced before use instead of failing the request that drew it.
+    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_recycle=1800,
+                         pool_pre_ping=True, hide_parameters=True)
 
 
 def make_sessionmaker(url: str, pool_size: int = 4) -> sessionmaker[Session]:

@@ -11,4 +11,5 @@ def build_engine(settings: Settings, *, progress=None, device: str | None = None
     """The engine for ``settings``; a worker passes the database keyring
     (``app.deletions.evidence.DatabaseKeyring``) so requests' evidence outlives a job."""
     return Engine(settings.data_dir, store_url=settings.store_url, device=device or settings.device,
-                  source_paths=settings.source_paths(), progress=progress, keyring=keyring)
+                  source_paths=settings.source_paths(), progress=progress, keyring=keyring,
+                  max_classes=settings.max_classes)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import unquote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -9,10 +10,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import ApiError, status_of
+from app.faults import FAULT_TYPES, is_transient
+from app.text import unstorable
 from models_store import LetheError
 
 log = logging.getLogger("lethe.api")
 
+RETRY_AFTER_SECONDS = 5
 _HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -45,10 +49,43 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
+    async def _fault(_: Request, exc: Exception):
+        if is_transient(exc):  # the database (or the broker) is down or dropped the connection
+            log.warning("service unavailable: %s", type(exc).__name__)
+            return JSONResponse(_body("database_unavailable", "the database is unavailable; retry shortly"),
+                                status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        log.error("unhandled %s", type(exc).__name__, exc_info=exc)  # statement parameters are hidden
+        return JSONResponse(_body("internal_error", "internal error; see the server log"), status_code=500)
+
+    for fault in FAULT_TYPES:  # answered here, not re-raised as a 500 by the server
+        app.add_exception_handler(fault, _fault)
+
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
+    async def _unexpected(request: Request, exc: Exception):
+        if is_transient(exc):
+            return await _fault(request, exc)
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse(_body("internal_error", "internal error; see the server log"), status_code=500)
+
+
+class StorableText:
+    """Answers 422 ``invalid_request`` for a path or query string the database could not
+    store (a NUL, a lone surrogate), before any route runs: a path parameter that
+    reached a query would otherwise fail it with a 500."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            query = unquote(scope.get("query_string", b"").decode("latin-1"))
+            for where, text in (("path", scope.get("path", "")), ("query", query)):
+                why = unstorable(text)
+                if why:
+                    body = {"code": "invalid_request", "detail": f"{where}: {why}", "errors": [
+                        {"loc": [where], "msg": why, "type": "unstorable_text"}]}
+                    return await JSONResponse(body, status_code=422)(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class BodyLimit:

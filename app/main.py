@@ -25,7 +25,7 @@ from app.deletions import evidence
 from app.deletions.intake import Intake
 from app.deletions.routes import router as deletions_router
 from app.engine import build_engine
-from app.http import BodyLimit, install_error_handlers
+from app.http import BodyLimit, StorableText, install_error_handlers
 from app.jobs.flow import check_settings
 from app.jobs.service import requeue_stalled
 from app.models.routes import router as models_router
@@ -64,8 +64,13 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
             prune_sent(session, timedelta(days=7))  # sent rows are only history
         if time.monotonic() - last_purge[0] >= settings.purge_interval:
             last_purge[0] = time.monotonic()
-            evidence.sweep(factory, engine, max_hours=settings.evidence_max_hours, actor="lethe-api")
-            purge(factory, engine, settings, actor="lethe-api")  # revocations whose purge is due
+            for sweep in (lambda: evidence.sweep(factory, engine, max_hours=settings.evidence_max_hours,
+                                                 actor="lethe-api"),
+                          lambda: purge(factory, engine, settings, actor="lethe-api")):  # revocations now due
+                try:  # one failing sweep does not skip the other
+                    sweep()
+                except Exception:
+                    log.exception("a periodic sweep failed; the next round retries it")
 
     relay = Relay(factory, send, interval=settings.relay_interval, reconcile=reconcile,
                   reconcile_interval=settings.reconcile_interval)
@@ -136,4 +141,5 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
                             status_code=503)
 
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(StorableText)
     return app

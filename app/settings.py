@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # (0: as soon as the replacing version is published); a sweep runs every purge_interval s.
     purge_after_hours: float = 0.0
     purge_interval: float = 600.0
+    # Class labels of an imported dataset must be below this.
+    max_classes: int = 1000
     # A request's forget set (its owner's rows, sealed) is destroyed when every outcome has
     # ended, or this many hours after it was sealed if that comes first.
     evidence_max_hours: float = 72.0

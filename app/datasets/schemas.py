@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
+from app.text import Input
 from workers.engine.ledger import NAME_PATTERN as NAME
 from workers.engine.sources import SOURCES
 
@@ -17,7 +18,7 @@ def _info(name: str):
     return Field(validation_alias=AliasChoices(name, AliasPath("info", name)))
 
 
-class DatasetImport(BaseModel):
+class DatasetImport(Input):
     """Import a public data set; owners are assigned from ``seed`` with a Zipf skew."""
 
     name: str = Field(pattern=NAME)

@@ -24,6 +24,10 @@ def import_dataset(
     info = engine.import_dataset(name, source, seed=seed, path=path, owners=owners, zipf_a=zipf_a)
     row = DatasetRow(name=name, source=source, n_samples=info.n_samples, n_owners=info.n_owners, info=_info(info))
     session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:  # another request recorded it since the check above
+        raise ApiError(409, "dataset_exists", f"dataset {name!r} already exists") from None
     append(session, "dataset.imported", actor=actor,
            data={"dataset": name, "source": source, "n_samples": info.n_samples, "n_owners": info.n_owners,
                  "n_test": info.n_test, "seed": seed})

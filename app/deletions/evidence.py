@@ -81,7 +81,7 @@ def expire(session: Session, max_hours: float, *, actor: str) -> int:
     cutoff = utcnow() - timedelta(hours=max_hours)
     expired = session.scalars(select(DeletionRequestRow).where(
         DeletionRequestRow.evidence_key.is_not(None), DeletionRequestRow.evidence_held_at <= cutoff)
-        .with_for_update()).all()
+        .order_by(DeletionRequestRow.id).with_for_update()).all()
     for request in expired:
         destroy(session, request, f"held for LETHE_EVIDENCE_MAX_HOURS ({max_hours:g} h) before every outcome "
                 "ended", actor=actor)
@@ -98,4 +98,19 @@ def sweep(sessions: sessionmaker[Session], engine: Engine, *, max_hours: float, 
     gone = engine.vault.sweep(r for r in held if r not in live)
     if gone:
         log.info("deleted the sealed evidence of %d requests", len(gone))
+        _truncate_sqlite_wal(sessions)
     return gone
+
+
+def _truncate_sqlite_wal(sessions: sessionmaker[Session]) -> None:
+    """On the embedded SQLite database a cleared key's old page can outlive the row in the
+    write-ahead log (``secure_delete`` covers the main file only): checkpoint and
+    truncate it. Best effort: a reader holding the log open makes it a no-op."""
+    bind = sessions.kw.get("bind")
+    if bind is None or bind.dialect.name != "sqlite":
+        return
+    raw = bind.raw_connection()  # outside a transaction: a checkpoint cannot run inside one
+    try:
+        raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()

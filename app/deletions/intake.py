@@ -73,18 +73,29 @@ class Intake:
                 else:
                     future.set_result(result)
 
-    def write(self, subs: list[Submission]) -> list[Accepted | ApiError]:
-        """Accept ``subs`` in one transaction; if an Idempotency-Key raced with another
-        process, fall back to one transaction per request so only that one replays."""
+    def write(self, subs: list[Submission]) -> list[Accepted | ApiError | Exception]:
+        """Accept ``subs`` in one transaction. If it fails for any reason, fall back to one
+        transaction per request, so one caller's request can fail only itself (an
+        Idempotency-Key that raced with another process replays; anything else that
+        fails alone is that request's error, returned in its place)."""
         try:
             with session_scope(self.factory) as session:  # one unit of work per batch
                 results = accept_many(session=session, engine=self.engine, subs=subs, deadline=self.deadline)
-        except IntegrityError:
-            if len(subs) == 1:
-                with session_scope(self.factory) as session:  # the other process committed the key first
-                    results = accept_many(session=session, engine=self.engine, subs=subs, deadline=self.deadline)
-            else:
-                results = [r for sub in subs for r in self.write([sub])]
+        except Exception as exc:
+            if len(subs) > 1:
+                log.warning("a group of %d deletion requests failed (%s); accepting them one by one",
+                            len(subs), type(exc).__name__)
+                results = []
+                for sub in subs:
+                    try:
+                        results.extend(self.write([sub]))
+                    except Exception as alone:  # this request's own failure
+                        results.append(alone)
+                return results
+            if not isinstance(exc, IntegrityError):
+                raise
+            with session_scope(self.factory) as session:  # the other process committed the key first
+                results = accept_many(session=session, engine=self.engine, subs=subs, deadline=self.deadline)
         if any(isinstance(r, Accepted) and not r.replayed for r in results):
             self.on_commit()
         return results

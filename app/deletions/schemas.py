@@ -7,12 +7,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.statuses import OutcomeStatus, RequestStatus
+from app.text import Input
 from workers.engine.unlearning import METHODS
 
 DELETION_METHODS = ("exact", "auto", *METHODS)
 
 
-class DeletionCreate(BaseModel):
+class DeletionCreate(Input):
     owner_id: str = Field(min_length=1, max_length=128)
     models: list[str] | None = Field(None, min_length=1, max_length=100,
                                      description="default: every model whose dataset holds or held the owner")

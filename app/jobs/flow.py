@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import faults
 from app.db import session_scope
 from app.deletions import evidence
 from app.jobs import outcomes
@@ -34,10 +35,10 @@ from app.models import purge, versions
 from app.settings import Settings
 from app.statuses import JobKind
 from app.tables import ModelRow
-from models_store import LetheError, ModelNotFound, VersionNotFound
+from models_store import LetheError
 from workers.engine import gate, metrics, planning
 from workers.engine.engine import Engine
-from workers.engine.errors import EngineError
+from workers.engine.errors import ForgetSetUnavailable
 from workers.engine.plans import Plan, PlanKind
 from workers.engine.sisa import Strategy
 from workers.engine.training import TrainConfig
@@ -121,7 +122,7 @@ class JobFlow:
             return
         with session_scope(self.sessions) as s:
             outcomes.fail(s, job_id, reason(exc), max_attempts=self.settings.max_attempts,
-                          backoff_seconds=self.settings.retry_backoff_seconds)
+                          backoff_seconds=self.settings.retry_backoff_seconds, transient=_not_counted(exc))
         self._sweep_evidence()
 
     # -- planning -----------------------------------------------------------------
@@ -144,15 +145,20 @@ class JobFlow:
             planning.check_request(mode, method)
             dataset = eng.model_dataset(claim.model).name
             if claim.owner_ids:
-                erasures = eng.erase_owners(claim.model, claim.owners)
+                erasures = eng.erase_owners(claim.model, claim.owners, reference=",".join(claim.request_ids))
             plan = eng.plan_removal(claim.model, mode=mode, method=method, requests=claim.request_ids,
                                     job=claim.job_id)
         with session_scope(self.sessions) as s:
+            if erasures:
+                jobs.cover_dataset(s, model=claim.model, dataset=dataset, request_ids=claim.request_ids)
             if plan is None:  # the latest version already excludes the owners
                 outcomes.complete(s, claim.job_id, None)
-                return None
-            state = JobState(plan, Attempt(requested_method=requested))
-            jobs.record_plan(s, claim.job_id, state.to_dict(), erasures, dataset)
+            else:
+                state = JobState(plan, Attempt(requested_method=requested))
+                jobs.record_plan(s, claim.job_id, state.to_dict(), erasures, dataset)
+        if plan is None:
+            self._sweep_evidence()  # the job's requests may have ended
+            return None
         return state
 
     def _replan(self, job_id: str, state: JobState) -> Dispatch:
@@ -271,11 +277,15 @@ class JobFlow:
             failures=[], phase="spot_check", gaps=gaps))
 
 
+def _not_counted(exc: BaseException) -> bool:
+    """Failures that are no fault of the request's: a transient one, or an approximate
+    pass whose evidence expired meanwhile (planned again, it is exact)."""
+    return faults.is_transient(exc) or isinstance(exc, ForgetSetUnavailable)
+
+
 def reason(exc: BaseException) -> str:
-    """A failure as a job's reason: the library's code and detail, else the exception."""
-    if isinstance(exc, (EngineError, ModelNotFound, VersionNotFound)):
-        return f"{exc.code}: {exc.detail}"
-    return f"{type(exc).__name__}: {exc}"
+    """A failure as a job's reason: a code and a sentence (see ``app.faults``)."""
+    return faults.describe(exc)
 
 
 def _sampled(job_id: str, rate: float) -> bool:

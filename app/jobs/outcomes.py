@@ -85,10 +85,13 @@ def _record_version(session: Session, job: JobRow, record: dict) -> None:
                  "metrics": numbers(record["metrics"])})
 
 
-def fail(session: Session, job_id: str, reason: str, *, max_attempts: int = 1, backoff_seconds: float = 0.0) -> None:
+def fail(session: Session, job_id: str, reason: str, *, max_attempts: int = 1, backoff_seconds: float = 0.0,
+         transient: bool = False) -> None:
     """Mark the job failed with ``reason``. Each of its outcomes is tried again later
     (pending, after ``backoff_seconds * 2^(n-1)`` for the n-th failure) until it failed
-    ``max_attempts`` times; then its request fails for this model."""
+    ``max_attempts`` times; then its request fails for this model. A ``transient``
+    failure (the database or broker blinked) does not count: the outcome is simply
+    tried again after ``backoff_seconds``."""
     job = session.get(JobRow, job_id)
     if job is None or job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
         return
@@ -99,14 +102,17 @@ def fail(session: Session, job_id: str, reason: str, *, max_attempts: int = 1, b
         model = session.get(ModelRow, job.model)
         model.status, model.error = ModelStatus.FAILED, reason
     for outcome in session.scalars(select(DeletionOutcomeRow).where(DeletionOutcomeRow.job_id == job_id)):
-        outcome.attempts, outcome.error = (outcome.attempts or 0) + 1, reason
+        outcome.error = reason
+        if not transient:
+            outcome.attempts = (outcome.attempts or 0) + 1
         request = session.get(DeletionRequestRow, outcome.request_id)
-        if outcome.attempts < max_attempts:
+        if transient or outcome.attempts < max_attempts:
             outcome.status, outcome.job_id = OutcomeStatus.PENDING, None
-            wait = min(backoff_seconds * 2 ** min(outcome.attempts - 1, 30), 24 * 3600.0)  # at most a day
+            tries = max(outcome.attempts, 1)
+            wait = min(backoff_seconds * 2 ** min(tries - 1, 30), 24 * 3600.0)  # at most a day
             outcome.retry_at = now + timedelta(seconds=wait)
             append(session, "request.retry_scheduled", actor=WORKER, owner_id=request.owner_id, request_id=request.id,
-                   model=job.model, data={"job_id": job_id, "attempt": outcome.attempts,
+                   model=job.model, data={"job_id": job_id, "attempt": outcome.attempts, "transient": transient,
                                           "retry_at": outcome.retry_at.isoformat(), "reason": reason})
         else:
             outcome.status = OutcomeStatus.FAILED

@@ -124,6 +124,37 @@ def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
     return Claim(job.id, JobKind(job.kind), model, job.plan, {r.id: [r.owner_id] for r in rows}, [r.method for r in rows])
 
 
+def cover_dataset(session: Session, *, model: str, dataset: str, request_ids: list[str]) -> list[str]:
+    """Erasing raw rows changes the dataset under every model on it. Give each request an
+    outcome on every other trained (or training) model of ``dataset`` it lacks — one
+    trained after the request was accepted — so that no model keeps serving erased rows
+    unnoticed (audit ``request.models_added``). The models that got outcomes."""
+    if not request_ids:
+        return []
+    candidates = [m.name for m in session.scalars(select(ModelRow).where(
+        ModelRow.dataset == dataset, ModelRow.name != model, ModelRow.status != ModelStatus.FAILED))
+        if m.latest_version is not None or m.status == ModelStatus.TRAINING]
+    if not candidates:
+        return []
+    have = {(r, m) for r, m in session.execute(select(DeletionOutcomeRow.request_id, DeletionOutcomeRow.model)
+                                               .where(DeletionOutcomeRow.request_id.in_(request_ids)))}
+    now, touched = utcnow(), set()
+    for request in session.scalars(select(DeletionRequestRow).where(DeletionRequestRow.id.in_(request_ids))
+                                   .order_by(DeletionRequestRow.id)):
+        added = [name for name in candidates if (request.id, name) not in have]
+        for name in added:
+            session.add(DeletionOutcomeRow(request_id=request.id, model=name, status=OutcomeStatus.PENDING,
+                                           method=request.method, updated_at=now, attempts=0))
+        if added:
+            touched.update(added)
+            append(session, "request.models_added", actor=WORKER, owner_id=request.owner_id, request_id=request.id,
+                   model=model, data={"models": added, "why": "trained on the dataset whose raw rows this request "
+                                      "erased, after the request was accepted"})
+    for name in sorted(touched):
+        enqueue_advance(session, name)
+    return sorted(touched)
+
+
 def renew_lease(session: Session, job_id: str, lease_seconds: float, progress: str | None = None) -> bool:
     """Extend the job's dataset lease; False if the job no longer holds it."""
     job = session.get(JobRow, job_id)

@@ -10,6 +10,7 @@ import logging
 
 from celery import Celery, chord
 
+from app import faults
 from app.db import make_sessionmaker
 from app.deletions.evidence import DatabaseKeyring
 from app.engine import build_engine
@@ -41,25 +42,45 @@ def _dispatch(app: Celery, step: Dispatch | None) -> str:
     return f"dispatched {len(step.shards)} shards"
 
 
+TRANSIENT_RETRIES = 8  # 1, 2, 4, ... 30 s: about three minutes of database or broker outage
+
+
+def _retrying(task, step):
+    """Run ``step()``; a transient fault (``app.faults``) re-runs the task after a
+    back-off, as every step is idempotent. What still fails goes to the job's failure
+    path, which counts it only if it is not transient."""
+    try:
+        return step()
+    except Exception as exc:
+        if not faults.is_transient(exc) or task.request.retries >= TRANSIENT_RETRIES or task.request.is_eager:
+            raise
+        wait = min(2 ** task.request.retries, 30)
+        log.warning("%s: transient %s, retrying in %s s", task.name, type(exc).__name__, wait)
+        raise task.retry(exc=exc, countdown=wait, max_retries=TRANSIENT_RETRIES) from None
+
+
 def register(app: Celery) -> None:
     """Register Lethe's tasks on ``app`` (each closes over it, so it finds its settings)."""
 
-    @app.task(name="lethe.advance", shared=False)
-    def advance(model: str) -> str:
+    @app.task(name="lethe.advance", shared=False, bind=True)
+    def advance(self, model: str) -> str:
         """Start (or resume) the model's next job, if it has one and its dataset is free."""
-        return _dispatch(app, job_flow(app).advance(model))
+        return _retrying(self, lambda: _dispatch(app, job_flow(app).advance(model)))
 
-    @app.task(name="lethe.train_shard", shared=False)
-    def train_shard(job_id: str, shard: int, attempt: int = 1) -> dict:
+    @app.task(name="lethe.train_shard", shared=False, bind=True)
+    def train_shard(self, job_id: str, shard: int, attempt: int = 1) -> dict:
         """Train (or approximately unlearn) one shard of the job's plan."""
-        return job_flow(app).run_shard(job_id, shard, attempt)
+        return _retrying(self, lambda: job_flow(app).run_shard(job_id, shard, attempt))
 
-    @app.task(name="lethe.finish_job", shared=False)
-    def finish_job(results: list[dict], job_id: str, attempt: int = 1) -> str:
+    @app.task(name="lethe.finish_job", shared=False, bind=True)
+    def finish_job(self, results: list[dict], job_id: str, attempt: int = 1) -> str:
         """Verify the candidate, publish it or fall back to exact, complete the job."""
-        return _dispatch(app, job_flow(app).finish(job_id, attempt, results))
+        return _retrying(self, lambda: _dispatch(app, job_flow(app).finish(job_id, attempt, results)))
 
     @app.task(name="lethe.job_failed", shared=False)
     def job_failed(request, exc, traceback, job_id: str) -> None:
-        """Chord error callback: the job fails with the shard's error as its reason."""
+        """Chord error callback: the job fails with the shard's error as its reason (not
+        counted when transient). Celery calls it with (request, exc, traceback), so it
+        is not bound; if the database is down here too, the job keeps running until its
+        lease runs out and the reconciler resumes it."""
         job_flow(app).fail(job_id, exc)

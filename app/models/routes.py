@@ -52,22 +52,25 @@ def list_versions(name: str, session: SessionDep, _: CallerDep) -> list[VersionS
 
 
 @router.get("/{name}/versions/{number}", response_model=VersionOut)
-def get_version(name: str, number: str, session: SessionDep, engine: EngineDep, _: CallerDep) -> VersionOut:
+def get_version(name: str, number: str, session: SessionDep, engine: EngineDep, caller: CallerDep) -> VersionOut:
     """A version's evidence: parent, digests, requests it covers, metrics, timings, and
-    whether it was revoked. ``number`` is a version, ``latest`` or an alias."""
+    whether it was revoked. ``number`` is a version, ``latest`` or an alias. A client
+    sees the ids of removed owners only for the requests it filed."""
     service.get(session=session, name=name)
     v = versions.resolve(session=session, engine=engine, name=name, reference=number)
-    return VersionOut.from_record(v.record, v.row)
+    return VersionOut.from_record(service.for_caller(session=session, caller=caller, record=v.record), v.row)
 
 
 @router.get("/{name}/versions/{number}/artifact", response_class=Response,
             responses={200: {"content": {"application/zip": {}}}})
-def download_artifact(name: str, number: str, session: SessionDep, engine: EngineDep, _: CallerDep) -> Response:
-    """A zip of ``version.json`` and each constituent's weights as safetensors (410 once revoked)."""
+def download_artifact(name: str, number: str, session: SessionDep, engine: EngineDep, caller: CallerDep) -> Response:
+    """A zip of ``version.json`` and each constituent's weights as safetensors (410 once
+    revoked); a client's ``version.json`` names only the removed owners of its own requests."""
     service.get(session=session, name=name)
     r = versions.servable(versions.resolve(session=session, engine=engine, name=name, reference=number))
     return Response(
-        service.artifact_zip(engine=engine, record=r), media_type="application/zip",
+        service.artifact_zip(engine=engine, record=service.for_caller(session=session, caller=caller, record=r)),
+        media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{name}-v{r["version"]}.zip"',
                  "X-Lethe-Record-Sha256": r["record_sha256"]},
     )

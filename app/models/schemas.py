@@ -8,24 +8,25 @@ from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
 from app.datasets.schemas import NAME
 from app.statuses import JobKind, JobStatus, ModelStatus
+from app.text import Input
 from workers.engine.nets import ARCHITECTURES
 from workers.engine.sisa import AGGREGATIONS
 
 VersionStatus = Literal["published", "revoked"]
 
 
-class SisaStrategy(BaseModel):
+class SisaStrategy(Input):
     kind: Literal["sisa"]
     shards: int = Field(ge=1, le=256)
     slices: int = Field(1, ge=1, le=64)
     aggregation: Literal[AGGREGATIONS.names()] = "mean_softmax"
 
 
-class MonolithicStrategy(BaseModel):
+class MonolithicStrategy(Input):
     kind: Literal["monolithic"]
 
 
-class TrainingSettings(BaseModel):
+class TrainingSettings(Input):
     epochs: int = Field(5, ge=1, le=500)
     batch_size: int = Field(128, ge=1, le=65536)
     lr: float = Field(1e-3, gt=0, le=10)
@@ -33,7 +34,7 @@ class TrainingSettings(BaseModel):
     slice_epochs: Literal["each", "budget"] = "each"
 
 
-class ModelCreate(BaseModel):
+class ModelCreate(Input):
     name: str = Field(pattern=NAME)
     dataset: str
     architecture: Literal[ARCHITECTURES.names()] = "cnn"
@@ -148,7 +149,7 @@ class VersionOut(BaseModel):
                                    "exact": r.get("exact", True), "requests": r["removed"]["requests"], **state})
 
 
-class AliasIn(BaseModel):
+class AliasIn(Input):
     version: int = Field(ge=1, le=2**31 - 1)
 
 

@@ -10,14 +10,16 @@ from collections import OrderedDict
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit.service import append
+from app.callers import Caller
 from app.errors import ApiError, get_or_404
 from app.models.schemas import ModelCreate
 from app.outbox import enqueue_advance
 from app.statuses import JobKind, JobStatus, ModelStatus
-from app.tables import DatasetRow, JobRow, ModelRow, ModelVersionRow
+from app.tables import DatasetRow, DeletionRequestRow, JobRow, ModelRow, ModelVersionRow
 from workers.engine.engine import Engine
 from workers.engine.sisa import Ensemble
 from workers.engine.training import scaled
@@ -39,7 +41,10 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
                      strategy=strategy, recipe=recipe, status=ModelStatus.QUEUED)
     job = JobRow(id=str(uuid.uuid4()), kind=JobKind.TRAIN, model=model.name, status=JobStatus.QUEUED)
     session.add(model)
-    session.flush()  # the job row refers to the model row
+    try:
+        session.flush()  # the job row refers to the model row
+    except IntegrityError:  # another request created it since the check above
+        raise ApiError(409, "model_exists", f"model {model_in.name!r} already exists") from None
     session.add(job)
     enqueue_advance(session, model.name)
     append(session, "model.training_queued", actor=actor, model=model.name,
@@ -64,6 +69,20 @@ def versions(*, session: Session, name: str) -> list[ModelVersionRow]:
     get(session=session, name=name)
     return list(session.scalars(
         select(ModelVersionRow).where(ModelVersionRow.model == name).order_by(ModelVersionRow.version)))
+
+
+def for_caller(*, session: Session, caller: Caller, record: dict) -> dict:
+    """The version record as ``caller`` may see it: owner ids are personal data, so a
+    client sees an erased owner's id only for the requests it filed itself; the others
+    keep their sample count and digest (``owner_id: null``, ``redacted: true``)."""
+    owners = record.get("removed", {}).get("owners") or []
+    if caller.is_admin or not owners:
+        return record
+    mine = set(session.scalars(select(DeletionRequestRow.owner_id).where(
+        DeletionRequestRow.id.in_(record["removed"].get("requests") or []),
+        DeletionRequestRow.caller == caller.key_id)))
+    shown = [o if o.get("owner_id") in mine else {**o, "owner_id": None, "redacted": True} for o in owners]
+    return {**record, "removed": {**record["removed"], "owners": shown}}
 
 
 def artifact_zip(*, engine: Engine, record: dict) -> bytes:

@@ -42,7 +42,7 @@ def test_a_failed_commit_is_never_answered_2xx_and_leaves_nothing(app, monkeypat
     before = len(app.state.pokes)
     r = app.state.client.post("/v1/models", json=TINY_MODEL, headers=A)
     monkeypatch.undo()
-    assert r.status_code == 500 and r.json()["code"] == "internal_error"
+    assert r.status_code == 503 and r.json()["code"] == "database_unavailable"  # never a 2xx
     with app.state.sessionmaker() as s:
         assert s.get(ModelRow, "m") is None and not s.scalars(select(OutboxRow)).all()
     assert len(app.state.pokes) == before  # nothing queued, nothing to relay

@@ -90,3 +90,25 @@ def test_sweep_deletes_only_the_dead_and_the_plaintext_of_older_releases(tmp_pat
 def test_unsafe_names_are_refused(tmp_path, name):
     with pytest.raises(ValueError):
         Vault(tmp_path, MemoryKeyring()).seal(name, "d", *_rows())
+
+
+def test_a_plan_saved_before_sealed_evidence_reads_its_requests_evidence():
+    from workers.engine.plans import Plan
+
+    legacy = {"model": "m", "kind": "approximate", "parent": 1, "job": "j", "spec": {"dataset": "digits"},
+              "started_at": 0.0, "shards": [], "scratch": "j",
+              "removal": {"owners": [], "requests": ["req-1"], "sample_count": 3, "sample_ids_digest": "x",
+                          "sample_ids": "y"}}
+    assert Plan.from_dict(legacy).evidence == ["req-1"]
+
+
+def test_unlearning_without_a_request_records_none_and_leaves_no_evidence(digits_engine):
+    from tests.conftest import FAST
+    from workers.engine.sisa import Strategy
+
+    digits_engine.train("m", dataset="digits", architecture="mlp", strategy=Strategy("sisa", 2, 1), config=FAST)
+    owner = digits_engine.dataset("digits").owners(limit=1)[0][0]
+    v = digits_engine.unlearn("m", [owner], mode="approximate", method="ga")
+    assert v["removed"]["requests"] == [] and v["metrics"]["forget_size"] > 0
+    assert all(e.reference is None for e in digits_engine.dataset("digits").erasures())
+    assert digits_engine.vault.held() == []

@@ -10,7 +10,7 @@ from models_store import ModelStore
 from workers.engine import checkpoints, sisa, unlearning
 from workers.engine.datasets import device_data, test_tensors
 from workers.engine.digests import ids_digest
-from workers.engine.errors import DatasetError, ModelError
+from workers.engine.errors import DatasetError, ForgetSetUnavailable
 from workers.engine.ids import get_ids
 from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan, ShardPlan
@@ -28,7 +28,7 @@ def unlearn_constituent(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: 
     ids, x, y = vault.rows(spec["dataset"], plan.evidence)
     rows = np.isin(ids, forget_ids)
     if rows.sum() != len(forget_ids):
-        raise ModelError(f"shard {shard}: the forget set is no longer available; unlearn exactly instead")
+        raise ForgetSetUnavailable(f"shard {shard}: the forget set is no longer available; unlearn exactly instead")
     forget = unlearning.Split(scaled(x[rows], ds.info().x_scale, device), torch.as_tensor(y[rows].astype(np.int64)).to(device))
     try:
         retain = unlearning.Split(data.x[data.rows(kept)], data.y[data.rows(kept)])

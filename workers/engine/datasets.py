@@ -29,13 +29,14 @@ def import_dataset(
     owners: int | None = None,
     zipf_a: float = 0.75,
     progress=None,
+    max_classes: int = sources.MAX_CLASSES,
 ) -> DatasetInfo:
     """Import ``source`` (a name in ``sources.SOURCES``) as dataset ``name``; public sets
     get Zipf-skewed owners from ``seed``."""
     check_name(name)
     if datasets.exists(name):
         raise DatasetExists(f"dataset {name!r} already exists")
-    raw = sources.load(source, path=path, seed=seed, cache_dir=cache_dir)
+    raw = sources.load(source, path=path, seed=seed, cache_dir=cache_dir, max_classes=max_classes)
     source_info = dict(raw.source)
     owner_ids = raw.owner_ids
     if owner_ids is None:
@@ -50,10 +51,11 @@ def import_dataset(
     return ds.info()
 
 
-def erase_owners(ds: Dataset, owners: dict[str, list[str]], *, vault: Vault) -> list[Erasure]:
+def erase_owners(ds: Dataset, owners: dict[str, list[str]], *, vault: Vault, reference: str | None) -> list[Erasure]:
     """Seal each request's owners' raw rows in ``vault`` (the request's forget set: the
     methods unlearn from it and the metrics are measured on it, for every model on the
-    dataset), then erase them from the dataset. ``owners`` maps request ids to owner ids.
+    dataset), then erase them from the dataset, the erasure noting ``reference`` (the
+    request ids). ``owners`` maps evidence keys (request ids) to owner ids.
     Returns the owners' erasure receipts, this one's and any earlier one's."""
     arrays = None
     for request, owner_ids in owners.items():
@@ -66,7 +68,7 @@ def erase_owners(ds: Dataset, owners: dict[str, list[str]], *, vault: Vault) -> 
         if len(rows):
             vault.seal(request, ds.name, arrays.sample_ids[rows], arrays.x[rows], arrays.y[rows])
     every = sorted({o for owner_ids in owners.values() for o in owner_ids})
-    return ds.erase_owners(every, reference=",".join(owners) or None)
+    return ds.erase_owners(every, reference=reference)
 
 
 def device_data(ds: Dataset, device: torch.device) -> DeviceData:

@@ -18,7 +18,18 @@ import numpy as np
 import torch
 
 from models_store import ModelStore, open_backend
-from workers.engine import candidate, datasets, evidence, nets, planning, publishing, purge, shards, verification
+from workers.engine import (
+    candidate,
+    datasets,
+    evidence,
+    nets,
+    planning,
+    publishing,
+    purge,
+    shards,
+    sources,
+    verification,
+)
 from workers.engine.ids import get_ids, slice_ids
 from workers.engine.ledger import Dataset, DatasetInfo, DatasetStore, Erasure
 from workers.engine.plans import Plan
@@ -35,13 +46,15 @@ class Engine:
     (default: held in this process, for one-process use)."""
 
     def __init__(self, data_dir: str | os.PathLike, *, store_url: str | None = None, device: str | None = None,
-                 source_paths: dict[str, Path] | None = None, progress=None, keyring: Keyring | None = None):
+                 source_paths: dict[str, Path] | None = None, progress=None, keyring: Keyring | None = None,
+                 max_classes: int = sources.MAX_CLASSES):
         self.data_dir = Path(data_dir)
         self.datasets = DatasetStore(self.data_dir / "datasets")
         self.store = ModelStore(open_backend(store_url or self.data_dir / "models_store"))
         self.vault = Vault(self.data_dir / "evidence", keyring or MemoryKeyring())
         self.device = torch.device(device) if device else nets.default_device()
         self.source_paths = dict(source_paths or {})
+        self.max_classes = max_classes
         self.progress = progress or (lambda msg: None)
         self._ledgers: dict[str, Dataset] = {}
         make_deterministic()
@@ -51,7 +64,8 @@ class Engine:
                        zipf_a: float = 0.75) -> DatasetInfo:
         return datasets.import_dataset(self.datasets, name, source, cache_dir=self.data_dir / "cache", seed=seed,
                                        path=path if path is not None else self.source_paths.get(source),
-                                       owners=owners, zipf_a=zipf_a, progress=self.progress)
+                                       owners=owners, zipf_a=zipf_a, progress=self.progress,
+                                       max_classes=self.max_classes)
 
     def dataset(self, name: str) -> Dataset:
         return self.datasets.open(name)
@@ -68,10 +82,10 @@ class Engine:
     def model_dataset(self, model: str) -> Dataset:
         return self.dataset(self.store.model_spec(model)["dataset"])
 
-    def erase_owners(self, model: str, owners: dict[str, list[str]]) -> list[Erasure]:
-        """Erase the owners (by request id) from the model's dataset, each request's rows
-        sealed in the vault first."""
-        return datasets.erase_owners(self.model_dataset(model), owners, vault=self.vault)
+    def erase_owners(self, model: str, owners: dict[str, list[str]], *, reference: str | None) -> list[Erasure]:
+        """Erase the owners (by evidence key: request id) from the model's dataset, each
+        key's rows sealed in the vault first; the erasure notes ``reference`` (the request ids)."""
+        return datasets.erase_owners(self.model_dataset(model), owners, vault=self.vault, reference=reference)
 
     # -- passes: plan -> shards -> candidate -> publish ---------------------
     def plan_train(self, name: str, *, dataset: str, architecture: str = "cnn", strategy: Strategy = Strategy(),
@@ -96,7 +110,8 @@ class Engine:
         planning.check_request(mode, method, method_config)
         key = job or f"plan-{os.getpid()}-{time.time_ns()}"
         if owner_ids:
-            self.erase_owners(name, {r: owner_ids for r in (requests or [key])})
+            self.erase_owners(name, {r: owner_ids for r in (requests or [key])},
+                              reference=",".join(requests or []) or None)  # a bare key is no request
         plan = self.plan_removal(name, mode=mode, method=method, method_config=method_config,
                                  requests=requests, job=job, evidence=[key])
         if plan is None:
@@ -125,11 +140,11 @@ class Engine:
     def run_plan(self, plan: Plan) -> dict:
         """Run every shard of ``plan`` here, one after another, then publish."""
         results, seconds = {}, {}
-        for shard in plan.to_run:
-            started = time.perf_counter()
-            results[shard] = self.run_shard(plan, shard)
-            seconds[shard] = time.perf_counter() - started
         try:
+            for shard in plan.to_run:
+                started = time.perf_counter()
+                results[shard] = self.run_shard(plan, shard)
+                seconds[shard] = time.perf_counter() - started
             return self.finish(plan, results, seconds)
         finally:
             self.destroy_evidence(plan.evidence)

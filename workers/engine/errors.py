@@ -36,6 +36,13 @@ class ModelError(EngineError):
     code = "invalid_model"
 
 
+class ForgetSetUnavailable(EngineError):
+    """An approximate pass lost its forget set (the evidence was destroyed after it was
+    planned): planned again, the removal is exact."""
+
+    code = "forget_set_unavailable"
+
+
 __all__ = [
     "DatasetError",
     "DatasetExists",

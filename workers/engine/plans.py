@@ -88,7 +88,8 @@ class Plan:
             started_at=d["started_at"],
             shards=[ShardPlan(**{**s, "status": ShardStatus(s["status"])}) for s in d["shards"]],
             removal=Removal(**d["removal"]) if d.get("removal") else None,
-            evidence=list(d.get("evidence") or []),  # (older plans named a plaintext scratch file)
+            # Older plans named a plaintext scratch file: their requests' evidence instead.
+            evidence=list(d["evidence"] if "evidence" in d else (d.get("removal") or {}).get("requests") or []),
             method=MethodSpec(**d["method"]) if d.get("method") else None,
         )
 

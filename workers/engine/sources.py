@@ -53,9 +53,12 @@ class Source:
 
 
 SOURCES: Registry[Source] = Registry("source")
+MAX_OWNER_ID_LENGTH = 128  # as a deletion request's owner_id
+MAX_CLASSES = 1000
 
 
-def load(source: str, *, path=None, seed: int = 0, cache_dir: str | os.PathLike) -> SourceData:
+def load(source: str, *, path=None, seed: int = 0, cache_dir: str | os.PathLike,
+         max_classes: int = MAX_CLASSES) -> SourceData:
     """Raw rows of ``source``; ``path`` is the caller's file or directory, if any."""
     try:
         entry = SOURCES.get(source)
@@ -63,7 +66,11 @@ def load(source: str, *, path=None, seed: int = 0, cache_dir: str | os.PathLike)
         raise DatasetError(str(exc)) from None
     if entry.needs_file and path is None:
         raise DatasetError(f"an import from source {source!r} needs the file")
-    return entry.load(path=path, seed=seed, cache_dir=cache_dir)
+    raw = entry.load(path=path, seed=seed, cache_dir=cache_dir)
+    if raw.num_classes > max_classes:
+        raise DatasetError(f"class labels must be in [0, {max_classes}) (LETHE_MAX_CLASSES), "
+                           f"got a label of {raw.num_classes - 1}")
+    return raw
 
 
 def assign_owners(n: int, *, seed: int, n_owners: int | None = None, zipf_a: float = 0.75) -> np.ndarray:
@@ -182,9 +189,15 @@ def load_npz(data: bytes | str | os.PathLike) -> SourceData:
         raise DatasetError(f"owner_id must be 1-D with one entry per row of x ({len(x)}), got {owners.shape}")
     if owners.dtype.kind not in "iuUS":
         raise DatasetError(f"owner_id must hold integers or strings, got dtype {owners.dtype}")
-    owner_ids = np.array([o.decode() if isinstance(o, bytes) else str(o) for o in owners.tolist()])
-    if any(o == "" for o in owner_ids):
-        raise DatasetError("owner_id must not contain empty ids")
+    try:
+        owner_ids = np.array([o.decode() if isinstance(o, bytes) else str(o) for o in owners.tolist()])
+    except UnicodeDecodeError:
+        raise DatasetError("owner_id bytes must be UTF-8 text") from None
+    for o in owner_ids.tolist():  # the rules of a deletion request's owner_id, or it could never be erased
+        if not 1 <= len(o) <= MAX_OWNER_ID_LENGTH:
+            raise DatasetError(f"owner_id must be 1 to {MAX_OWNER_ID_LENGTH} characters, got one of {len(o)}")
+        if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in o):
+            raise DatasetError("owner_id must not contain NUL characters or lone surrogates")
     x_test, y_test = arrays.get("x_test"), arrays.get("y_test")
     if (x_test is None) != (y_test is None):
         raise DatasetError("give both x_test and y_test, or neither")

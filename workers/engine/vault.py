@@ -144,7 +144,7 @@ class Vault:
         if not _SAFE.match(request) or not directory.is_dir():
             return 0
         freed = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(directory)
         return freed
 
     def sweep(self, dead: Iterable[str]) -> list[str]:
@@ -157,6 +157,6 @@ class Vault:
         gone = []
         for request in sorted(set(dead)):
             if (self.root / request).is_dir():
-                self.destroy(request)
+                self.destroy(request)  # an error here leaves it for the next sweep, and says so
                 gone.append(request)
         return gone

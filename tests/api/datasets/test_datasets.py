@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.service_helpers import A, make_app
@@ -34,3 +35,45 @@ def test_duplicate_dataset_is_409(client):
     assert client.post("/v1/datasets", json={"name": "digits", "source": "digits"}, headers=A).status_code == 201
     r = client.post("/v1/datasets", json={"name": "digits", "source": "digits"}, headers=A)
     assert r.status_code == 409 and r.json()["code"] == "dataset_exists"
+
+
+def _upload(client, name: str, **arrays):
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    np.savez(buf, **{"x": rng.random((40, 4)).astype(np.float32), "y": rng.integers(0, 2, 40),
+                     "owner_id": np.array([f"u{i % 8}" for i in range(40)]), **arrays})
+    return client.post("/v1/datasets", files={"file": ("d.npz", buf.getvalue())}, data={"name": name}, headers=A)
+
+
+@pytest.mark.parametrize("owner", ["x" * 129, "a\x00b"])
+def test_an_upload_with_owner_ids_a_deletion_could_never_name_is_422(client, owner):
+    r = _upload(client, "bad-owners", owner_id=np.array([owner] + [f"u{i % 8}" for i in range(39)]))
+    assert r.status_code == 422 and r.json()["code"] == "invalid_dataset" and "owner_id" in r.json()["detail"]
+    assert client.get("/v1/datasets/bad-owners", headers=A).status_code == 404
+
+
+def test_an_upload_with_labels_past_the_class_limit_is_422(client):
+    r = _upload(client, "huge-labels", y=np.array([2**62] + [0] * 39, dtype=np.int64))
+    assert r.status_code == 422 and "LETHE_MAX_CLASSES" in r.json()["detail"]
+    assert _upload(client, "ok-labels", y=np.array([999] + [0] * 39)).status_code == 201  # the default: 1000
+
+
+def test_concurrent_creates_of_one_model_name_give_one_model_and_409s(client):
+    """The database's unique key decides a race the existence check cannot see: 409."""
+    from app.models import service
+    from app.models.schemas import ModelCreate
+    from app.errors import ApiError
+    from app.tables import ModelRow
+
+    assert client.post("/v1/datasets", json={"name": "digits", "source": "digits"}, headers=A).status_code == 201
+    factory = client.app_.state.sessionmaker
+    body = ModelCreate(name="race", dataset="digits", architecture="mlp", strategy={"kind": "sisa", "shards": 2, "slices": 1})
+    with factory() as first:
+        service.create(session=first, actor="a", model_in=body)
+        first.commit()
+    with factory() as second:  # its existence check ran before the first committed
+        real_get = second.get
+        second.get = lambda cls, key, **kw: None if cls is ModelRow else real_get(cls, key, **kw)
+        with pytest.raises(ApiError) as caught:
+            service.create(session=second, actor="a", model_in=body)
+    assert caught.value.status == 409 and caught.value.code == "model_exists"

@@ -147,3 +147,65 @@ def test_no_broker_message_or_log_line_holds_the_owner_or_the_reason(ready, capl
     for text in (owner, reason):
         assert not any(text in m for m in messages)
         assert text not in logged
+
+
+def test_evidence_expiring_during_an_approximate_job_replans_it_exactly(ready, monkeypatch):
+    """The key is destroyed after planning (LETHE_EVIDENCE_MAX_HOURS): the shard cannot
+    unlearn; that failure is not counted, and the retry plans the removal exactly."""
+    from workers.engine.engine import Engine
+
+    change_settings(ready, max_attempts=1, retry_backoff_seconds=0.0,
+                    gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0)
+    real = Engine.run_shard
+
+    def expire_then_run(self, plan, shard, progress=None):
+        with session_scope(ready.app_.state.sessionmaker) as s:
+            s.execute(update(DeletionRequestRow).values(evidence_key=None, evidence_destroyed_at=utcnow()))
+        return real(self, plan, shard, progress)
+
+    monkeypatch.setattr(Engine, "run_shard", expire_then_run)
+    rid = _request(ready, an_owner(ready), method="ga")
+    run_worker_inline(ready.app_)
+    with session_scope(ready.app_.state.sessionmaker) as s:
+        requeue_stalled(s)  # the reconciler queues the retry
+    run_worker_inline(ready.app_)
+    req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
+    (outcome,) = req["outcomes"]
+    assert req["status"] == "completed" and outcome["attempts"] == 0, req
+    assert outcome["published_method"] == "exact" and "forget_metrics_unavailable" in outcome["metrics"]
+
+
+def test_a_model_trained_after_the_request_was_accepted_gets_an_outcome_at_erasure(ready):
+    """m's job waits (a back-off) while m3 trains on the owner's rows; when m's job erases
+    them, m3 is brought along (audit request.models_added) and no longer serves them."""
+    from datetime import timedelta
+
+    owner = an_owner(ready)
+    rid = _request(ready, owner)
+    with session_scope(ready.app_.state.sessionmaker) as s:
+        s.execute(update(DeletionOutcomeRow).values(retry_at=utcnow() + timedelta(hours=1)))
+    assert ready.post("/v1/models", json={**TINY_MODEL, "name": "m3"}, headers=A).status_code == 202
+    run_worker_inline(ready.app_)  # m3 trains, on the owner's rows too
+    with session_scope(ready.app_.state.sessionmaker) as s:
+        s.execute(update(DeletionOutcomeRow).values(retry_at=utcnow()))
+        requeue_stalled(s)
+    run_worker_inline(ready.app_)
+    req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
+    assert req["status"] == "completed" and sorted(o["model"] for o in req["outcomes"]) == ["m", "m3"]
+    m3 = next(o for o in req["outcomes"] if o["model"] == "m3")
+    assert m3["version"] == 2 and m3["metrics"]["forget_size"] > 0  # measured on the sealed rows
+    assert ready.get("/v1/models/m3/versions/1", headers=C).json()["status"] == "revoked"
+    (added,) = _events(ready, rid, "request.models_added")
+    assert added["data"]["models"] == ["m3"]
+
+
+def test_the_sqlite_write_ahead_log_keeps_no_destroyed_key(ready):
+    rid = _request(ready, an_owner(ready))
+    with session_scope(ready.app_.state.sessionmaker) as s:  # the key, as it is while held
+        from app.deletions.evidence import keys
+        key = keys(s, [rid], create=True)[rid].hex()
+    run_worker_inline(ready.app_)
+    assert _row(ready, rid).evidence_key is None
+    data_dir = ready.app_.state.settings.data_dir
+    for path in data_dir.glob("lethe.sqlite*"):
+        assert key.encode() not in path.read_bytes(), path

@@ -86,7 +86,7 @@ def test_a_failed_outcome_is_retried_with_back_off_before_its_request_fails(read
     def flaky(self, *a, **k):
         calls.append(1)
         if len(calls) == 1:
-            raise ConnectionResetError("the store went away")
+            raise OSError("the store went away")
         return real(self, *a, **k)
 
     monkeypatch.setattr(Engine, "run_shard", flaky)
@@ -146,3 +146,55 @@ def test_every_request_is_due_and_overdue_ones_are_listed(ready):
     assert [r["id"] for r in ready.get("/v1/deletion-requests?overdue=true", headers=C).json()] == [late["id"]]
     run_worker_inline(ready.app_)
     assert ready.get("/v1/deletion-requests?overdue=true", headers=C).json() == []  # completed, not overdue
+
+
+def test_a_transient_fault_never_uses_up_attempts_or_ends_the_request(ready, monkeypatch):
+    """The database drops its connection at every try: the outcome is retried (its
+    attempts stay 0), the request stays open however often it happens, and the reason
+    names the fault without SQL; once the database is back, the request completes."""
+    from sqlalchemy.exc import OperationalError
+
+    from workers.engine.engine import Engine
+
+    real, calls = Engine.run_shard, []
+
+    def database_blinks(self, *a, **k):
+        calls.append(1)
+        if len(calls) <= 4:
+            raise OperationalError("UPDATE datasets SET busy_until=%(busy_until)s", {"busy_until": 1},
+                                   ConnectionResetError("server closed the connection unexpectedly"))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Engine, "run_shard", database_blinks)
+    change_settings(ready, max_attempts=1, retry_backoff_seconds=0.0)  # one real failure would end it
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
+    for _ in range(4):
+        run_worker_inline(ready.app_)
+        req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
+        (outcome,) = req["outcomes"]
+        if req["status"] == "completed":
+            break
+        assert req["status"] != "failed" and outcome["attempts"] == 0, req
+        assert outcome["error"].startswith("transient_fault:") and "UPDATE" not in outcome["error"]
+        ready.app_.state.relay.reconcile()  # the reconciler queues the due retry
+    run_worker_inline(ready.app_)
+    req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
+    assert len(calls) >= 5 and req["status"] == "completed" and req["outcomes"][0]["attempts"] == 0
+
+
+def test_a_failure_reason_is_a_code_and_a_sentence_never_sql(ready, monkeypatch):
+    from sqlalchemy.exc import IntegrityError
+
+    from workers.engine.engine import Engine
+
+    def bad_statement(self, *a, **k):
+        raise IntegrityError("INSERT INTO model_versions (model) VALUES (%(model)s)", {"model": "m"}, ValueError("dup"))
+
+    monkeypatch.setattr(Engine, "run_shard", bad_statement)
+    change_settings(ready, max_attempts=1)
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
+    run_worker_inline(ready.app_)
+    req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
+    assert req["status"] == "failed"
+    assert "database_error: a database statement failed (IntegrityError)" in req["failure_reason"]
+    assert "INSERT" not in req["failure_reason"] and "model_versions" not in req["failure_reason"]

@@ -90,3 +90,27 @@ def test_an_approximate_version_is_not_revoked_for_what_it_unlearned(ready):
     _delete(ready, owners[1])  # v2 still holds this owner's rows: now it goes too
     assert ready.get("/v1/models/m/versions/2", headers=C).json()["replaced_by"] == 3
     assert ready.get("/v1/models/m/versions/1", headers=C).json()["replaced_by"] == 2  # its first revocation stays
+
+
+def test_a_client_sees_removed_owner_ids_only_for_its_own_requests(ready):
+    import io
+    import json as _json
+    import zipfile
+
+    from tests.service_helpers import C2
+
+    owner = an_owner(ready)
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": owner}, headers=C).json()["id"]
+    run_worker_inline(ready.app_)
+    assert ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()["status"] == "completed"
+
+    def owners(headers):
+        return ready.get("/v1/models/m/versions/2", headers=headers).json()["removed"]["owners"]
+
+    assert [o["owner_id"] for o in owners(A)] == [owner]  # the admin
+    assert [o["owner_id"] for o in owners(C)] == [owner]  # the client that filed it
+    (other,) = owners(C2)  # another client: the count and digest, never the id
+    assert other["owner_id"] is None and other["redacted"] is True and other["sample_count"] > 0
+    zipped = ready.get("/v1/models/m/versions/2/artifact", headers=C2).content
+    record = zipfile.ZipFile(io.BytesIO(zipped)).read("version.json")
+    assert owner.encode() not in record and _json.loads(record)["removed"]["owners"][0]["owner_id"] is None
