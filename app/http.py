@@ -46,6 +46,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # the framework could not parse the body (e.g. JSON nested too deep)
+            return JSONResponse(_body("invalid_request", f"the request body could not be parsed: {exc.detail}"),
+                                status_code=422)
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
@@ -123,3 +126,18 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, read as it streams in: 413 ``payload_too_large`` as soon as it
+    passes ``limit`` bytes (declared or chunked), before any of it is parsed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+    chunks, seen = [], 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

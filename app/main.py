@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
+from app.audit import anchors
 from app.audit.routes import router as audit_router
 from app.certificates import keys
 from app.certificates.routes import router as certificates_router
@@ -62,6 +63,11 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
         with session_scope(factory) as session:
             requeue_stalled(session)
             prune_sent(session, timedelta(days=7))  # sent rows are only history
+        try:  # sign the audit chain's head where the database cannot change it
+            with session_scope(factory) as session:
+                anchors.anchor(session, engine.store, app.state.signing_key)
+        except Exception:
+            log.exception("anchoring the audit chain failed; the next round retries it")
         if time.monotonic() - last_purge[0] >= settings.purge_interval:
             last_purge[0] = time.monotonic()
             for sweep in (lambda: evidence.sweep(factory, engine, max_hours=settings.evidence_max_hours,

@@ -18,3 +18,25 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
+
+
+APP_ROLE = "lethe_app"  # created by migration 0006 (PostgreSQL)
+
+
+def set_app_password(url: str, password: str) -> bool:
+    """Give the application's role (``lethe_app``) a password, so the API and the
+    workers can log in as it; False on SQLite, which has no roles."""
+    from sqlalchemy import text
+
+    from app.db import make_db_engine
+
+    engine = make_db_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            return False
+        literal = "'" + password.replace("'", "''") + "'"  # ALTER ROLE takes no bind parameters
+        with engine.begin() as conn:
+            conn.execute(text(f"ALTER ROLE {APP_ROLE} WITH LOGIN PASSWORD {literal}"))
+        return True
+    finally:
+        engine.dispose()

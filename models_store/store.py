@@ -117,6 +117,16 @@ class ModelStore:
         except FileNotFoundError:
             return None
 
+    # -- audit anchors: signed heads of the service's audit chain, kept apart from it ----
+    def put_anchor(self, seq: int, token: str) -> bool:
+        """Keep a signed anchor of the audit chain at ``seq`` (written once, never replaced)."""
+        return self.backend.write_new(f"audit/anchors/{int(seq):020d}.jws", token.encode())
+
+    def latest_anchor(self) -> str | None:
+        """The anchor with the highest seq, or None before the first."""
+        names = [n for n in self.backend.list("audit/anchors") if n.endswith(".jws")]
+        return self.backend.read(f"audit/anchors/{max(names)}").decode() if names else None
+
     def revoke(self, name: str, number: int, *, requests: list[str], replaced_by: int) -> dict:
         """Record that version ``number`` is revoked: a later version (``replaced_by``)
         removed samples it was trained on, for ``requests``. Revoking again returns the

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.audit import service
+from app.audit import anchors, service
 from app.audit.schemas import AuditEvent, AuditPage, ChainOut
-from app.deps import AdminDep, SessionDep
+from app.deps import AdminDep, EngineDep, SessionDep
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -28,6 +28,8 @@ def list_events(
 
 
 @router.get("/verify", response_model=ChainOut)
-def verify(session: SessionDep, _: AdminDep) -> ChainOut:
-    """Recompute every link of the chain; ``ok`` is false at the first broken event."""
-    return ChainOut(**service.verify_chain(session).__dict__)
+def verify(session: SessionDep, engine: EngineDep, _: AdminDep) -> ChainOut:
+    """Recompute every link of the chain and hold it against its latest signed anchor;
+    ``ok`` is false at the first broken event, or when the chain was cut short
+    (``truncated``) or rewritten since it was anchored."""
+    return ChainOut(**anchors.verify(session, engine.store).__dict__)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class AuditEvent(BaseModel):
@@ -38,3 +38,5 @@ class ChainOut(BaseModel):
     head_hash: str
     first_bad_seq: int | None
     problem: str | None
+    anchored_seq: int | None = Field(None, description="the seq of the latest signed anchor of the chain's head")
+    truncated: bool = Field(False, description="the chain ends before its latest anchor: events were cut off the end")

@@ -37,12 +37,19 @@ def _child(settings: Settings, *args: str) -> list[str]:
 @cli.command()
 @pass_ctx
 def migrate(c: Context):
-    """Apply database migrations (alembic upgrade head)."""
-    from app.migrate import upgrade
+    """Apply database migrations (alembic upgrade head), as the tables' owner. On
+    PostgreSQL this also keeps the application's role, lethe_app (which may only read
+    and append the audit log); LETHE_APP_DB_PASSWORD, if set, becomes its password."""
+    import os
+
+    from app.migrate import APP_ROLE, set_app_password, upgrade
 
     c.settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(c.settings.db_url)
     click.echo(f"database at {_safe_url(c.settings.db_url)} is at the latest schema")
+    password = os.environ.get("LETHE_APP_DB_PASSWORD")
+    if password and set_app_password(c.settings.db_url, password):
+        click.echo(f"role {APP_ROLE} can log in with LETHE_APP_DB_PASSWORD")
 
 
 @cli.command()
@@ -297,3 +304,28 @@ def certificate_verify(c: Context, file: Path, jwks_from: str | None):
     lines += [f"  {m['model']} v{m['version']} ({'exact' if m['exact'] else 'approximate'}, {m['method']}), "
               f"revoked {[r['version'] for r in m['revoked_versions']]}" for m in claims["models"]]
     c.print(claims, "\n".join(lines))
+
+
+@cli.group()
+def audit():
+    """The audit trail."""
+
+
+@audit.command("verify")
+@pass_ctx
+def audit_verify(c: Context):
+    """Recompute the service's audit chain and hold it against its latest signed anchor
+    (in the model store); exit 0 when it holds, 1 when an event was edited or removed,
+    or the chain was cut short (truncated) or rewritten since it was anchored."""
+    from app.audit import anchors
+    from app.db import make_sessionmaker, session_scope
+    from app.engine import build_engine
+
+    with session_scope(make_sessionmaker(c.settings.db_url)) as session:
+        report = anchors.verify(session, build_engine(c.settings).store)
+    line = (f"audit chain OK: {report.events} events, head {report.head_hash[:16]}…, anchored at "
+            f"{report.anchored_seq}" if report.ok else
+            f"audit chain BROKEN at event {report.first_bad_seq}: {report.problem}")
+    c.print(report.__dict__, line)
+    if not report.ok:
+        raise SystemExit(1)

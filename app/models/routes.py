@@ -1,10 +1,13 @@
 """Model routes: train (admin), list, read, versions, artifact download, predict."""
 from __future__ import annotations
 
+import numpy as np
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from app.deps import AdminDep, CallerDep, EngineDep, SessionDep, SettingsDep
+from app.http import read_body
 from app.models import service, versions
 from app.models.schemas import (
     AliasIn,
@@ -76,14 +79,38 @@ def download_artifact(name: str, number: str, session: SessionDep, engine: Engin
     )
 
 
-@router.post("/{name}/versions/{number}/predict", response_model=PredictOut)
-def predict(name: str, number: str, body: PredictIn, request: Request, session: SessionDep, engine: EngineDep,
-            settings: SettingsDep, _: CallerDep) -> PredictOut:
-    """Class probabilities for a batch of inputs from any live version, so anyone can check it."""
-    service.get(session=session, name=name)
-    r = versions.servable(versions.resolve(session=session, engine=engine, name=name, reference=number))
-    probs = service.predict(engine=engine, cache=request.app.state.ensembles, record=r, inputs=body.inputs,
-                            max_rows=settings.max_predict_rows)
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": PredictIn.model_json_schema()},
+            "application/x-npy": {"schema": {"type": "string", "format": "binary",
+                                             "description": "an .npy array of inputs (no pickles)"}},
+        },
+    }
+}
+
+
+@router.post("/{name}/versions/{number}/predict", response_model=PredictOut, openapi_extra=_PREDICT_BODY)
+async def predict(name: str, number: str, request: Request, session: SessionDep, engine: EngineDep,
+                  settings: SettingsDep, _: CallerDep) -> PredictOut:
+    """Class probabilities for a batch of inputs from any live version, so anyone can check it.
+    The body is JSON ``{"inputs": [...]}`` or an ``.npy`` array (``Content-Type:
+    application/x-npy``), bounded by what ``LETHE_MAX_PREDICT_ROWS`` inputs can take
+    (413 as soon as it passes); parsing and inference run off the event loop."""
+
+    def servable() -> dict:
+        service.get(session=session, name=name)
+        return versions.servable(versions.resolve(session=session, engine=engine, name=name, reference=number))
+
+    r = await run_in_threadpool(servable)
+    width = int(np.prod(engine.store.model_spec(name)["input_shape"]))
+    binary = request.headers.get("content-type", "").split(";")[0].strip() in service.NPY_TYPES
+    body = await read_body(request, service.predict_body_limit(width=width, max_rows=settings.max_predict_rows,
+                                                               binary=binary))
+    inputs = await run_in_threadpool(service.parse_inputs, body, binary=binary)
+    probs = await run_in_threadpool(lambda: service.predict(engine=engine, cache=request.app.state.ensembles,
+                                                            record=r, inputs=inputs, max_rows=settings.max_predict_rows))
     return PredictOut(model=name, version=r["version"], probabilities=probs.astype(float).round(6).tolist(),
                       predicted=probs.argmax(1).tolist())
 

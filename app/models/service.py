@@ -118,7 +118,35 @@ class EnsembleCache:
         return ensemble
 
 
-def predict(*, engine: Engine, cache: EnsembleCache, record: dict, inputs: list, max_rows: int) -> np.ndarray:
+NPY_TYPES = ("application/x-npy", "application/octet-stream")
+JSON_BYTES_PER_NUMBER = 32  # "-1.2345678901234567e-123, " with room to spare
+
+
+def predict_body_limit(*, width: int, max_rows: int, binary: bool) -> int:
+    """The most bytes a predict body of ``max_rows`` inputs of ``width`` numbers can take:
+    as an ``.npy`` array (float64 at most), or as JSON."""
+    per_number = 8 if binary else JSON_BYTES_PER_NUMBER
+    return max_rows * (width * per_number + 16) + 4096
+
+
+def parse_inputs(body: bytes, *, binary: bool) -> list | np.ndarray:
+    """A predict body: JSON ``{"inputs": [...]}``, or an ``.npy`` array (no pickles)."""
+    if binary:
+        try:
+            return np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ApiError(422, "invalid_inputs", f"not a readable .npy array: {exc}") from None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError(422, "invalid_request", "the body is not valid JSON (or is nested too deeply)") from None
+    if not isinstance(data, dict) or "inputs" not in data or not isinstance(data["inputs"], list):
+        raise ApiError(422, "invalid_request", 'the body must be {"inputs": [[...], ...]}')
+    return data["inputs"]
+
+
+def predict(*, engine: Engine, cache: EnsembleCache, record: dict, inputs: list | np.ndarray,
+            max_rows: int) -> np.ndarray:
     """Class probabilities for ``inputs`` (raw units, as in the dataset) from one version."""
     spec_shape = engine.store.model_spec(record["model"])["input_shape"]
     if len(inputs) == 0:
@@ -127,7 +155,7 @@ def predict(*, engine: Engine, cache: EnsembleCache, record: dict, inputs: list,
         raise ApiError(413, "too_many_inputs", f"at most {max_rows} inputs per call, got {len(inputs)}")
     try:
         x = np.asarray(inputs, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise ApiError(422, "invalid_inputs", "inputs must be equally shaped arrays of numbers") from None
     width = int(np.prod(spec_shape))
     if x.ndim < 2 or int(np.prod(x.shape[1:])) != width:

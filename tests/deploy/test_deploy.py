@@ -47,3 +47,11 @@ def test_worker_reserves_a_gpu_and_services_keep_their_data_in_volumes(compose):
 def test_dockerfile_installs_the_project_and_runs_the_api():
     text = (ROOT / "Dockerfile").read_text()
     assert "pip install" in text and 'CMD ["lethe", "api"' in text and "COPY migrations" in text
+
+
+def test_the_api_and_workers_connect_as_the_application_role_and_only_migrate_as_owner(compose):
+    services = compose["services"]
+    for name in ("api", "worker"):
+        assert services[name]["environment"]["LETHE_DATABASE_URL"].startswith("postgresql://lethe_app:")
+    migrate = services["migrate"]["environment"]
+    assert migrate["LETHE_DATABASE_URL"].startswith("postgresql://lethe:") and "LETHE_APP_DB_PASSWORD" in migrate

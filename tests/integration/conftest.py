@@ -20,6 +20,14 @@ from tests.service_helpers import ADMIN, CLIENT, CLIENT2
 PG = os.environ.get("LETHE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("LETHE_TEST_BROKER_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[2]
+APP_PASSWORD = "lethe-it-app"
+
+
+def _as_role(url: str, role: str, password: str) -> str:
+    """``url`` with its user replaced by ``role`` (and ``password``)."""
+    scheme, rest = url.split("://", 1)
+    host = rest.split("@", 1)[1] if "@" in rest.split("/", 1)[0] else rest
+    return f"{scheme}://{role}:{password}@{host}"
 
 
 def _free_port() -> int:
@@ -32,13 +40,15 @@ class Stack:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.db_name = f"lethe_it_{uuid.uuid4().hex[:10]}"
-        self.db_url = PG.rsplit("/", 1)[0] + "/" + self.db_name
+        self.db_url = PG.rsplit("/", 1)[0] + "/" + self.db_name  # the owner: migrations, test set-up
+        # The API and the worker connect as the application's role, as in production.
+        self.app_db_url = _as_role(self.db_url, "lethe_app", APP_PASSWORD)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
             "LETHE_DATA_DIR": str(tmp / "data"),
-            "LETHE_DATABASE_URL": self.db_url,
+            "LETHE_DATABASE_URL": self.app_db_url,
             "LETHE_BROKER_URL": REDIS,
             "LETHE_ADMIN_KEYS": ADMIN,
             "LETHE_CLIENT_KEYS": f"{CLIENT},{CLIENT2}",
@@ -52,8 +62,8 @@ class Stack:
         self.api: subprocess.Popen | None = None
         self.worker_logs: list[Path] = []
 
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "app.cli", *args], env=self.env, cwd=ROOT,
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "app.cli", *args], env={**self.env, **env}, cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
 
     def start_worker(self) -> None:
@@ -114,7 +124,7 @@ def stack(tmp_path_factory):
     with _admin_conn() as conn:
         conn.execute(f'CREATE DATABASE "{s.db_name}"')
     try:
-        migrated = s.run("migrate")
+        migrated = s.run("migrate", LETHE_DATABASE_URL=s.db_url, LETHE_APP_DB_PASSWORD=APP_PASSWORD)
         assert migrated.returncode == 0, migrated.stderr
         s.start_worker()
         s.start_api()

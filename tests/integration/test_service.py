@@ -169,6 +169,20 @@ def test_postgres_rejects_changes_to_the_audit_log(stack, trained):
             conn.execute("TRUNCATE audit_events")
 
 
+def test_the_application_role_can_only_read_and_append_the_audit_log(stack, trained):
+    """The API and the worker connect as lethe_app (this whole module runs that way); it
+    does not own audit_events, so it cannot change it, empty it, or switch off its triggers."""
+    with psycopg.connect(stack.app_db_url, autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == "lethe_app"
+        assert conn.execute("SELECT count(*) FROM audit_events").fetchone()[0] > 0
+        for statement in ("UPDATE audit_events SET actor = 'x' WHERE seq = 1", "DELETE FROM audit_events",
+                          "TRUNCATE audit_events", "ALTER TABLE audit_events DISABLE TRIGGER USER",
+                          "ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_change",
+                          "DROP TRIGGER audit_events_no_change ON audit_events"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
 def test_accepted_request_survives_a_worker_crash(stack, http, trained):
     """Kill the whole worker mid-job; a new worker resumes the job once its lease runs out."""
     r = http.post("/v1/models", headers=A, json={
@@ -303,3 +317,29 @@ def test_two_models_on_one_dataset_are_both_measured_and_nothing_keeps_the_owner
             assert not any(form in value for form in forms), key
     logs = stack.worker_log() + (stack.tmp / "api.log").read_text()
     assert owner not in logs and reason not in logs
+
+
+def test_a_tail_cut_from_the_audit_chain_is_reported_truncated(stack, http, trained):
+    """Someone with the owner's rights switches the triggers off and cuts the last three
+    events: the chain still links up, but the signed anchor in the model store says it
+    reached further. Put back, it verifies again."""
+    anchored = poll(lambda: http.get("/v1/audit/verify", headers=A).json(),
+                    lambda r: r["ok"] and r["anchored_seq"] == r["events"], timeout=30)
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit_events DISABLE TRIGGER USER")
+        try:
+            cut = conn.execute("DELETE FROM audit_events WHERE seq > %s RETURNING *",
+                               (anchored["events"] - 3,)).fetchall()
+            report = http.get("/v1/audit/verify", headers=A).json()
+            assert report["ok"] is False and report["truncated"] is True, report
+            assert report["anchored_seq"] >= anchored["events"]
+            verified = stack.run("audit", "verify")
+            assert verified.returncode == 1 and "truncated" in verified.stdout
+            columns = [d.name for d in conn.execute("SELECT * FROM audit_events LIMIT 0").description]
+            for row in cut:
+                conn.execute(f"INSERT INTO audit_events ({', '.join(columns)}) VALUES "
+                             f"({', '.join(['%s'] * len(columns))})", row)
+        finally:
+            conn.execute("ALTER TABLE audit_events ENABLE TRIGGER USER")
+    assert http.get("/v1/audit/verify", headers=A).json()["ok"] is True
+    assert stack.run("audit", "verify").returncode == 0

@@ -99,13 +99,12 @@ def load_fashion_mnist(directory: str | os.PathLike | None, cache_dir: str | os.
     ``directory`` holds the four IDX files, gzipped or not (Debian's
     ``dataset-fashion-mnist`` puts them in ``/usr/share/datasets/fashion-mnist``).
     torchvision wants them uncompressed under ``<root>/FashionMNIST/raw``, so they are
-    laid out in a temporary folder under ``cache_dir`` for the read and deleted after
-    it: no copy of the rows outlives the import (an owner erased later must not stay
-    in a cache).
+    laid out in a temporary folder for the read and deleted after it: no copy of the
+    rows outlives the import (an owner erased later must not stay in a cache). An older
+    release's copy under ``cache_dir`` is deleted too.
     """
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(Path(cache_dir) / "FashionMNIST", ignore_errors=True)  # an older release's copy
-    with tempfile.TemporaryDirectory(dir=cache_dir) as root:
+    shutil.rmtree(Path(cache_dir) / "FashionMNIST", ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="lethe-fmnist-") as root:
         return _read_fashion_mnist(Path(directory or DEFAULT_FASHION_MNIST_DIR), Path(root))
 
 

@@ -53,3 +53,51 @@ def test_audit_events_hold_ids_and_digests_not_reasons(ready):
     with ready.app_.state.sessionmaker() as s:
         blobs = " ".join(e.data for e in s.scalars(select(AuditEventRow)))
     assert secret not in blobs and rid in blobs
+
+
+def _cut_tail(client, n: int) -> int:
+    with client.app_.state.sessionmaker() as s:
+        last = s.scalar(select(AuditEventRow.seq).order_by(AuditEventRow.seq.desc()).limit(1))
+        s.execute(text("DELETE FROM audit_events WHERE seq > :s"), {"s": last - n})
+        s.commit()
+    return last
+
+
+def test_a_tail_cut_from_the_chain_is_caught_by_its_signed_anchor(ready, capsys):
+    from app.cli import main as lethe
+
+    assert _cut_tail(ready, 0) > 3
+    with ready.app_.state.sessionmaker() as s:  # before an anchor, a cut tail still links up
+        s.execute(text("DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)"))
+        s.commit()
+    assert ready.get("/v1/audit/verify", headers=A).json()["ok"] is True
+    ready.app_.state.relay.reconcile()  # the API anchors the head each round
+    report = ready.get("/v1/audit/verify", headers=A).json()
+    assert report["ok"] is True and report["anchored_seq"] == report["events"]
+    last = _cut_tail(ready, 3)
+    report = ready.get("/v1/audit/verify", headers=A).json()
+    assert report["ok"] is False and report["truncated"] is True and report["anchored_seq"] == last
+    assert report["first_bad_seq"] == last - 2 and "truncated" in report["problem"]
+    data_dir = str(ready.app_.state.settings.data_dir)
+    assert lethe(["--data-dir", data_dir, "audit", "verify"]) == 1
+    assert "truncated" in capsys.readouterr().out
+
+
+def test_a_chain_rewritten_past_its_anchor_is_caught(ready):
+    ready.app_.state.relay.reconcile()
+    _cut_tail(ready, 2)
+    for _ in range(3):  # new events take the cut ones' places, and link up
+        ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C)
+    report = ready.get("/v1/audit/verify", headers=A).json()
+    assert report["ok"] is False and report["truncated"] is False and "rewritten" in report["problem"]
+
+
+def test_an_anchor_that_was_tampered_with_does_not_count(ready):
+    ready.app_.state.relay.reconcile()
+    store = ready.app_.state.engine.store
+    (name,) = store.backend.list("audit/anchors")
+    path = ready.app_.state.settings.data_dir / "models_store" / "audit" / "anchors" / name
+    header, payload, signature = path.read_text().split(".")
+    path.write_text(".".join([header, payload, signature[:-4] + ("AAAA" if signature[-4:] != "AAAA" else "BBBB")]))
+    report = ready.get("/v1/audit/verify", headers=A).json()
+    assert report["ok"] is False and "does not verify" in report["problem"]

@@ -41,3 +41,76 @@ def test_out_of_range_audit_cursor_and_odd_version_numbers_are_422(ready):
     for number in ("²", "0", "-1", "v1"):
         r = ready.get(f"/v1/models/m/versions/{number}", headers=C)
         assert r.status_code == 422 and r.json()["code"] == "invalid_version", number
+
+
+def _npy(array) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def test_predict_takes_an_npy_body_and_answers_as_for_json(ready):
+    x = np.random.default_rng(1).uniform(0, 16, (3, 64)).round()
+    as_json = ready.post("/v1/models/m/versions/1/predict", json={"inputs": x.tolist()}, headers=C).json()
+    r = ready.post("/v1/models/m/versions/1/predict", content=_npy(x.astype(np.float32)),
+                   headers={**C, "Content-Type": "application/x-npy"})
+    assert r.status_code == 200 and r.json() == as_json
+    r = ready.post("/v1/models/m/versions/1/predict", content=_npy(np.array([object()], dtype=object)),
+                   headers={**C, "Content-Type": "application/x-npy"})
+    assert r.status_code == 422 and r.json()["code"] == "invalid_inputs"  # pickles are refused
+
+
+def test_a_predict_body_past_what_its_rows_can_take_is_413_declared_or_chunked(ready):
+    from app.models.service import predict_body_limit
+
+    limit = predict_body_limit(width=64, max_rows=1024, binary=False)
+    big = b'{"inputs": [' + b"0," * (limit // 2 + 10) + b"0]}"
+    r = ready.post("/v1/models/m/versions/1/predict", content=big, headers={**C, "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
+    sent = []
+
+    def chunks():  # no Content-Length: the server must stop reading once past the limit
+        for i in range(0, len(big), 65536):
+            sent.append(i)
+            yield big[i:i + 65536]
+
+    r = ready.post("/v1/models/m/versions/1/predict", content=chunks(), headers={**C, "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
+
+
+def test_json_nested_too_deep_is_422_not_400(ready):
+    body = '{"owner_id": "x", "reason": ' + "[" * 100000 + "]" * 100000 + "}"
+    for path in ("/v1/deletion-requests", "/v1/models/m/versions/1/predict"):
+        r = ready.post(path, content=body, headers={**C, "Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["code"] == "invalid_request", (path, r.text)
+
+
+def test_health_answers_while_a_prediction_runs(ready, monkeypatch):
+    """Inference runs off the event loop: /healthz is answered while predict is busy."""
+    import threading
+
+    from app.models import service
+
+    busy, release, done, real = threading.Event(), threading.Event(), threading.Event(), service.predict
+    answered_while_busy = []
+
+    def slow_predict(**kw):
+        busy.set()
+        release.wait(timeout=10)  # on the event loop, this would hold /healthz back until it ends
+        try:
+            return real(**kw)
+        finally:
+            done.set()
+
+    monkeypatch.setattr(service, "predict", slow_predict)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(r=ready.post(
+        "/v1/models/m/versions/1/predict", json={"inputs": [[0] * 64]}, headers=C)))
+    worker.start()
+    assert busy.wait(timeout=20)
+    answered_while_busy.append((ready.get("/healthz").status_code, done.is_set()))
+    release.set()
+    worker.join(timeout=30)
+    assert answered_while_busy == [(200, False)] and result["r"].status_code == 200
