@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 def list_events(
     session: SessionDep, _: AdminDep, owner_id: str | None = None, request_id: str | None = None,
     model: str | None = None, since: datetime | None = None, until: datetime | None = None,
-    cursor: Annotated[int, Query(ge=0, le=2**63 - 1, description="next_cursor of the previous page")] = 0,
+    cursor: Annotated[int, Query(ge=0, le=2**31 - 1, description="next_cursor of the previous page")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
     """Audit events in chain order, filtered; pass ``next_cursor`` back as ``cursor``."""

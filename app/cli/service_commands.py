@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -100,9 +101,17 @@ def _api_processes(settings: Settings, host: str, port: int, workers: int, no_ac
 @click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
 @click.option("--loglevel", default="info", show_default=True)
 @click.option("--name", default="lethe@%h", show_default=True)
+@click.option("--supervise/--no-supervise", default=True, show_default=True,
+              help="run the worker as a child and start it again if it dies")
 @pass_ctx
-def worker(c: Context, concurrency, pool, loglevel, name):
-    """Run a Celery worker on the 'gpu' queue."""
+def worker(c: Context, concurrency, pool, loglevel, name, supervise):
+    """Run a Celery worker on the 'gpu' queue, supervised: Celery's worker can exit on a
+    broker it lost mid-task ("Unrecoverable error"), so a worker that exits on its own is
+    started again (back-off 1 s doubling to 30 s). SIGTERM or Ctrl-C stops both."""
+    if supervise:
+        args = ["worker", "--no-supervise", "--pool", pool, "--loglevel", loglevel, "--name", name]
+        _supervise(_child(c.settings, *args, *(["--concurrency", str(concurrency)] if concurrency else [])))
+        return
     from app.worker import QUEUE, create_celery
 
     settings = c.settings.model_copy(update={"worker_concurrency": concurrency}) if concurrency else c.settings
@@ -111,6 +120,31 @@ def worker(c: Context, concurrency, pool, loglevel, name):
     if settings.worker_max_tasks_per_child > 0:
         argv += ["--max-tasks-per-child", str(settings.worker_max_tasks_per_child)]
     create_celery(settings).worker_main(argv)
+
+
+def _supervise(argv: list[str]) -> None:
+    """Run ``argv`` and start it again whenever it exits by itself; pass SIGTERM/SIGINT on."""
+    state = {"stopping": False, "child": None}
+
+    def stop(signum, _frame):
+        state["stopping"] = True
+        if state["child"] is not None and state["child"].poll() is None:
+            state["child"].send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    backoff = 1.0
+    while True:
+        started = time.monotonic()
+        state["child"] = subprocess.Popen(argv)
+        code = state["child"].wait()
+        if state["stopping"]:
+            sys.exit(code)
+        if time.monotonic() - started > 60:
+            backoff = 1.0  # it ran a while: this is a new failure, not a crash loop
+        click.echo(f"lethe worker: the worker exited ({code}); starting it again in {backoff:g} s", err=True)
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
 
 
 @cli.command("worker-ping")

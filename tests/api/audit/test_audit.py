@@ -101,3 +101,8 @@ def test_an_anchor_that_was_tampered_with_does_not_count(ready):
     path.write_text(".".join([header, payload, signature[:-4] + ("AAAA" if signature[-4:] != "AAAA" else "BBBB")]))
     report = ready.get("/v1/audit/verify", headers=A).json()
     assert report["ok"] is False and "does not verify" in report["problem"]
+
+
+def test_an_audit_cursor_past_the_seq_column_is_422(ready):
+    r = ready.get(f"/v1/audit?cursor={2**31}", headers=A)  # PostgreSQL's integer ends at 2**31 - 1
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request"

@@ -1,0 +1,116 @@
+"""The fault suite's stack: like the integration stack (a fresh PostgreSQL database, a
+``celery worker`` process, a ``uvicorn`` process), but with a Redis server of its own
+that the tests stop, restart and flush. No test touches a server it did not start;
+PostgreSQL faults terminate only the connections to the suite's own database."""
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import httpx
+import psycopg
+import pytest
+
+from tests.integration.conftest import PG, APP_PASSWORD, Stack, _admin_conn, _free_port, poll
+from tests.service_helpers import A
+
+TINY = {"dataset": "digits", "architecture": "mlp", "strategy": {"kind": "sisa", "shards": 3, "slices": 1},
+        "training": {"epochs": 2, "batch_size": 64}}
+
+
+class Redis:
+    """A throwaway redis-server (append-only file on, as in docker-compose.yml)."""
+
+    def __init__(self, tmp):
+        self.dir, self.port = tmp, _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True,
+                              text=True).stdout.strip() == "PONG":
+                return
+            time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def flushall(self) -> None:
+        subprocess.run(["redis-cli", "-p", str(self.port), "flushall"], capture_output=True, timeout=10)
+
+
+class FaultStack(Stack):
+    def __init__(self, tmp):
+        super().__init__(tmp)
+        self.redis = Redis(tmp)
+        self.env["LETHE_BROKER_URL"] = self.redis.url
+        self.env["LETHE_LEASE_SECONDS"] = "6"
+
+    def terminate_db_connections(self) -> int:
+        """pg_terminate_backend on every connection to this suite's database but ours."""
+        with _admin_conn() as conn:
+            return len(conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()", (self.db_name,)).fetchall())
+
+    def kill_api(self) -> None:
+        import os
+        import signal
+
+        os.killpg(self.api.pid, signal.SIGKILL)
+        self.api.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    try:
+        with _admin_conn():
+            pass
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"the fault suite needs PostgreSQL at {PG}: {exc}")
+    s = FaultStack(tmp_path_factory.mktemp("faults"))
+    with _admin_conn() as conn:
+        conn.execute(f'CREATE DATABASE "{s.db_name}"')
+    try:
+        s.redis.start()
+        migrated = s.run("migrate", LETHE_DATABASE_URL=s.db_url, LETHE_APP_DB_PASSWORD=APP_PASSWORD)
+        assert migrated.returncode == 0, migrated.stderr
+        s.start_worker()
+        s.start_api()
+        yield s
+    finally:
+        s.stop()
+        s.redis.stop()
+        with _admin_conn() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{s.db_name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def http(stack):
+    with httpx.Client(base_url=stack.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model(stack, http):
+    """digits imported and a small SISA model trained; its name."""
+    # Many small owners: the suite erases a fresh one for each of its ~150 requests.
+    assert http.post("/v1/datasets", json={"name": "digits", "source": "digits", "owners": 700},
+                     headers=A).status_code == 201
+    assert http.post("/v1/models", json={"name": "m", **TINY}, headers=A).status_code == 202
+    m = poll(lambda: http.get("/v1/models/m", headers=A).json(), lambda m: m["status"] in ("ready", "failed"))
+    assert m["status"] == "ready", m
+    return "m"
+
+
+def unique_id() -> str:
+    return uuid.uuid4().hex[:8]

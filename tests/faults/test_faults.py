@@ -1,0 +1,266 @@
+"""The fault suite: the real stack (uvicorn, a Celery worker process, PostgreSQL, a Redis
+of its own) driven through crashes, outages and hostile input. After each fault, the
+same invariants must hold:
+
+- every accepted request reaches ``completed`` (these faults are all transient, so
+  none may end ``failed``);
+- no job published more than one version, and the store and the database agree;
+- no live (unrevoked) version was trained on an erased sample;
+- the audit chain verifies.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import psycopg
+import pytest
+
+from tests.faults.conftest import unique_id
+from tests.integration.conftest import poll
+from tests.service_helpers import A, C, C2
+from workers.engine.engine import Engine
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def owners(http, model):
+    every = [o["owner_id"] for o in http.get("/v1/datasets/digits/owners?limit=1000", headers=A).json()["owners"]]
+    return iter(every[5:])  # each test takes fresh owners
+
+
+def _post(http, owner: str, headers=C, **body) -> httpx.Response:
+    return http.post("/v1/deletion-requests", json={"owner_id": owner, **body}, headers=headers)
+
+
+def settle_and_check(stack, http, accepted: list[str], timeout: float = 300) -> None:
+    """Wait for every accepted request to end, then check the invariants."""
+    assert accepted
+
+    def states():
+        rows = http.get("/v1/deletion-requests?limit=500", headers=A).json()
+        return {r["id"]: r for r in rows if r["id"] in set(accepted)}
+
+    done = poll(states, lambda rs: len(rs) == len(set(accepted))
+                and all(r["status"] in ("completed", "failed") for r in rs.values()), timeout=timeout, every=1)
+    failed = {i: r["failure_reason"] for i, r in done.items() if r["status"] != "completed"}
+    assert not failed, f"accepted requests failed: {failed}"
+
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        twice = conn.execute("SELECT job_id, count(*) FROM model_versions WHERE job_id IS NOT NULL "
+                             "GROUP BY job_id HAVING count(*) > 1").fetchall()
+        assert not twice, f"jobs that published more than one version: {twice}"
+        live = conn.execute("SELECT model, version FROM model_versions WHERE revoked_at IS NULL").fetchall()
+        recorded = conn.execute("SELECT model, version FROM model_versions").fetchall()
+    engine = Engine(stack.env["LETHE_DATA_DIR"], device="cpu")
+    in_store = {(m, v) for m in {m for m, _ in recorded} for v in engine.store.version_numbers(m)}
+    assert in_store == set(recorded), "the store and the database disagree on the published versions"
+    erasures = engine.dataset("digits").erasures()
+    erased = np.concatenate([np.asarray(e.sample_ids, np.int64) for e in erasures]) if erasures else np.zeros(0)
+    for m, v in live:
+        manifest = np.concatenate([np.concatenate(s) for s in engine.slice_ids(engine.version(m, v))])
+        assert not np.isin(erased, manifest).any(), f"{m} v{v} is live and was trained on erased samples"
+    report = http.get("/v1/audit/verify", headers=A).json()
+    assert report["ok"] is True, report
+
+
+def test_worker_killed_at_random_moments_mid_shard_and_mid_publish(stack, http, owners):
+    accepted = []
+    rng = random.Random(7)
+    for round_ in range(4):
+        for _ in range(2):
+            r = _post(http, next(owners))
+            assert r.status_code == 202, r.text
+            accepted.append(r.json()["id"])
+        # The job is somewhere between claiming, training a shard, measuring and
+        # publishing when the worker and its pool die.
+        time.sleep(rng.uniform(0.5, 3.0))
+        stack.kill_worker()
+        stack.start_worker()
+    settle_and_check(stack, http, accepted)
+
+
+def test_redis_stopped_and_flushed_during_intake(stack, http, owners):
+    people = [next(owners) for _ in range(24)]
+    accepted, lock = [], threading.Lock()
+
+    def send(owner):
+        r = _post(http, owner)
+        if r.status_code == 202:
+            with lock:
+                accepted.append(r.json()["id"])
+        return r.status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        first = list(pool.map(send, people[:8]))
+        stack.redis.stop()  # the broker is gone: intake still commits, the outbox holds the work
+        down = list(pool.map(send, people[8:16]))
+        time.sleep(2)
+        stack.redis.start()
+        stack.redis.flushall()  # and what it held is lost: the reconciler finds the work again
+        last = list(pool.map(send, people[16:]))
+        time.sleep(1)
+        stack.redis.flushall()
+    assert set(first + down + last) == {202}, (first, down, last)
+    settle_and_check(stack, http, accepted)
+
+
+def test_postgres_connections_terminated_repeatedly_mid_job(stack, http, owners):
+    accepted = []
+    for _ in range(6):
+        r = _post(http, next(owners))
+        assert r.status_code == 202, r.text
+        accepted.append(r.json()["id"])
+    terminated = 0
+    for _ in range(14):  # every 0.5 s for 7 s, while the jobs run
+        terminated += stack.terminate_db_connections()
+        time.sleep(0.5)
+    assert terminated > 0
+    settle_and_check(stack, http, accepted)
+
+
+def test_api_killed_mid_batch(stack, http, owners):
+    people = [next(owners) for _ in range(40)]
+    accepted, lock = [], threading.Lock()
+
+    def send(owner):
+        try:
+            r = httpx.post(f"{stack.url}/v1/deletion-requests", json={"owner_id": owner}, headers=C, timeout=30)
+        except httpx.HTTPError:
+            return None  # never answered: the caller does not know, and retries with its key in practice
+        if r.status_code == 202:
+            with lock:
+                accepted.append(r.json()["id"])
+        return r.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(send, p) for p in people]
+        while len(accepted) < 10:
+            time.sleep(0.02)
+        stack.kill_api()
+        [f.result() for f in futures]
+    stack.start_api()
+    for rid in accepted:  # an answered 202 is in the database, whatever happened after
+        assert http.get(f"/v1/deletion-requests/{rid}", headers=C).status_code == 200
+    settle_and_check(stack, http, accepted)
+
+
+def test_a_nul_poisoned_batch_fails_only_its_sender(stack, http, owners):
+    good = [next(owners) for _ in range(60)]
+    poisoned = [next(owners) for _ in range(10)]
+    jobs = [(o, C, {}) for o in good] + [(o, C2, {"reason": "hi\u0000there"}) for o in poisoned]
+    random.Random(3).shuffle(jobs)
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda j: (j[1] is C, _post(http, j[0], j[1], **j[2])), jobs))
+    mine = [r for is_good, r in answers if is_good]
+    theirs = [r for is_good, r in answers if not is_good]
+    assert [r.status_code for r in mine] == [202] * 60, {r.status_code for r in mine}
+    assert all(r.status_code == 422 and r.json()["code"] == "invalid_request" for r in theirs)
+    settle_and_check(stack, http, [r.json()["id"] for r in mine])
+
+
+def test_a_huge_predict_beside_health_checks(stack, http, model):
+    answered, stop = [], threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            started = time.perf_counter()
+            code = httpx.get(f"{stack.url}/healthz", timeout=30).status_code
+            answered.append((code, time.perf_counter() - started))
+            time.sleep(0.05)
+
+    def huge():  # 300 MB of JSON, chunked: no Content-Length to refuse it by
+        yield b'{"inputs": ['
+        row = b"[" + b",".join([b"1.0"] * 64) + b"],"
+        for _ in range(300 * 1024 * 1024 // (len(row) * 1000)):
+            yield row * 1000
+        yield b"[0]]}"
+
+    watcher = threading.Thread(target=probe)
+    watcher.start()
+    try:
+        try:
+            r = httpx.post(f"{stack.url}/v1/models/{model}/versions/latest/predict", content=huge(),
+                           headers={**C, "Content-Type": "application/json"}, timeout=60)
+            status = r.status_code
+        except httpx.HTTPError:  # the server answered and closed while we were still sending
+            status = None
+    finally:
+        stop.set()
+        watcher.join()
+    assert status in (413, None)
+    assert answered and all(code == 200 for code, _ in answered)
+    print(f"healthz during a 300 MB predict: {len(answered)} probes, slowest {max(s for _, s in answered):.3f} s")
+
+
+def test_a_hundred_posts_with_one_idempotency_key_make_one_request(stack, http, owners):
+    owner, key = next(owners), f"fault-{unique_id()}"
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda _: http.post("/v1/deletion-requests", json={"owner_id": owner},
+                                                    headers={**C, "Idempotency-Key": key}), range(100)))
+    assert {r.status_code for r in answers} <= {200, 202}
+    ids = {r.json()["id"] for r in answers}
+    assert len(ids) == 1
+    assert len([r for r in http.get(f"/v1/deletion-requests?owner_id={owner}", headers=A).json()]) == 1
+    settle_and_check(stack, http, list(ids))
+
+
+def test_a_tail_cut_from_the_audit_chain_is_reported(stack, http, model):
+    anchored = poll(lambda: http.get("/v1/audit/verify", headers=A).json(),
+                    lambda r: r["ok"] and r["anchored_seq"] == r["events"], timeout=30)
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit_events DISABLE TRIGGER USER")
+        try:
+            cut = conn.execute("DELETE FROM audit_events WHERE seq > %s RETURNING *",
+                               (anchored["events"] - 3,)).fetchall()
+            report = http.get("/v1/audit/verify", headers=A).json()
+            assert report["ok"] is False and report["truncated"] is True, report
+            verified = stack.run("audit", "verify")
+            assert verified.returncode == 1 and "truncated" in verified.stdout
+            columns = [d.name for d in conn.execute("SELECT * FROM audit_events LIMIT 0").description]
+            for row in cut:  # put back, so the suite's later checks start from a whole chain
+                conn.execute(f"INSERT INTO audit_events ({', '.join(columns)}) "
+                             f"VALUES ({', '.join(['%s'] * len(columns))})", row)
+        finally:
+            conn.execute("ALTER TABLE audit_events ENABLE TRIGGER USER")
+    assert http.get("/v1/audit/verify", headers=A).json()["ok"] is True
+
+
+@pytest.mark.parametrize("role", ["admin", "client"])
+def test_schemathesis_over_the_whole_schema_finds_no_server_error(stack, http, model, role):
+    """Every operation of the live server's OpenAPI schema, valid and invalid inputs,
+    with each role's key: no 5xx, and every 4xx carries a ``code``."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis import GenerationMode
+
+    headers = A if role == "admin" else C
+    schema = schemathesis.openapi.from_url(f"{stack.url}/openapi.json")
+    checked, errors, calls = [], [], []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
+                          operation.as_strategy(GenerationMode.NEGATIVE))
+
+        @given(case=cases)
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case):
+            response = case.call(headers=headers, timeout=60)
+            calls.append(response.status_code)
+            where = f"{case.method} {case.formatted_path}"
+            if response.status_code >= 500:
+                errors.append(f"{where}: {response.status_code} {response.text[:200]}")
+            elif response.status_code >= 400 and "code" not in response.json():
+                errors.append(f"{where}: a {response.status_code} without a code: {response.text[:200]}")
+
+        check()
+        checked.append(f"{operation.method.upper()} {operation.path}")
+    print(f"schemathesis ({role}): {len(checked)} operations, {len(calls)} calls")
+    assert not errors, errors[:5]
+    assert "POST /v1/deletion-requests" in checked and "POST /v1/datasets" in checked and len(checked) >= 20
