@@ -54,3 +54,26 @@ def test_a_refused_request_rolls_back_its_work(app):
     assert r.status_code == 409 and r.json()["code"] == "model_exists"
     with app.state.sessionmaker() as s:
         assert len(s.scalars(select(JobRow)).all()) == 1
+
+
+def test_a_failed_statement_never_carries_its_parameters_into_an_error_or_a_log(tmp_path, caplog):
+    """Owner ids and reasons are statement parameters: an error message (and so a log
+    line) shows the statement, never them."""
+    import logging
+
+    from sqlalchemy import text
+
+    from app.db import make_db_engine
+
+    caplog.set_level(logging.DEBUG)
+    secret = "-".join(["owner", "secret", "42"])  # (not spelled out: a traceback quotes source lines)
+    engine = make_db_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (owner TEXT UNIQUE)"))
+        conn.execute(text("INSERT INTO t VALUES (:o)"), {"o": secret})
+    with pytest.raises(Exception) as caught:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (:o)"), {"o": secret})
+    logging.getLogger("lethe.api").exception("unhandled", exc_info=caught.value)
+    assert "INSERT INTO t" in str(caught.value)
+    assert secret not in str(caught.value) and secret not in caplog.text

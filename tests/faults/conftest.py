@@ -62,6 +62,22 @@ class FaultStack(Stack):
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = %s AND pid <> pg_backend_pid()", (self.db_name,)).fetchall())
 
+    def up(self) -> None:
+        """Create the database, start Redis, migrate as the owner, start the worker and the API."""
+        with _admin_conn() as conn:
+            conn.execute(f'CREATE DATABASE "{self.db_name}"')
+        self.redis.start()
+        migrated = self.run("migrate", LETHE_DATABASE_URL=self.db_url, LETHE_APP_DB_PASSWORD=APP_PASSWORD)
+        assert migrated.returncode == 0, migrated.stderr
+        self.start_worker()
+        self.start_api()
+
+    def down(self) -> None:
+        self.stop()
+        self.redis.stop()
+        with _admin_conn() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+
     def kill_api(self) -> None:
         import os
         import signal
@@ -78,20 +94,11 @@ def stack(tmp_path_factory):
     except psycopg.OperationalError as exc:
         pytest.fail(f"the fault suite needs PostgreSQL at {PG}: {exc}")
     s = FaultStack(tmp_path_factory.mktemp("faults"))
-    with _admin_conn() as conn:
-        conn.execute(f'CREATE DATABASE "{s.db_name}"')
     try:
-        s.redis.start()
-        migrated = s.run("migrate", LETHE_DATABASE_URL=s.db_url, LETHE_APP_DB_PASSWORD=APP_PASSWORD)
-        assert migrated.returncode == 0, migrated.stderr
-        s.start_worker()
-        s.start_api()
+        s.up()
         yield s
     finally:
-        s.stop()
-        s.redis.stop()
-        with _admin_conn() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{s.db_name}" WITH (FORCE)')
+        s.down()
 
 
 @pytest.fixture(scope="module")

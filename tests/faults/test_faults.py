@@ -264,3 +264,13 @@ def test_schemathesis_over_the_whole_schema_finds_no_server_error(stack, http, m
     print(f"schemathesis ({role}): {len(checked)} operations, {len(calls)} calls")
     assert not errors, errors[:5]
     assert "POST /v1/deletion-requests" in checked and "POST /v1/datasets" in checked and len(checked) >= 20
+
+
+def test_concurrent_creates_of_one_model_name_give_one_model_and_409s(stack, http, model):
+    name = f"race-{unique_id()}"
+    body = {"name": name, "dataset": "digits", "architecture": "mlp",
+            "strategy": {"kind": "sisa", "shards": 2, "slices": 1}, "training": {"epochs": 1, "batch_size": 64}}
+    with ThreadPoolExecutor(6) as pool:
+        codes = sorted(r.status_code for r in pool.map(lambda _: http.post("/v1/models", json=body, headers=A),
+                                                        range(6)))
+    assert codes == [202] + [409] * 5, codes
