@@ -56,7 +56,8 @@ class ModelRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     dataset: Mapped[str] = mapped_column(ForeignKey("datasets.name"), index=True)
-    architecture: Mapped[str] = mapped_column(String(32))
+    architecture: Mapped[str] = mapped_column(String(64))
+    architecture_params: Mapped[dict | None]  # the architecture's keyword arguments (0007)
     strategy: Mapped[dict]
     recipe: Mapped[dict]
     status: Mapped[str] = mapped_column(String(16))  # queued | training | ready | failed

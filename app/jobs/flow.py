@@ -134,7 +134,7 @@ class JobFlow:
         if claim.kind == JobKind.TRAIN:
             with session_scope(self.sessions) as s:
                 m = s.get(ModelRow, claim.model)
-                spec = dict(dataset=m.dataset, architecture=m.architecture,
+                spec = dict(dataset=m.dataset, architecture=m.architecture, architecture_params=m.architecture_params,
                             strategy=Strategy(**m.strategy), config=TrainConfig(**m.recipe))
             plan, requested = eng.plan_train(claim.model, job=claim.job_id, **spec), None
         else:

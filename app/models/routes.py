@@ -12,6 +12,7 @@ from app.models import service, versions
 from app.models.schemas import (
     AliasIn,
     AliasOut,
+    ArchitectureOut,
     JobOut,
     ModelAccepted,
     ModelCreate,
@@ -23,6 +24,14 @@ from app.models.schemas import (
 )
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+architectures_router = APIRouter(prefix="/v1/architectures", tags=["models"])
+
+
+@architectures_router.get("", response_model=list[ArchitectureOut])
+def list_architectures(_: CallerDep) -> list[ArchitectureOut]:
+    """Every installed architecture: built in, torchvision's classification models, and
+    plugins (the ``lethe.architectures`` entry-point group), with their parameters."""
+    return [ArchitectureOut(**a) for a in service.architectures()]
 
 
 def _model(row, job) -> ModelOut:

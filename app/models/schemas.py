@@ -9,7 +9,6 @@ from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 from app.datasets.schemas import NAME
 from app.statuses import JobKind, JobStatus, ModelStatus
 from app.text import Input
-from workers.engine.nets import ARCHITECTURES
 from workers.engine.sisa import AGGREGATIONS
 
 VersionStatus = Literal["published", "revoked"]
@@ -37,7 +36,9 @@ class TrainingSettings(Input):
 class ModelCreate(Input):
     name: str = Field(pattern=NAME)
     dataset: str
-    architecture: Literal[ARCHITECTURES.names()] = "cnn"
+    architecture: str = Field("cnn", max_length=64, description="a name from GET /v1/architectures: built in, "
+                              "any torchvision classification model, or an installed plugin")
+    architecture_params: dict = Field(default_factory=dict, description="the architecture's own keyword arguments")
     strategy: Annotated[SisaStrategy | MonolithicStrategy, Field(discriminator="kind")]
     training: TrainingSettings = TrainingSettings()
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -69,6 +70,7 @@ class ModelOut(BaseModel):
     name: str
     dataset: str
     architecture: str
+    architecture_params: dict | None = None
     strategy: dict
     training: dict = Field(validation_alias=AliasChoices("training", "recipe"))
     status: ModelStatus
@@ -172,3 +174,10 @@ class PredictOut(BaseModel):
     version: int
     probabilities: list[list[float]]
     predicted: list[int]
+
+
+class ArchitectureOut(BaseModel):
+    name: str
+    source: Literal["builtin", "torchvision", "plugin"]
+    parameters: dict = Field(description="keyword parameters and their defaults (null: required); a torchvision "
+                             "model also takes torchvision.models.get_model's keyword arguments")

@@ -20,6 +20,7 @@ from app.models.schemas import ModelCreate
 from app.outbox import enqueue_advance
 from app.statuses import JobKind, JobStatus, ModelStatus
 from app.tables import DatasetRow, DeletionRequestRow, JobRow, ModelRow, ModelVersionRow
+from workers.engine import nets
 from workers.engine.engine import Engine
 from workers.engine.sisa import Ensemble
 from workers.engine.training import scaled
@@ -30,6 +31,7 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
     if session.get(ModelRow, model_in.name) is not None:
         raise ApiError(409, "model_exists", f"model {model_in.name!r} already exists")
     dataset = get_or_404(session, DatasetRow, model_in.dataset, "dataset_not_found", f"no dataset {model_in.dataset!r}")
+    check_architecture(model_in.architecture, model_in.architecture_params)
     s = model_in.strategy
     strategy = {"kind": "sisa", "shards": s.shards, "slices": s.slices, "aggregation": s.aggregation} \
         if s.kind == "sisa" else {"kind": "monolithic", "shards": 1, "slices": 1, "aggregation": "mean_softmax"}
@@ -38,6 +40,7 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
                        f"least that many owners; dataset {dataset.name!r} has {dataset.n_owners}")
     recipe = {**model_in.training.model_dump(), "seed": model_in.seed}
     model = ModelRow(name=model_in.name, dataset=dataset.name, architecture=model_in.architecture,
+                     architecture_params=model_in.architecture_params or None,
                      strategy=strategy, recipe=recipe, status=ModelStatus.QUEUED)
     job = JobRow(id=str(uuid.uuid4()), kind=JobKind.TRAIN, model=model.name, status=JobStatus.QUEUED)
     session.add(model)
@@ -51,6 +54,25 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
            data={"job_id": job.id, "dataset": dataset.name, "architecture": model.architecture,
                  "strategy": strategy, "recipe": recipe})
     return model, job
+
+
+def check_architecture(name: str, params: dict) -> None:
+    """422 ``unknown_architecture`` (listing the installed ones) for an unknown name, and
+    ``invalid_model`` for a parameter the architecture does not take."""
+    if name not in nets.ARCHITECTURES:
+        raise ApiError(422, "unknown_architecture", f"unknown architecture {name!r}; installed: "
+                       f"{', '.join(nets.ARCHITECTURES.names())}", extra={"known": list(nets.ARCHITECTURES.names())})
+    if nets.SOURCES.get(name) == "torchvision":
+        return  # get_model's keyword arguments vary by model; a wrong one fails the training job
+    known = nets.parameters(name)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ApiError(422, "invalid_model", f"architecture {name!r} takes no parameter {unknown[0]!r}; "
+                       f"it takes {sorted(known) or 'none'}")
+
+
+def architectures() -> list[dict]:
+    return nets.describe()
 
 
 def get(*, session: Session, name: str) -> ModelRow:

@@ -318,3 +318,24 @@ def test_two_models_on_one_dataset_are_both_measured_and_nothing_keeps_the_owner
     logs = stack.worker_log() + (stack.tmp / "api.log").read_text()
     assert owner not in logs and reason not in logs
 
+
+
+@pytest.mark.parametrize("architecture,params", [("mobilenet_v3_small", {}), ("acme_tabular", {"hidden": 32})])
+def test_a_torchvision_and_a_plugin_model_train_as_sisa_and_forget(stack, http, trained, architecture, params):
+    """The worker process builds them by name: torchvision's get_model, and the example
+    plugin installed from examples/lethe-plugin-example."""
+    name = f"arch-{architecture.replace('_', '-')}"
+    r = http.post("/v1/models", headers=A, json={
+        "name": name, "dataset": "digits", "architecture": architecture, "architecture_params": params,
+        "strategy": {"kind": "sisa", "shards": 2, "slices": 1}, "training": {"epochs": 1, "batch_size": 64}})
+    assert r.status_code == 202, r.text
+    m = poll(lambda: http.get(f"/v1/models/{name}", headers=A).json(), lambda m: m["status"] in ("ready", "failed"))
+    assert m["status"] == "ready", m
+    owner = owners(http, 70)[55 if architecture == "acme_tabular" else 60]
+    rid = http.post("/v1/deletion-requests", json={"owner_id": owner, "models": [name]},
+                    headers=C).json()["id"]
+    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
+                lambda d: d["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    mine = next(o for o in done["outcomes"] if o["model"] == name)
+    assert mine["version"] == 2 and mine["metrics"]["forget_size"] > 0

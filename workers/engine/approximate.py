@@ -42,6 +42,7 @@ def unlearn_constituent(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: 
     result = unlearning.run(method.name, model, forget, retain, heldout=heldout, overrides=method.config)
     info = {
         "architecture": spec["architecture"],
+        **({"architecture_params": spec["architecture_params"]} if spec.get("architecture_params") else {}),
         "input_shape": spec["input_shape"],
         "num_classes": spec["num_classes"],
         "shard": shard,

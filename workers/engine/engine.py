@@ -89,9 +89,10 @@ class Engine:
 
     # -- passes: plan -> shards -> candidate -> publish ---------------------
     def plan_train(self, name: str, *, dataset: str, architecture: str = "cnn", strategy: Strategy = Strategy(),
-                   config: TrainConfig = TrainConfig(), job: str | None = None) -> Plan:
+                   config: TrainConfig = TrainConfig(), job: str | None = None,
+                   architecture_params: dict | None = None) -> Plan:
         return planning.plan_train(self.store, self.dataset(dataset), name, architecture=architecture,
-                                   strategy=strategy, config=config, job=job)
+                                   strategy=strategy, config=config, job=job, architecture_params=architecture_params)
 
     def plan_removal(self, name: str, *, mode: str = "sisa", method: str | None = None,
                      method_config: dict | None = None, requests: list[str] | None = None,
@@ -158,9 +159,10 @@ class Engine:
                 self.vault.destroy(request)
 
     def train(self, name: str, *, dataset: str, architecture: str = "cnn", strategy: Strategy = Strategy(),
-              config: TrainConfig = TrainConfig()) -> dict:
+              config: TrainConfig = TrainConfig(), architecture_params: dict | None = None) -> dict:
         """Train model ``name`` on ``dataset`` and publish version 1."""
         return self.run_plan(self.plan_train(name, dataset=dataset, architecture=architecture, strategy=strategy,
+                                             architecture_params=architecture_params,
                                              config=config))
 
     def unlearn(self, name: str, owner_ids: list[str], *, requests: list[str] | None = None, mode: str = "sisa",

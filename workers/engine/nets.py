@@ -1,9 +1,23 @@
-"""Architectures, registered by name: a small MLP and CNN written here, and torchvision's
-ResNet-18. A builder takes ``(input_shape, num_classes)`` and returns an untrained
-``nn.Module``; it raises ValueError for inputs it cannot take. Adding an architecture is
-one builder and its ``@ARCHITECTURES.register`` line."""
+"""Architectures, registered by name. A builder takes ``(input_shape, num_classes,
+**params)`` and returns an untrained ``nn.Module``; it raises ValueError for inputs it
+cannot take. Three kinds:
+
+- built in: a small MLP (``mlp``, also for tables), a logistic regression (``linear``),
+  a small CNN (``cnn``) and a ResNet-18 with a stem for small images (``resnet18``);
+- every torchvision classification model by its name (``resnet50``,
+  ``mobilenet_v3_small``, ``efficientnet_b0``, ``vit_b_16``, ``convnext_tiny``, ...),
+  built with ``torchvision.models.get_model(name, weights=None, num_classes=...)`` and
+  adapted to the data: any channel count, small images (a 3x3 stem for ResNets, else the
+  input is resized to the model's smallest side);
+- plugins: a package that declares an entry point in the ``lethe.architectures`` group
+  (``name = "package.module:builder"``) adds its builder under that name — a company's
+  model is a pip-installable plugin, not a fork.
+"""
 from __future__ import annotations
 
+import inspect
+import logging
+from importlib.metadata import entry_points
 from typing import Callable
 
 import torch
@@ -11,8 +25,11 @@ from torch import nn
 
 from workers.engine.registry import Registry
 
-Builder = Callable[[list[int], int], nn.Module]
+Builder = Callable[..., nn.Module]
 ARCHITECTURES: Registry[Builder] = Registry("architecture")
+SOURCES: dict[str, str] = {}  # architecture name -> builtin | torchvision | plugin
+PLUGIN_GROUP = "lethe.architectures"
+log = logging.getLogger("lethe.engine")
 
 
 class MLP(nn.Module):
@@ -61,38 +78,169 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-@ARCHITECTURES.register("mlp")
-def mlp(input_shape: list[int], num_classes: int) -> nn.Module:
-    return MLP(input_shape, num_classes)
+def _builtin(name: str):
+    def add(builder: Builder) -> Builder:
+        SOURCES[name] = "builtin"
+        return ARCHITECTURES.register(name)(builder)
+    return add
 
 
-@ARCHITECTURES.register("cnn")
-def cnn(input_shape: list[int], num_classes: int) -> nn.Module:
+@_builtin("mlp")
+def mlp(input_shape: list[int], num_classes: int, hidden: int = 256) -> nn.Module:
+    return MLP(input_shape, num_classes, hidden=hidden)
+
+
+@_builtin("linear")
+def linear(input_shape: list[int], num_classes: int) -> nn.Module:
+    """Logistic regression: one linear layer over the flattened input."""
+    n_in = 1
+    for d in input_shape:
+        n_in *= d
+    return nn.Sequential(nn.Flatten(), nn.Linear(n_in, num_classes))
+
+
+@_builtin("cnn")
+def cnn(input_shape: list[int], num_classes: int, width: int = 16) -> nn.Module:
     if len(input_shape) == 3 and min(input_shape[1:]) < 4:
         raise ValueError(f"cnn needs images of side 4 or more, got {input_shape}")
-    return SmallCNN(input_shape, num_classes)
+    return SmallCNN(input_shape, num_classes, width=width)
 
 
-@ARCHITECTURES.register("resnet18")
+def _small_stem_resnet(net: nn.Module, channels: int) -> nn.Module:
+    """A ResNet's 7x7 stride-2 stem and max-pool replaced by a 3x3 stride-1 conv, for
+    small images (the usual CIFAR adaptation)."""
+    net.conv1 = nn.Conv2d(channels, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+@_builtin("resnet18")
 def resnet18(input_shape: list[int], num_classes: int) -> nn.Module:
     """torchvision's ResNet-18 with a 3x3 stem and no max-pool, for small images."""
     from torchvision.models import resnet18 as tv_resnet18
 
     if len(input_shape) != 3:
         raise ValueError(f"resnet18 needs C x H x W inputs, got shape {input_shape}")
-    net = tv_resnet18(weights=None, num_classes=num_classes)
-    net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
-    net.maxpool = nn.Identity()
-    return net
+    return _small_stem_resnet(tv_resnet18(weights=None, num_classes=num_classes), input_shape[0])
 
 
-def build(architecture: str, input_shape: list[int], num_classes: int, *, seed: int) -> nn.Module:
-    """A freshly initialised network; the same ``seed`` gives the same weights."""
+# The smallest input side some torchvision models take (others: 32).
+_MIN_SIDE = {"alexnet": 64, "inception_v3": 75, "googlenet": 32, "maxvit_t": 224}
+_RESNETS = ("resnet", "resnext", "wide_resnet")
+
+
+class _Adapted(nn.Module):
+    """A torchvision model behind an input adapter: a 1x1 conv to 3 channels and/or a
+    resize to the model's input side."""
+
+    def __init__(self, net: nn.Module, channels: int, side: int | None):
+        super().__init__()
+        self.to_rgb = nn.Conv2d(channels, 3, kernel_size=1) if channels != 3 else nn.Identity()
+        self.side = side
+        self.net = net
+
+    def forward(self, x):
+        x = self.to_rgb(x)
+        if self.side is not None and tuple(x.shape[-2:]) != (self.side, self.side):
+            x = nn.functional.interpolate(x, size=(self.side, self.side), mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+def _torchvision_builder(name: str) -> Builder:
+    def build_torchvision(input_shape: list[int], num_classes: int, **params) -> nn.Module:
+        from torchvision.models import get_model
+
+        if len(input_shape) != 3:
+            raise ValueError(f"{name} needs C x H x W inputs, got shape {input_shape}")
+        channels, side = input_shape[0], min(input_shape[1:])
+        if name in ("googlenet", "inception_v3"):
+            params = {"aux_logits": False, "init_weights": True, **params}
+        if name.startswith(_RESNETS) and side < 64:
+            net = get_model(name, weights=None, num_classes=num_classes, **params)
+            return _small_stem_resnet(net, channels)
+        target = max(side, _MIN_SIDE.get(name, 32))
+        if name.startswith("vit_"):
+            patch = int(name.rsplit("_", 1)[1])
+            target = -(-target // patch) * patch  # a whole number of patches
+            params = {"image_size": target, **params}
+        try:
+            net = get_model(name, weights=None, num_classes=num_classes, **params)
+        except TypeError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        resize = target if (target != side or input_shape[1] != input_shape[2]) else None
+        return _Adapted(net, channels, resize) if channels != 3 or resize else net
+
+    build_torchvision.__doc__ = f"torchvision's {name} (keyword arguments go to torchvision.models.get_model)"
+    return build_torchvision
+
+
+def _register_torchvision() -> None:
+    try:
+        from torchvision import models
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return
+    for name in models.list_models(module=models):
+        if name not in ARCHITECTURES:
+            ARCHITECTURES.add(name, _torchvision_builder(name))
+            SOURCES[name] = "torchvision"
+
+
+def _lazy_plugin(ep) -> Builder:
+    def build_plugin(input_shape: list[int], num_classes: int, **params) -> nn.Module:
+        return ep.load()(input_shape, num_classes, **params)
+
+    build_plugin.entry_point = ep
+    return build_plugin
+
+
+def load_plugins() -> list[str]:
+    """Register the builders of installed ``lethe.architectures`` entry points (a plugin
+    never replaces a built-in name); the names added."""
+    added = []
+    for ep in entry_points(group=PLUGIN_GROUP):
+        if ep.name in ARCHITECTURES:
+            if SOURCES.get(ep.name) != "plugin":
+                log.warning("architecture plugin %s (%s) skipped: the name is taken", ep.name, ep.value)
+            continue
+        ARCHITECTURES.add(ep.name, _lazy_plugin(ep))
+        SOURCES[ep.name] = "plugin"
+        added.append(ep.name)
+    return added
+
+
+def parameters(name: str) -> dict:
+    """The keyword parameters of architecture ``name`` and their defaults (for a plugin,
+    those of its builder; a torchvision model takes get_model's keyword arguments)."""
+    builder = ARCHITECTURES.get(name)
+    target = builder.entry_point.load() if hasattr(builder, "entry_point") else builder
+    out = {}
+    for p in list(inspect.signature(target).parameters.values())[2:]:
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            out[p.name] = None if p.default is inspect.Parameter.empty else p.default
+    return out
+
+
+def describe() -> list[dict]:
+    """Every installed architecture: name, where it comes from, its parameters."""
+    return [{"name": n, "source": SOURCES.get(n, "builtin"), "parameters": parameters(n)} for n in ARCHITECTURES]
+
+
+_register_torchvision()
+load_plugins()
+
+
+def build(architecture: str, input_shape: list[int], num_classes: int, *, seed: int,
+          params: dict | None = None) -> nn.Module:
+    """A freshly initialised network; the same ``seed`` gives the same weights. ``params``
+    are the architecture's own keyword arguments (ValueError if it does not take them)."""
     builder = ARCHITECTURES.get(architecture)
     # Forking keeps the caller's global RNG untouched while seeding the init.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return builder(input_shape, num_classes)
+        try:
+            return builder(list(input_shape), num_classes, **(params or {}))
+        except TypeError as exc:
+            raise ValueError(f"architecture {architecture!r}: {exc}") from None
 
 
 def default_device() -> torch.device:

@@ -25,13 +25,13 @@ MODES = {"sisa": PlanKind.UNLEARN, "full": PlanKind.FULL_RETRAIN, "approximate":
 
 
 def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, strategy: sisa.Strategy,
-               config: TrainConfig, job: str | None = None) -> Plan:
+               config: TrainConfig, job: str | None = None, architecture_params: dict | None = None) -> Plan:
     """Check the request, create the model in the store and cut its shards and slices."""
     started = time.time()
     check_name(name, "model")
     info = ds.info()
     try:
-        nets.build(architecture, info.input_shape, info.num_classes, seed=0)
+        nets.build(architecture, info.input_shape, info.num_classes, seed=0, params=architecture_params)
         slices = sisa.partition(ds.owner_map(), strategy.shards, strategy.slices)
     except ValueError as exc:
         raise ModelError(str(exc)) from None
@@ -39,6 +39,7 @@ def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, 
         "name": name,
         "dataset": ds.name,
         "architecture": architecture,
+        **({"architecture_params": dict(architecture_params)} if architecture_params else {}),
         "strategy": strategy.to_dict(),
         "recipe": config.to_dict(),
         "input_shape": info.input_shape,

@@ -35,6 +35,7 @@ def run_shard(plan: Plan, shard: int, *, store: ModelStore, ds: Dataset, device:
     try:
         made = sisa.train_constituent(
             architecture=spec["architecture"],
+            architecture_params=spec.get("architecture_params"),
             input_shape=spec["input_shape"],
             num_classes=spec["num_classes"],
             cfg=TrainConfig(**spec["recipe"]),

@@ -108,6 +108,7 @@ def train_constituent(
     input_shape: list[int],
     num_classes: int,
     cfg: TrainConfig,
+    architecture_params: dict | None = None,
     shard: int,
     slice_ids: list[np.ndarray],
     data: DeviceData,
@@ -121,7 +122,8 @@ def train_constituent(
     starting from scratch). Seeds depend only on (seed, shard, slice), so retraining
     from a checkpoint gives exactly what training from scratch on the same slices gives.
     """
-    model = nets.build(architecture, input_shape, num_classes, seed=derive_seed(cfg.seed, shard, "init"))
+    model = nets.build(architecture, input_shape, num_classes, seed=derive_seed(cfg.seed, shard, "init"),
+                       params=architecture_params)
     model.to(data.device)
     optimizer = make_optimizer(model, cfg)
     if start_checkpoint is not None:
@@ -142,6 +144,7 @@ def train_constituent(
             progress(f"shard {shard} slice {r}: trained on {len(seen)} samples, last batch loss {loss:.4f}")
         info = {
             "architecture": architecture,
+            **({"architecture_params": architecture_params} if architecture_params else {}),
             "input_shape": input_shape,
             "num_classes": num_classes,
             "shard": shard,
@@ -191,6 +194,7 @@ class Ensemble:
 def load_constituent(data: bytes, device) -> torch.nn.Module:
     ckpt = checkpoints.loads(data)
     info = ckpt.info
-    model = nets.build(info["architecture"], info["input_shape"], info["num_classes"], seed=0)
+    model = nets.build(info["architecture"], info["input_shape"], info["num_classes"], seed=0,
+                       params=info.get("architecture_params"))
     model.load_state_dict(ckpt.model_state)
     return model.to(device).eval()

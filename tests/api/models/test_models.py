@@ -114,3 +114,30 @@ def test_health_answers_while_a_prediction_runs(ready, monkeypatch):
     release.set()
     worker.join(timeout=30)
     assert answered_while_busy == [(200, False)] and result["r"].status_code == 200
+
+
+def test_architectures_are_listed_with_their_source_and_parameters(client):
+    listed = {a["name"]: a for a in client.get("/v1/architectures", headers=C).json()}
+    assert listed["mlp"]["source"] == "builtin" and listed["mlp"]["parameters"] == {"hidden": 256}
+    assert listed["resnet50"]["source"] == "torchvision" and listed["acme_tabular"]["source"] == "plugin"
+    assert len(listed) > 80
+
+
+def test_an_unknown_architecture_is_422_listing_the_known_ones(ready):
+    r = ready.post("/v1/models", json={**TINY_MODEL, "name": "x", "architecture": "resnet9000"}, headers=A)
+    assert r.status_code == 422 and r.json()["code"] == "unknown_architecture"
+    assert "mobilenet_v3_small" in r.json()["known"] and "acme_tabular" in r.json()["detail"]
+    r = ready.post("/v1/models", json={**TINY_MODEL, "name": "x", "architecture_params": {"depth": 9}}, headers=A)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_model" and "depth" in r.json()["detail"]
+
+
+def test_a_plugin_architecture_with_parameters_trains_through_the_api(ready):
+    from tests.service_helpers import run_worker_inline
+
+    body = {**TINY_MODEL, "name": "acme", "architecture": "acme_tabular", "architecture_params": {"hidden": 16}}
+    assert ready.post("/v1/models", json=body, headers=A).status_code == 202
+    run_worker_inline(ready.app_)
+    m = ready.get("/v1/models/acme", headers=C).json()
+    assert m["status"] == "ready" and m["architecture_params"] == {"hidden": 16}
+    p = ready.post("/v1/models/acme/versions/1/predict", json={"inputs": [[0] * 64]}, headers=C)
+    assert p.status_code == 200 and len(p.json()["probabilities"][0]) == 10
