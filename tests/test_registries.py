@@ -25,7 +25,10 @@ def _choices(command: str, option: str) -> list[str]:
 
 
 def test_the_api_enums_come_from_the_registries():
-    assert _enum(ModelCreate, "architecture") == list(ARCHITECTURES)
+    # Architectures are checked against the registry when a model is created (422
+    # unknown_architecture lists them; tests/api/models), not frozen into the schema:
+    # over 80 names, and a plugin's may come and go.
+    assert ModelCreate.model_json_schema()["properties"]["architecture"]["type"] == "string"
     assert _enum(SisaStrategy, "aggregation") == list(AGGREGATIONS)
     assert _enum(DeletionCreate, "method") == ["exact", "auto", *METHODS]
     # Sources read by name; an upload source (npz) comes as multipart instead.

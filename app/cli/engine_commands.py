@@ -65,10 +65,12 @@ def owners(c: Context, dataset, limit, after):
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--arch-param", "arch_params", multiple=True, metavar="KEY=VALUE",
+              help="an architecture parameter (VALUE read as JSON when it parses, else text); repeatable")
 @pass_ctx
 def train(c: Context, name, dataset, arch, strategy, shards, slices, aggregation, epochs, slice_epochs, batch_size,
-          lr, seed):
-    """Train a model and publish version 1."""
+          lr, seed, arch_params):
+    """Train a model and publish version 1 (`lethe architectures` lists the architectures)."""
     from workers.engine.sisa import Strategy
     from workers.engine.training import TrainConfig
 
@@ -78,8 +80,32 @@ def train(c: Context, name, dataset, arch, strategy, shards, slices, aggregation
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, slice_epochs=slice_epochs)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    v = c.engine().train(name, dataset=dataset, architecture=arch, strategy=strat, config=config)
+    v = c.engine().train(name, dataset=dataset, architecture=arch, strategy=strat, config=config,
+                         architecture_params=_key_values(arch_params))
     c.print(v, summary(v))
+
+
+def _key_values(pairs: tuple[str, ...]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--arch-param")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+@cli.command()
+@pass_ctx
+def architectures(c: Context):
+    """The installed architectures: built in, torchvision's, and plugins, with parameters."""
+    from workers.engine import nets
+
+    rows = nets.describe()
+    c.print(rows, "\n".join(f"{a['name']}\t{a['source']}\t{a['parameters'] or ''}" for a in rows))
 
 
 @cli.command()

@@ -122,6 +122,7 @@ class VersionOut(BaseModel):
     exact: bool = Field(description="false when some constituent was unlearned approximately")
     dataset: str
     architecture: str
+    architecture_params: dict | None = None
     strategy: dict
     recipe: dict
     device: str

@@ -70,3 +70,18 @@ def test_unlearn_with_an_approximate_method_reports_its_metrics(tmp_path, capsys
     assert report["ok"] is True and report["exact"] is False
     code, _, err = run(tmp_path, "unlearn", "m", "--owner", owner, "--method", "nope", capsys=capsys)
     assert code == 2
+
+
+def test_architectures_are_listed_and_a_plugin_trains_with_its_parameters(tmp_path, capsys):
+    code, out, _ = run(tmp_path, "--json", "architectures", capsys=capsys)
+    listed = {a["name"]: a["source"] for a in json.loads(out)}
+    assert code == 0 and listed["acme_tabular"] == "plugin" and listed["vit_b_16"] == "torchvision"
+    assert run(tmp_path, "import", "digits", "--source", "digits", capsys=capsys)[0] == 0
+    code, out, _ = run(tmp_path, "--json", "train", "acme", "--dataset", "digits", "--arch", "acme_tabular",
+                       "--arch-param", "hidden=12", "--shards", "2", "--slices", "1", "--epochs", "1", capsys=capsys)
+    assert code == 0
+    version = json.loads(out)
+    assert version["architecture"] == "acme_tabular" and version["architecture_params"] == {"hidden": 12}
+    code, _, err = run(tmp_path, "train", "bad", "--dataset", "digits", "--arch", "acme_tabular",
+                       "--arch-param", "hidden", capsys=capsys)
+    assert code == 2 and "KEY=VALUE" in err

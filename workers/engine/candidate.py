@@ -100,6 +100,7 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
         "job": plan.job,
         "dataset": spec["dataset"],
         "architecture": spec["architecture"],
+        **({"architecture_params": spec["architecture_params"]} if spec.get("architecture_params") else {}),
         "strategy": spec["strategy"],
         "recipe": spec["recipe"],
         "device": device.type,
