@@ -40,7 +40,7 @@ def complete(session: Session, job_id: str, record: dict | None) -> None:
     model = session.get(ModelRow, job.model)
     version = record["version"] if record else model.latest_version
     if record is not None:
-        _record_version(session, job, record)
+        record_version(session, job, record)
         model.latest_version = record["version"]
     if job.kind == JobKind.TRAIN:
         model.status, model.error = ModelStatus.READY, None
@@ -62,7 +62,7 @@ def complete(session: Session, job_id: str, record: dict | None) -> None:
     _release(session, job)
 
 
-def _record_version(session: Session, job: JobRow, record: dict) -> None:
+def record_version(session: Session, job: JobRow, record: dict) -> None:
     exists = session.scalars(
         select(ModelVersionRow).where(ModelVersionRow.model == job.model, ModelVersionRow.version == record["version"])
     ).first()

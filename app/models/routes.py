@@ -1,18 +1,25 @@
 """Model routes: train (admin), list, read, versions, artifact download, predict."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 
 from app.deps import AdminDep, CallerDep, EngineDep, SessionDep, SettingsDep
+from app.errors import ApiError
 from app.http import read_body
 from app.models import service, versions
 from app.models.schemas import (
     AliasIn,
     AliasOut,
     ArchitectureOut,
+    ModelImport,
     JobOut,
     ModelAccepted,
     ModelCreate,
@@ -45,6 +52,50 @@ def create_model(body: ModelCreate, session: SessionDep, caller: AdminDep) -> Mo
     """Queue training; poll ``GET /v1/models/{name}`` for status and progress."""
     model, job = service.create(session=session, actor=caller.key_id, model_in=body)
     return ModelAccepted(model=model.name, status=model.status, job=JobOut.model_validate(job))
+
+
+_IMPORT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["name", "dataset", "architecture", "weights"],
+            "properties": {
+                "name": {"type": "string"}, "dataset": {"type": "string"}, "architecture": {"type": "string"},
+                "architecture_params": {"type": "string", "description": "JSON object"},
+                "training": {"type": "string", "description": "JSON object: the recipe (epochs, batch_size, lr, ...)"},
+                "seed": {"type": "integer"},
+                "weights": {"type": "string", "format": "binary",
+                            "description": "a safetensors state dict, or a torch.save state dict (read weights-only)"},
+            },
+        }}},
+    }
+}
+
+
+@router.post("/import", status_code=201, response_model=ModelOut, openapi_extra=_IMPORT_BODY)
+async def import_model(request: Request, session: SessionDep, engine: EngineDep, caller: AdminDep) -> ModelOut:
+    """Bring a model trained elsewhere: its weights become version 1 (``kind: imported``)
+    of a monolithic model on ``dataset``, evaluated and served like any other. Weights
+    that do not fit the architecture are 422 ``invalid_weights`` naming the first key."""
+    form = await request.form()
+    upload = form.get("weights")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(422, "invalid_request", "the import needs a 'weights' file part")
+    fields = {k: v for k, v in form.items() if k != "weights" and isinstance(v, str)}
+    try:
+        for key in ("architecture_params", "training"):
+            if key in fields:
+                fields[key] = json.loads(fields[key])
+        body = ModelImport.model_validate(fields)
+    except ValidationError as exc:  # answered like any other invalid body
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", f"architecture_params and training must be JSON: {exc}") from None
+    weights = await upload.read()
+    model = await run_in_threadpool(lambda: service.import_model(session=session, engine=engine, actor=caller.key_id,
+                                                                 body=body, weights=weights))
+    return _model(model, None)
 
 
 @router.get("", response_model=list[ModelOut])

@@ -44,6 +44,17 @@ class ModelCreate(Input):
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
+class ModelImport(Input):
+    """The form fields of ``POST /v1/models/import`` (``weights`` is the file part)."""
+
+    name: str = Field(pattern=NAME)
+    dataset: str
+    architecture: str = Field(max_length=64)
+    architecture_params: dict = Field(default_factory=dict)
+    training: TrainingSettings = Field(TrainingSettings(), description="the recipe an exact removal retrains with")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -7,23 +7,24 @@ import threading
 import uuid
 import zipfile
 from collections import OrderedDict
+from datetime import timedelta
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit.service import append
 from app.callers import Caller
 from app.errors import ApiError, get_or_404
-from app.models.schemas import ModelCreate
+from app.models.schemas import ModelCreate, ModelImport
 from app.outbox import enqueue_advance
 from app.statuses import JobKind, JobStatus, ModelStatus
-from app.tables import DatasetRow, DeletionRequestRow, JobRow, ModelRow, ModelVersionRow
+from app.tables import DatasetRow, DeletionRequestRow, JobRow, ModelRow, ModelVersionRow, utcnow
 from workers.engine import nets
 from workers.engine.engine import Engine
 from workers.engine.sisa import Ensemble
-from workers.engine.training import scaled
+from workers.engine.training import TrainConfig, scaled
 
 
 def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[ModelRow, JobRow]:
@@ -54,6 +55,47 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
            data={"job_id": job.id, "dataset": dataset.name, "architecture": model.architecture,
                  "strategy": strategy, "recipe": recipe})
     return model, job
+
+
+def import_model(*, session: Session, engine: Engine, actor: str, body: ModelImport, weights: bytes) -> ModelRow:
+    """Publish weights trained elsewhere as version 1 of a new monolithic model (see
+    ``workers.engine.importing``) and record it ready. The dataset's lease is held
+    meanwhile, so no erasure runs between reading its rows and recording the model."""
+    from app.jobs import outcomes  # the version row and its audit event, as a job records them
+
+    if session.get(ModelRow, body.name) is not None:
+        raise ApiError(409, "model_exists", f"model {body.name!r} already exists")
+    dataset = get_or_404(session, DatasetRow, body.dataset, "dataset_not_found", f"no dataset {body.dataset!r}")
+    check_architecture(body.architecture, body.architecture_params)
+    job = JobRow(id=str(uuid.uuid4()), kind=JobKind.TRAIN, model=body.name, status=JobStatus.RUNNING,
+                 started_at=utcnow())
+    now = utcnow()
+    took = session.execute(update(DatasetRow).where(
+        DatasetRow.name == dataset.name, (DatasetRow.busy_job.is_(None)) | (DatasetRow.busy_until < now))
+        .values(busy_job=job.id, busy_until=now + timedelta(minutes=10))).rowcount
+    if not took:
+        raise ApiError(409, "dataset_busy", f"a job is changing dataset {dataset.name!r}; import again shortly",
+                       headers={"Retry-After": "30"})
+    recipe = {**body.training.model_dump(), "seed": body.seed}
+    record = engine.import_model(body.name, dataset=dataset.name, architecture=body.architecture, weights=weights,
+                                 architecture_params=body.architecture_params or None, config=TrainConfig(**recipe))
+    model = ModelRow(name=body.name, dataset=dataset.name, architecture=body.architecture,
+                     architecture_params=body.architecture_params or None, status=ModelStatus.READY,
+                     strategy=record["strategy"], recipe=recipe, latest_version=record["version"])
+    session.add(model)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise ApiError(409, "model_exists", f"model {body.name!r} already exists") from None
+    job.status, job.version, job.finished_at = JobStatus.COMPLETED, record["version"], utcnow()
+    session.add(job)
+    session.flush()
+    outcomes.record_version(session, job, record)
+    append(session, "model.imported", actor=actor, model=body.name, version=record["version"],
+           data={"dataset": dataset.name, "architecture": body.architecture, "record_sha256": record["record_sha256"],
+                 "weights_sha256": record["constituents"][0]["weights"], "n_samples": record["n_samples"]})
+    session.execute(update(DatasetRow).where(DatasetRow.busy_job == job.id).values(busy_job=None, busy_until=None))
+    return model
 
 
 def check_architecture(name: str, params: dict) -> None:

@@ -96,7 +96,7 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
         "kind": plan.kind.value,
         "exact": all(c.get("tainted_from_slice") is None for c in constituents),
         "method": ({"name": plan.method.name, "config": plan.method.config} if plan.method
-                   else {"name": "exact" if plan.kind.value != "train" else "train"}),
+                   else {"name": plan.kind.value if plan.kind.value in ("train", "imported") else "exact"}),
         "job": plan.job,
         "dataset": spec["dataset"],
         "architecture": spec["architecture"],

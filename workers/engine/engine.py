@@ -22,6 +22,7 @@ from workers.engine import (
     candidate,
     datasets,
     evidence,
+    importing,
     nets,
     planning,
     publishing,
@@ -164,6 +165,14 @@ class Engine:
         return self.run_plan(self.plan_train(name, dataset=dataset, architecture=architecture, strategy=strategy,
                                              architecture_params=architecture_params,
                                              config=config))
+
+    def import_model(self, name: str, *, dataset: str, architecture: str, weights: bytes,
+                     architecture_params: dict | None = None, config: TrainConfig = TrainConfig()) -> dict:
+        """Publish weights trained elsewhere as version 1 of a monolithic model on
+        ``dataset`` (see ``importing``), evaluated like any version."""
+        plan = importing.plan_import(self.store, self.dataset(dataset), name, architecture=architecture,
+                                     weights=weights, architecture_params=architecture_params, config=config)
+        return self.finish(plan, {}, {})
 
     def unlearn(self, name: str, owner_ids: list[str], *, requests: list[str] | None = None, mode: str = "sisa",
                 method: str | None = None, method_config: dict | None = None) -> dict | None:

@@ -54,3 +54,9 @@ __all__ = [
     "OwnerNotFound",
     "VersionNotFound",
 ]
+
+
+class WeightsError(EngineError):
+    """Uploaded weights cannot be read, or do not fit the architecture."""
+
+    code = "invalid_weights"

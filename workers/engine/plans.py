@@ -16,6 +16,7 @@ class ShardStatus(StrEnum):
     RETRAINED = "retrained"  # retrained from the checkpoint before its earliest touched slice
     REUSED = "reused"  # untouched: its checkpoints are kept as they are
     APPROXIMATE = "approximate"  # unlearned by an approximate method from the parent's weights
+    IMPORTED = "imported"  # weights trained elsewhere, brought in as they are
 
 
 class PlanKind(StrEnum):
@@ -23,6 +24,7 @@ class PlanKind(StrEnum):
     UNLEARN = "unlearn"  # exact: SISA retraining of the touched shards
     FULL_RETRAIN = "full_retrain"  # every shard from scratch (the reference)
     APPROXIMATE = "approximate"
+    IMPORT = "imported"  # a model trained elsewhere becomes version 1
 
 
 @dataclass
@@ -41,7 +43,7 @@ class ShardPlan:
     @property
     def runs(self) -> bool:
         """Whether this shard needs a worker (everything but a reused constituent)."""
-        return self.status != ShardStatus.REUSED
+        return self.status not in (ShardStatus.REUSED, ShardStatus.IMPORTED)
 
 
 @dataclass

@@ -141,3 +141,56 @@ def test_a_plugin_architecture_with_parameters_trains_through_the_api(ready):
     assert m["status"] == "ready" and m["architecture_params"] == {"hidden": 16}
     p = ready.post("/v1/models/acme/versions/1/predict", json={"inputs": [[0] * 64]}, headers=C)
     assert p.status_code == 200 and len(p.json()["probabilities"][0]) == 10
+
+
+def _donor_weights(ready) -> bytes:
+    """Weights 'trained elsewhere': version 1 of the fixture's model, shard 0 (an mlp)."""
+    from app.engine import build_engine
+    from safetensors.torch import save as st_save
+
+    net = build_engine(ready.app_.state.settings).load("m", 1).models[0]
+    return st_save({k: v.contiguous() for k, v in net.state_dict().items()})
+
+
+def _import(ready, weights: bytes, **fields):
+    data = {"name": "imported", "dataset": "digits", "architecture": "mlp",
+            "training": '{"epochs": 2, "batch_size": 64}', **fields}
+    return ready.post("/v1/models/import", data=data, files={"weights": ("w.safetensors", weights)}, headers=A)
+
+
+def test_a_model_trained_elsewhere_is_imported_served_and_forgets_through_the_gate(ready):
+    from tests.service_helpers import change_settings, run_worker_inline
+
+    weights = _donor_weights(ready)
+    r = _import(ready, weights)
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "ready" and r.json()["latest_version"] == 1
+    v1 = ready.get("/v1/models/imported/versions/1", headers=C).json()
+    assert v1["kind"] == "imported" and v1["metrics"]["test_accuracy"] is not None and v1["metrics"]["ra"] is not None
+    x = [[0] * 64]
+    assert ready.post("/v1/models/imported/versions/1/predict", json={"inputs": x}, headers=C).status_code == 200
+    assert _import(ready, weights).json()["code"] == "model_exists"
+    change_settings(ready, gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0)
+    owner = ready.get("/v1/datasets/digits/owners?limit=1", headers=A).json()["owners"][0]["owner_id"]
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": owner, "models": ["imported"], "method": "ga"},
+                     headers=C).json()["id"]
+    run_worker_inline(ready.app_)
+    req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
+    mine = next(o for o in req["outcomes"] if o["model"] == "imported")
+    assert req["status"] == "completed" and mine["version"] == 2 and mine["published_method"] == "ga"
+    assert mine["metrics"]["gate"]["passed"] is True and mine["metrics"]["forget_size"] > 0
+    assert ready.get("/v1/models/imported/versions/1", headers=C).json()["status"] == "revoked"
+    events = [e["kind"] for e in ready.get("/v1/audit?model=imported", headers=A).json()["events"]]
+    assert events[:2] == ["model.version_published", "model.imported"]
+
+
+def test_weights_that_do_not_fit_are_422_invalid_weights_naming_the_key(ready):
+    r = _import(ready, _donor_weights(ready), architecture="cnn")
+    assert r.status_code == 422 and r.json()["code"] == "invalid_weights" and "'" in r.json()["detail"]
+    r = _import(ready, b"not weights at all")
+    assert r.status_code == 422 and r.json()["code"] == "invalid_weights"
+    r = _import(ready, _donor_weights(ready), architecture="nope")
+    assert r.status_code == 422 and r.json()["code"] == "unknown_architecture"
+    r = _import(ready, _donor_weights(ready), training="{not json")
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request"
+    assert ready.get("/v1/models/imported", headers=A).status_code == 404

@@ -1,0 +1,83 @@
+"""Importing a model trained elsewhere: the weights become version 1 (kind imported),
+evaluated and served; misfitting or pickled weights are refused; the model is then
+unlearned approximately and exactly like any other."""
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save as st_save
+
+from tests.conftest import FAST
+from workers.engine import nets
+from workers.engine.errors import WeightsError
+from workers.engine.sisa import Strategy
+
+
+def _trained_elsewhere(engine, architecture="mlp", params=None) -> torch.nn.Module:
+    """A model 'the company trained': the same architecture, trained here on digits."""
+    engine.train("donor", dataset="digits", architecture=architecture, architecture_params=params,
+                 strategy=Strategy("monolithic"), config=FAST)
+    return engine.load("donor").models[0]
+
+
+def _safetensors(net) -> bytes:
+    return st_save({k: v.contiguous() for k, v in net.state_dict().items()})
+
+
+def test_imported_weights_become_version_1_and_predict_as_they_did(digits_engine):
+    donor = _trained_elsewhere(digits_engine)
+    v1 = digits_engine.import_model("acme", dataset="digits", architecture="mlp", weights=_safetensors(donor))
+    assert v1["version"] == 1 and v1["kind"] == "imported" and v1["method"]["name"] == "imported"
+    assert v1["constituents"][0]["status"] == "imported" and v1["metrics"]["test_accuracy"] > 0.5
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        expected = torch.softmax(donor(x), 1)
+    assert torch.allclose(digits_engine.load("acme").predict_proba(x), expected, atol=1e-6)
+    assert digits_engine.verify("acme", 1)["ok"] is True
+
+
+def test_a_torch_save_state_dict_is_read_weights_only(digits_engine):
+    donor = _trained_elsewhere(digits_engine)
+    buf = io.BytesIO()
+    torch.save({"state_dict": donor.state_dict()}, buf)
+    v1 = digits_engine.import_model("acme", dataset="digits", architecture="mlp", weights=buf.getvalue())
+    assert v1["kind"] == "imported"
+
+
+class _Boom:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_weights_that_do_not_fit_or_would_unpickle_are_refused(digits_engine):
+    net = nets.build("mlp", [1, 8, 8], 10, seed=0)
+    state = net.state_dict()
+    wrong = {**state, "net.1.weight": torch.zeros(3, 3)}
+    with pytest.raises(WeightsError, match="net.1.weight"):
+        digits_engine.import_model("a", dataset="digits", architecture="mlp", weights=st_save(wrong))
+    missing = {k: v for k, v in state.items() if k != "net.5.bias"}
+    with pytest.raises(WeightsError, match="missing key 'net.5.bias'"):
+        digits_engine.import_model("a", dataset="digits", architecture="mlp", weights=st_save(missing))
+    with pytest.raises(WeightsError, match="weights-only"):
+        digits_engine.import_model("a", dataset="digits", architecture="mlp", weights=pickle.dumps(_Boom()))
+    assert "a" not in digits_engine.store.model_names()
+
+
+@pytest.mark.parametrize("mode,method", [("approximate", "ga"), ("sisa", None)])
+def test_an_imported_model_is_unlearned_approximately_or_retrained_exactly(digits_engine, mode, method):
+    donor = _trained_elsewhere(digits_engine)
+    digits_engine.import_model("acme", dataset="digits", architecture="mlp", weights=_safetensors(donor),
+                               config=FAST)
+    owner = digits_engine.dataset("digits").owners(limit=1)[0][0]
+    gone = digits_engine.dataset("digits").owner_sample_ids(owner)
+    v2 = digits_engine.unlearn("acme", [owner], mode=mode, method=method)
+    assert v2["version"] == 2 and v2["metrics"]["forget_size"] == len(gone)
+    assert v2["exact"] is (mode == "sisa")
+    manifest = np.concatenate([np.concatenate(s) for s in digits_engine.slice_ids(v2)])
+    assert not np.isin(gone, manifest).any()
+    if mode == "sisa":  # retrained from scratch with the recipe: the honest reference
+        assert v2["constituents"][0]["status"] == "retrained" and v2["constituents"][0]["retrained_from_slice"] == 0

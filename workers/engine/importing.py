@@ -1,0 +1,98 @@
+"""Importing a model trained elsewhere: its weights become version 1 of a monolithic
+model on a dataset, evaluated and served like any other, then unlearned like any other.
+
+Weights come as a safetensors state dict, or a ``torch.save``d state dict read with
+``weights_only=True`` — never unpickled. They must fit the named architecture exactly
+(every key, every shape): the first mismatch is the error. The version's manifest is
+the dataset's rows at import (what the model is declared to have learned), so a deletion
+request for any of its owners covers the model: an approximate method unlearns from the
+imported weights, and ``exact`` retrains it from scratch with its recipe on the rows
+held then (the honest reference; its cost is a full training run).
+"""
+from __future__ import annotations
+
+import io
+import time
+
+import torch
+
+from models_store import ModelStore
+from workers.engine import checkpoints, nets
+from workers.engine.digests import ids_digest
+from workers.engine.errors import ModelError, WeightsError
+from workers.engine.ledger import Dataset, check_name
+from workers.engine.planning import _create_or_resume, _shard
+from workers.engine.plans import Plan, PlanKind, ShardStatus
+from workers.engine.sisa import Strategy
+from workers.engine.training import TrainConfig
+
+MONOLITHIC = Strategy("monolithic")
+
+
+def read_weights(data: bytes) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors bytes, or from a ``torch.save`` file loaded with
+    ``weights_only=True``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    try:
+        return dict(st_load(data))
+    except (SafetensorError, ValueError, RuntimeError):
+        pass
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not a weights-only archive
+        raise WeightsError(f"not a safetensors state dict or a weights-only torch file: {exc}".splitlines()[0]) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError("the file holds no state dict (a mapping of names to tensors)")
+    return state
+
+
+def fit(net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load ``weights`` into ``net``; WeightsError naming the first key that does not fit."""
+    own = net.state_dict()
+    for key in own:
+        if key not in weights:
+            raise WeightsError(f"missing key {key!r} (the architecture has it, the weights do not)")
+        if tuple(weights[key].shape) != tuple(own[key].shape):
+            raise WeightsError(f"key {key!r} has shape {tuple(weights[key].shape)}, the architecture "
+                               f"expects {tuple(own[key].shape)}")
+    for key in weights:
+        if key not in own:
+            raise WeightsError(f"unexpected key {key!r} (the architecture has no such parameter)")
+    net.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+
+
+def plan_import(store: ModelStore, ds: Dataset, name: str, *, architecture: str, weights: bytes,
+                architecture_params: dict | None = None, config: TrainConfig = TrainConfig(),
+                job: str | None = None) -> Plan:
+    """Check the weights against the architecture, store them as the model's one
+    checkpoint, and plan version 1 (nothing to run: it is published as it is)."""
+    started = time.time()
+    check_name(name, "model")
+    info = ds.info()
+    try:
+        net = nets.build(architecture, info.input_shape, info.num_classes, seed=0, params=architecture_params)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    fit(net, read_weights(weights))
+    ids = ds.load_arrays().sample_ids
+    spec = {
+        "name": name, "dataset": ds.name, "architecture": architecture,
+        **({"architecture_params": dict(architecture_params)} if architecture_params else {}),
+        "strategy": MONOLITHIC.to_dict(), "recipe": config.to_dict(),
+        "input_shape": info.input_shape, "num_classes": info.num_classes, "imported": True,
+    }
+    _create_or_resume(store, name, spec)
+    ckpt_info = {
+        "architecture": architecture,
+        **({"architecture_params": dict(architecture_params)} if architecture_params else {}),
+        "input_shape": info.input_shape, "num_classes": info.num_classes, "shard": 0, "slice": 0,
+        "samples_seen": int(len(ids)), "manifest_digest": ids_digest(ids), "imported": True,
+    }
+    blob = checkpoints.dumps(net, torch.optim.SGD(net.parameters(), lr=0.0), ckpt_info)
+    digest = store.put_blob(blob)
+    return Plan(name, PlanKind.IMPORT, None, job, spec, started,
+                [_shard(store, 0, [ids], ShardStatus.IMPORTED, None, [digest])])
