@@ -339,3 +339,26 @@ def test_a_torchvision_and_a_plugin_model_train_as_sisa_and_forget(stack, http, 
     assert done["status"] == "completed", done
     mine = next(o for o in done["outcomes"] if o["model"] == name)
     assert mine["version"] == 2 and mine["metrics"]["forget_size"] > 0
+
+
+def test_an_imported_model_is_served_and_unlearned_through_the_gate(stack, http, trained):
+    from safetensors.torch import save as st_save
+
+    engine = Engine(stack.env["LETHE_DATA_DIR"], device="cpu")
+    net = engine.load("digits-sisa", "latest").models[0]  # "trained elsewhere": a cnn on digits
+    weights = st_save({k: v.contiguous() for k, v in net.state_dict().items()})
+    r = http.post("/v1/models/import", headers=A, files={"weights": ("acme.safetensors", weights)},
+                  data={"name": "imported-cnn", "dataset": "digits", "architecture": "cnn",
+                        "training": '{"epochs": 1, "batch_size": 64}'})
+    assert r.status_code == 201, r.text
+    v1 = http.get("/v1/models/imported-cnn/versions/1", headers=C).json()
+    assert v1["kind"] == "imported" and v1["metrics"]["test_accuracy"] is not None
+    rid = http.post("/v1/deletion-requests", json={"owner_id": owners(http, 70)[50], "models": ["imported-cnn"],
+                                                   "method": "auto"}, headers=C).json()["id"]
+    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
+                lambda d: d["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    mine = next(o for o in done["outcomes"] if o["model"] == "imported-cnn")
+    assert mine["version"] == 2 and "gate" in mine["metrics"] and mine["metrics"]["forget_size"] > 0
+    events = http.get(f"/v1/audit?request_id={rid}&limit=200", headers=A).json()["events"]
+    assert any(e["kind"] == "unlearning.attempt" and e["model"] == "imported-cnn" for e in events)
