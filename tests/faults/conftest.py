@@ -9,10 +9,9 @@ import time
 import uuid
 
 import httpx
-import psycopg
 import pytest
 
-from tests.integration.conftest import PG, APP_PASSWORD, Stack, _admin_conn, _free_port, poll
+from tests.integration.conftest import APP_PASSWORD, Stack, _admin_conn, _free_port, poll, require_postgres
 from tests.service_helpers import A
 
 TINY = {"dataset": "digits", "architecture": "mlp", "strategy": {"kind": "sisa", "shards": 3, "slices": 1},
@@ -88,11 +87,7 @@ class FaultStack(Stack):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    try:
-        with _admin_conn():
-            pass
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"the fault suite needs PostgreSQL at {PG}: {exc}")
+    require_postgres("the fault suite and the soak")
     s = FaultStack(tmp_path_factory.mktemp("faults"))
     try:
         s.up()

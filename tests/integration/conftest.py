@@ -113,13 +113,18 @@ def _admin_conn():
     return psycopg.connect(PG, autocommit=True)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def require_postgres(who: str) -> None:
+    """Fail (not skip) when the test PostgreSQL does not answer."""
     try:
         with _admin_conn():
             pass
     except psycopg.OperationalError as exc:
-        pytest.fail(f"integration tests need PostgreSQL at {PG}: {exc}")
+        pytest.fail(f"{who} need PostgreSQL at {PG}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    require_postgres("integration tests")
     s = Stack(tmp_path_factory.mktemp("stack"))
     with _admin_conn() as conn:
         conn.execute(f'CREATE DATABASE "{s.db_name}"')
