@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from sqlalchemy import exc as sa
 
-_TRANSIENT_SA = (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError, sa.TimeoutError)
-
-
 def _transient_types() -> tuple[type[BaseException], ...]:
     found: list[type[BaseException]] = [ConnectionError, TimeoutError]
     try:
@@ -35,16 +32,42 @@ _TRANSIENT_OTHER = _transient_types()
 FAULT_TYPES: tuple[type[BaseException], ...] = (sa.SQLAlchemyError, *_TRANSIENT_OTHER)
 
 
+# SQLSTATEs of faults that go away by themselves: the connection dropped or was refused
+# (class 08), a serialization failure or deadlock, the server shutting down or
+# restarting (57P01-57P03), too many connections. Anything else the database says — a
+# full disk, a cancelled statement, a constraint — is not retried as transient.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03", "53300"})
+# SQLite says "database is locked" while another writer holds it; nothing else it says
+# goes away by waiting.
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked")
+
+
+def _transient_database_error(exc: sa.DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state:
+        return state.startswith("08") or state in TRANSIENT_SQLSTATES
+    if type(orig).__module__.startswith("sqlite3"):
+        return any(m in str(orig).lower() for m in _SQLITE_TRANSIENT)
+    # A driver error without a SQLSTATE is a connection that failed before the server
+    # answered (refused, reset, timed out).
+    return isinstance(exc, (sa.OperationalError, sa.InterfaceError))
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is a fault that goes away by itself."""
+    """Whether ``exc`` (or the error it was raised from) is a fault that goes away by
+    itself. Only explicit causes (``raise ... from``) are followed: an error raised
+    while handling a transient one is its own failure."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
+        if isinstance(exc, sa.DBAPIError):
+            return _transient_database_error(exc)
+        if isinstance(exc, (sa.DisconnectionError, sa.TimeoutError)) or isinstance(exc, _TRANSIENT_OTHER):
             return True
-        if isinstance(exc, _TRANSIENT_SA) or isinstance(exc, _TRANSIENT_OTHER):
-            return True
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__
     return False
 
 

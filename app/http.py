@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sqlalchemy.exc import DataError
+
 from app.errors import ApiError, status_of
 from app.faults import FAULT_TYPES, is_transient
 from app.text import unstorable
@@ -53,6 +55,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
     async def _fault(_: Request, exc: Exception):
+        if isinstance(exc, DataError):  # the database refused a value of this request (SQLSTATE class 22)
+            log.warning("the database refused a value of a request: %s", type(exc.orig).__name__)
+            return JSONResponse(_body("invalid_request", "the database cannot store a value of this request"),
+                                status_code=422)
         if is_transient(exc):  # the database (or the broker) is down or dropped the connection
             log.warning("service unavailable: %s", type(exc).__name__)
             return JSONResponse(_body("database_unavailable", "the database is unavailable; retry shortly"),

@@ -67,6 +67,9 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
         try:  # sign the audit chain's head where the database cannot change it
             with session_scope(factory) as session:
                 anchors.anchor(session, engine.store, app.state.signing_key)
+        except anchors.ChainRewritten as exc:
+            log.error("the audit chain no longer holds what was anchored (%s): it is not anchored again; "
+                      "run `lethe audit verify`", exc)
         except Exception:
             log.exception("anchoring the audit chain failed; the next round retries it")
         if time.monotonic() - last_purge[0] >= settings.purge_interval:

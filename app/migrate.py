@@ -26,17 +26,22 @@ APP_ROLE = "lethe_app"  # created by migration 0006 (PostgreSQL)
 def set_app_password(url: str, password: str) -> bool:
     """Give the application's role (``lethe_app``) a password, so the API and the
     workers can log in as it; False on SQLite, which has no roles."""
-    from sqlalchemy import text
-
     from app.db import make_db_engine
 
     engine = make_db_engine(url)
     try:
         if engine.dialect.name != "postgresql":
             return False
-        literal = "'" + password.replace("'", "''") + "'"  # ALTER ROLE takes no bind parameters
-        with engine.begin() as conn:
-            conn.execute(text(f"ALTER ROLE {APP_ROLE} WITH LOGIN PASSWORD {literal}"))
+        from psycopg import sql
+
+        # ALTER ROLE takes no bind parameters: the driver quotes the password as a literal
+        # (any character, ':' and '%' included, goes through unchanged).
+        statement = sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(APP_ROLE),
+                                                                          sql.Literal(password))
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            raw.execute(statement)
+            raw.commit()
         return True
     finally:
         engine.dispose()

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     db_pool_size: int = 4  # database connections per process
     max_upload_bytes: int = 200 * 1024 * 1024
     max_predict_rows: int = 1024
+    # Most bytes a predict body may take, JSON or .npy, however wide the model's inputs:
+    # below what max_predict_rows inputs would take, it is what bounds a call.
+    max_predict_bytes: int = 64 * 1024 * 1024
     # Longest job the workers may run (seconds); the broker's redelivery timeout sits above it.
     job_time_limit: int = 6 * 3600
     lease_seconds: float = 300.0  # a job's dataset lease; its worker renews it every quarter
@@ -69,6 +72,9 @@ class Settings(BaseSettings):
     # Tries per outcome before its request fails; the n-th retry waits backoff * 2^(n-1) s.
     max_attempts: int = 3
     retry_backoff_seconds: float = 60.0
+    # Transient failures (database or broker blinked) in a row before one counts as an
+    # attempt; each waits backoff * 2^(n-1) s, at most an hour.
+    max_transient_failures: int = 20
     # Ed25519 key (PEM) that signs deletion certificates; unset: <data_dir>/signing-key.pem,
     # generated (mode 600) on first start. A key file named here must exist.
     signing_key_file: Path | None = None

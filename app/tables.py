@@ -121,6 +121,7 @@ class JobRow(Base):
     started_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    transient_failures: Mapped[int] = mapped_column(default=0, server_default="0")  # a train job queued again (0008)
 
 
 class DeletionRequestRow(Base):
@@ -167,6 +168,7 @@ class DeletionOutcomeRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")  # failed tries so far (0003)
     retry_at: Mapped[datetime | None]  # a pending retry waits until then
+    transient_failures: Mapped[int] = mapped_column(default=0, server_default="0")  # not counted in attempts (0008)
 
 
 class AuditEventRow(Base):

@@ -7,6 +7,7 @@ from app.settings import Settings
 from app.tables import Base
 
 config = context.config
+MIGRATION_LOCK = 0x1E7E  # the advisory lock key that serialises migrations
 target_metadata = Base.metadata
 
 
@@ -28,6 +29,10 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Two `lethe migrate` at once (two deployments starting) take turns: the
+                # second waits here, then finds the schema at head and does nothing.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             context.run_migrations()
     engine.dispose()
 

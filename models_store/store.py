@@ -122,18 +122,42 @@ class ModelStore:
         """Keep a signed anchor of the audit chain at ``seq`` (written once, never replaced)."""
         return self.backend.write_new(f"audit/anchors/{int(seq):020d}.jws", token.encode())
 
-    def latest_anchor(self) -> str | None:
-        """The anchor with the highest seq, or None before the first."""
+    def anchor_seqs(self) -> list[int]:
+        """The seqs that have an anchor, highest first."""
         names = [n for n in self.backend.list("audit/anchors") if n.endswith(".jws")]
-        return self.backend.read(f"audit/anchors/{max(names)}").decode() if names else None
+        seqs = []
+        for n in names:
+            try:
+                seqs.append(int(n[:-4]))
+            except ValueError:
+                continue  # not one of ours
+        return sorted(seqs, reverse=True)
 
-    def revoke(self, name: str, number: int, *, requests: list[str], replaced_by: int) -> dict:
+    def anchor(self, seq: int) -> str:
+        return self.backend.read(f"audit/anchors/{int(seq):020d}.jws").decode(errors="replace")
+
+    def put_anchor_key(self, kid: str, jwk: dict) -> bool:
+        """Keep the public key that signs anchors beside them (written once): anchors are
+        checked against these, not against keys the database lists."""
+        return self.backend.write_new(f"audit/keys/{kid}.jwk", _dumps(jwk))
+
+    def anchor_keys(self) -> dict[str, dict]:
+        keys = {}
+        for n in self.backend.list("audit/keys"):
+            if n.endswith(".jwk"):
+                try:
+                    keys[n[:-4]] = json.loads(self.backend.read(f"audit/keys/{n}"))
+                except (ValueError, FileNotFoundError):
+                    continue
+        return keys
+
+    def revoke(self, name: str, number: int, *, requests: list[str], replaced_by: int | None) -> dict:
         """Record that version ``number`` is revoked: a later version (``replaced_by``)
-        removed samples it was trained on, for ``requests``. Revoking again returns the
-        first revocation."""
+        removed samples it was trained on, for ``requests`` (None: it was withdrawn,
+        nothing replaces it). Revoking again returns the first revocation."""
         self.version(name, number)
         return self._write_note(name, "revocations", number,
-                                {"replaced_by": int(replaced_by), "requests": sorted(set(requests))}, stamp="revoked_at")
+                                {"replaced_by": None if replaced_by is None else int(replaced_by), "requests": sorted(set(requests))}, stamp="revoked_at")
 
     def revocation(self, name: str, number: int) -> dict | None:
         """The revocation of version ``number``, or None while it is live."""

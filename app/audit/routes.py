@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from app.audit import anchors, service
 from app.audit.schemas import AuditEvent, AuditPage, ChainOut
@@ -28,8 +28,8 @@ def list_events(
 
 
 @router.get("/verify", response_model=ChainOut)
-def verify(session: SessionDep, engine: EngineDep, _: AdminDep) -> ChainOut:
+def verify(request: Request, session: SessionDep, engine: EngineDep, _: AdminDep) -> ChainOut:
     """Recompute every link of the chain and hold it against its latest signed anchor;
     ``ok`` is false at the first broken event, or when the chain was cut short
     (``truncated``) or rewritten since it was anchored."""
-    return ChainOut(**anchors.verify(session, engine.store).__dict__)
+    return ChainOut(**anchors.verify(session, engine.store, request.app.state.signing_key).__dict__)

@@ -15,6 +15,7 @@ from app.callers import Caller
 from app.certificates.keys import SigningKey
 from app.deletions import service as deletions
 from app.errors import ApiError
+from app.models.service import for_caller
 from app.statuses import OutcomeStatus, RequestStatus
 from app.tables import AuditEventRow, ModelRow, ModelVersionRow
 from workers.engine.engine import Engine
@@ -46,12 +47,14 @@ def payload(*, session: Session, engine: Engine, caller: Caller, request_id: str
             ModelVersionRow.model == outcome.model, ModelVersionRow.replaced_by == outcome.version)
             .order_by(ModelVersionRow.version)).all()
         metrics = outcome.metrics or {}
+        record = engine.version(outcome.model, outcome.version)
+        shown = for_caller(session=session, caller=caller, record=record)  # no sha over other callers' owners
         models.append({
             "model": outcome.model,
             "version": outcome.version,
-            "record_sha256": version.record_sha256 if version else None,
+            "record_sha256": shown["record_sha256"],
             "manifest_digest": version.manifest_digest if version else None,
-            "exact": engine.version(outcome.model, outcome.version).get("exact", True),
+            "exact": record.get("exact", True),
             "method_requested": outcome.method,
             "method": version.method if version else None,
             "metrics": {k: metrics.get(k) for k in METRICS},

@@ -196,7 +196,8 @@ def verify(c: Context, model, version):
     lines = [f"{report['model']} v{report['version']}: {'OK' if report['ok'] else 'FAILED'}"]
     if report["revoked"]:
         r = report["revoked"]
-        lines.append(f"  REVOKED at {r['revoked_at']}, replaced by v{r['replaced_by']} "
+        by = f"replaced by v{r['replaced_by']}" if r["replaced_by"] is not None else "withdrawn, not replaced"
+        lines.append(f"  REVOKED at {r['revoked_at']}, {by} "
                      f"(requests {', '.join(r['requests']) or '-'}): it was trained on erased samples")
     if report.get("purged"):
         p = report["purged"]

@@ -110,8 +110,7 @@ def worker(c: Context, concurrency, pool, loglevel, name, supervise):
     started again (back-off 1 s doubling to 30 s). SIGTERM or Ctrl-C stops both."""
     if supervise:
         args = ["worker", "--no-supervise", "--pool", pool, "--loglevel", loglevel, "--name", name]
-        _supervise(_child(c.settings, *args, *(["--concurrency", str(concurrency)] if concurrency else [])))
-        return
+        sys.exit(_supervise(_child(c.settings, *args, *(["--concurrency", str(concurrency)] if concurrency else []))))
     from app.worker import QUEUE, create_celery
 
     settings = c.settings.model_copy(update={"worker_concurrency": concurrency}) if concurrency else c.settings
@@ -122,29 +121,89 @@ def worker(c: Context, concurrency, pool, loglevel, name, supervise):
     create_celery(settings).worker_main(argv)
 
 
-def _supervise(argv: list[str]) -> None:
-    """Run ``argv`` and start it again whenever it exits by itself; pass SIGTERM/SIGINT on."""
-    state = {"stopping": False, "child": None}
+def _supervise(argv: list[str], *, backoff: float = 1.0, max_backoff: float = 30.0,
+               steady: float = 60.0) -> int:
+    """Run ``argv`` and start it again whenever it exits by itself, after a back-off
+    (``backoff`` doubling to ``max_backoff``; reset once it ran ``steady`` seconds).
 
-    def stop(signum, _frame):
-        state["stopping"] = True
-        if state["child"] is not None and state["child"].poll() is None:
-            state["child"].send_signal(signum)
+    SIGTERM/SIGINT are passed on to a running child, which is then not restarted; one
+    arriving during the back-off stops at once. Returns the exit status: the stopped
+    child's (128+N if signal N killed it), or 0 when stopped between children. Reaps
+    every exited child (orphans, as PID 1 in a container) without losing its own's."""
+    import select
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    backoff = 1.0
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    stops: list[int] = []
+
+    def on_stop(signum: int, _frame) -> None:
+        stops.append(signum)  # acted on in the loop below (woken through the pipe)
+
+    handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGCHLD: lambda *_: None}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    previous_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    child: subprocess.Popen | None = None
+    forwarded = 0  # how many of ``stops`` the running child was sent
+    delay, restart_at, started = backoff, time.monotonic(), 0.0
+    try:
+        while True:
+            exited = _reap(child.pid if child is not None else None)
+            if child is not None and exited is not None:
+                child.returncode = code = exited  # Popen must not wait for it again
+                child = None
+                if stops:  # stopped (or it died as the stop came): no restart
+                    return 128 - code if code < 0 else code
+                if time.monotonic() - started > steady:
+                    delay = backoff  # it ran a while: this is a new failure, not a crash loop
+                click.echo(f"lethe worker: the worker exited ({code}); starting it again in {delay:g} s",
+                           err=True)
+                restart_at, delay = time.monotonic() + delay, min(delay * 2, max_backoff)
+            if stops and child is None:
+                return 0
+            if child is not None and forwarded < len(stops):
+                for signum in stops[forwarded:]:
+                    child.send_signal(signum)
+                forwarded = len(stops)
+            if child is None and time.monotonic() >= restart_at:
+                started = time.monotonic()
+                try:
+                    child = subprocess.Popen(argv)
+                except OSError as exc:  # e.g. fork: EAGAIN; back off as if it had exited
+                    click.echo(f"lethe worker: cannot start the worker ({exc}); trying again in {delay:g} s",
+                               err=True)
+                    restart_at, delay = time.monotonic() + delay, min(delay * 2, max_backoff)
+                continue
+            # Sleep until a signal (SIGCHLD included) or the restart is due; wake now and
+            # then anyway, to reap what a lost SIGCHLD left behind.
+            timeout = 1.0 if child is not None else min(1.0, max(0.0, restart_at - time.monotonic()))
+            select.select([wake_r], [], [], timeout)
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _reap(pid: int | None) -> int | None:
+    """Reap every exited child (``waitpid(-1, WNOHANG)``); return ``pid``'s exit code
+    (negative: killed by that signal) if it was among them."""
+    code = None
     while True:
-        started = time.monotonic()
-        state["child"] = subprocess.Popen(argv)
-        code = state["child"].wait()
-        if state["stopping"]:
-            sys.exit(code)
-        if time.monotonic() - started > 60:
-            backoff = 1.0  # it ran a while: this is a new failure, not a crash loop
-        click.echo(f"lethe worker: the worker exited ({code}); starting it again in {backoff:g} s", err=True)
-        time.sleep(backoff)
-        backoff = min(backoff * 2, 30.0)
+        try:
+            got, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return code
+        if got == 0:
+            return code
+        if got == pid:
+            code = os.waitstatus_to_exitcode(status)
 
 
 @cli.command("worker-ping")
@@ -352,11 +411,14 @@ def audit_verify(c: Context):
     (in the model store); exit 0 when it holds, 1 when an event was edited or removed,
     or the chain was cut short (truncated) or rewritten since it was anchored."""
     from app.audit import anchors
+    from app.certificates import keys
     from app.db import make_sessionmaker, session_scope
     from app.engine import build_engine
 
+    path = c.settings.signing_key_path
+    key = keys.load(path, create=False) if path.exists() else None  # anchors are checked against it too
     with session_scope(make_sessionmaker(c.settings.db_url)) as session:
-        report = anchors.verify(session, build_engine(c.settings).store)
+        report = anchors.verify(session, build_engine(c.settings).store, key)
     line = (f"audit chain OK: {report.events} events, head {report.head_hash[:16]}…, anchored at "
             f"{report.anchored_seq}" if report.ok else
             f"audit chain BROKEN at event {report.first_bad_seq}: {report.problem}")

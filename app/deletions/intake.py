@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import faults
 from app.db import session_scope
 from app.deletions.service import Accepted, Submission, accept_many
 from app.errors import ApiError
@@ -77,11 +78,16 @@ class Intake:
         """Accept ``subs`` in one transaction. If it fails for any reason, fall back to one
         transaction per request, so one caller's request can fail only itself (an
         Idempotency-Key that raced with another process replays; anything else that
-        fails alone is that request's error, returned in its place)."""
+        fails alone is that request's error, returned in its place). A transient fault
+        (the database dropped the connection, perhaps during COMMIT) is not split: the
+        group may have committed, and writing it again one by one could accept a request
+        twice; every caller in the group gets it (503, retry with the same key)."""
         try:
             with session_scope(self.factory) as session:  # one unit of work per batch
                 results = accept_many(session=session, engine=self.engine, subs=subs, deadline=self.deadline)
         except Exception as exc:
+            if faults.is_transient(exc):
+                raise
             if len(subs) > 1:
                 log.warning("a group of %d deletion requests failed (%s); accepting them one by one",
                             len(subs), type(exc).__name__)

@@ -121,9 +121,24 @@ class JobFlow:
             self._complete(job_id, state.plan, published)
             return
         with session_scope(self.sessions) as s:
-            outcomes.fail(s, job_id, reason(exc), max_attempts=self.settings.max_attempts,
-                          backoff_seconds=self.settings.retry_backoff_seconds, transient=_not_counted(exc))
+            model = jobs.job_model(s, job_id)
+            failed = outcomes.fail(s, job_id, reason(exc), max_attempts=self.settings.max_attempts,
+                                   backoff_seconds=self.settings.retry_backoff_seconds, transient=_not_counted(exc),
+                                   max_transient=self.settings.max_transient_failures)
+            if failed:
+                self._withdraw(s, model, jobs.request_owners(s, failed))
         self._sweep_evidence()
+
+    def _withdraw(self, session: Session, model: str, owners: dict[str, str]) -> None:
+        """Requests that failed for good on ``model`` after their owners' rows were erased:
+        the versions trained on those rows are withdrawn (revoked in the store, nothing
+        replaces them), in the transaction that fails the requests, so the model stops
+        serving what was erased. Store first: if the commit fails, the job is failed
+        again later and finds the same withdrawals."""
+        revocations = self.engine.withdraw(model, sorted(set(owners.values())), requests=sorted(owners))
+        if revocations:
+            log.warning("withdrew %d versions of %s: unlearning erased rows failed for good", len(revocations), model)
+            versions.record_revocations(session, actor=jobs.WORKER, name=model, revocations=revocations)
 
     # -- planning -----------------------------------------------------------------
     def _plan(self, claim: jobs.Claim) -> JobState | None:

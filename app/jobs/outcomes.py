@@ -85,40 +85,68 @@ def record_version(session: Session, job: JobRow, record: dict) -> None:
                  "metrics": numbers(record["metrics"])})
 
 
+TRANSIENT_BACKOFF_CAP = 3600.0  # a transient retry waits at most an hour
+
+
+def _wait(backoff_seconds: float, failures: int, cap: float) -> float:
+    """The n-th failure's back-off: ``backoff_seconds * 2^(n-1)``, at most ``cap``."""
+    return min(backoff_seconds * 2 ** min(max(failures, 1) - 1, 30), cap)
+
+
 def fail(session: Session, job_id: str, reason: str, *, max_attempts: int = 1, backoff_seconds: float = 0.0,
-         transient: bool = False) -> None:
+         transient: bool = False, max_transient: int = 20) -> list[str]:
     """Mark the job failed with ``reason``. Each of its outcomes is tried again later
     (pending, after ``backoff_seconds * 2^(n-1)`` for the n-th failure) until it failed
     ``max_attempts`` times; then its request fails for this model. A ``transient``
-    failure (the database or broker blinked) does not count: the outcome is simply
-    tried again after ``backoff_seconds``."""
+    failure (the database or broker blinked) does not count as an attempt: it is
+    counted apart, with its own growing back-off (at most an hour), and only after
+    ``max_transient`` of them in a row does one count. A training job that fails
+    transiently is queued again instead (its model keeps training). Returns the
+    requests whose outcome failed for good."""
     job = session.get(JobRow, job_id)
     if job is None or job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
-        return
+        return []
     reason = reason[:2000]
     now = utcnow()
+    if job.kind == JobKind.TRAIN and transient and (job.transient_failures or 0) < max_transient:
+        job.transient_failures = (job.transient_failures or 0) + 1
+        job.status, job.error, job.heartbeat_at = JobStatus.QUEUED, reason, None
+        append(session, "job.requeued", actor=WORKER, model=job.model,
+               data={"job_id": job_id, "kind": job.kind, "transient_failures": job.transient_failures, "reason": reason})
+        _release(session, job)
+        return []
     job.status, job.error, job.finished_at = JobStatus.FAILED, reason, now
     if job.kind == JobKind.TRAIN:
         model = session.get(ModelRow, job.model)
         model.status, model.error = ModelStatus.FAILED, reason
+    failed = []
     for outcome in session.scalars(select(DeletionOutcomeRow).where(DeletionOutcomeRow.job_id == job_id)):
         outcome.error = reason
-        if not transient:
+        counted = not transient
+        if transient:
+            outcome.transient_failures = (outcome.transient_failures or 0) + 1
+            counted = outcome.transient_failures > max_transient
+        else:
+            outcome.transient_failures = 0
+        if counted:
             outcome.attempts = (outcome.attempts or 0) + 1
         request = session.get(DeletionRequestRow, outcome.request_id)
-        if transient or outcome.attempts < max_attempts:
+        if not counted or outcome.attempts < max_attempts:
             outcome.status, outcome.job_id = OutcomeStatus.PENDING, None
-            tries = max(outcome.attempts, 1)
-            wait = min(backoff_seconds * 2 ** min(tries - 1, 30), 24 * 3600.0)  # at most a day
+            wait = (_wait(backoff_seconds, outcome.transient_failures, TRANSIENT_BACKOFF_CAP) if not counted
+                    else _wait(backoff_seconds, outcome.attempts, 24 * 3600.0))  # at most a day
             outcome.retry_at = now + timedelta(seconds=wait)
             append(session, "request.retry_scheduled", actor=WORKER, owner_id=request.owner_id, request_id=request.id,
-                   model=job.model, data={"job_id": job_id, "attempt": outcome.attempts, "transient": transient,
+                   model=job.model, data={"job_id": job_id, "attempt": outcome.attempts, "transient": not counted,
+                                          "transient_failures": outcome.transient_failures,
                                           "retry_at": outcome.retry_at.isoformat(), "reason": reason})
         else:
             outcome.status = OutcomeStatus.FAILED
+            failed.append(request.id)
         refresh_request(session, request)
     append(session, "job.failed", actor=WORKER, model=job.model, data={"job_id": job_id, "kind": job.kind, "reason": reason})
     _release(session, job)
+    return failed
 
 
 def refresh_request(session: Session, request: DeletionRequestRow) -> None:

@@ -169,6 +169,19 @@ def renew_lease(session: Session, job_id: str, lease_seconds: float, progress: s
     ).rowcount)
 
 
+def job_model(session: Session, job_id: str) -> str | None:
+    job = session.get(JobRow, job_id)
+    return job.model if job is not None else None
+
+
+def request_owners(session: Session, request_ids: list[str]) -> dict[str, str]:
+    """Request id -> owner id."""
+    if not request_ids:
+        return {}
+    return dict(session.execute(select(DeletionRequestRow.id, DeletionRequestRow.owner_id)
+                                .where(DeletionRequestRow.id.in_(request_ids))).all())
+
+
 def running_state(session: Session, job_id: str) -> dict | None:
     """The saved state of a running job; None once it ended (or before it was planned)."""
     job = session.get(JobRow, job_id)

@@ -131,11 +131,11 @@ def download_artifact(name: str, number: str, session: SessionDep, engine: Engin
     revoked); a client's ``version.json`` names only the removed owners of its own requests."""
     service.get(session=session, name=name)
     r = versions.servable(versions.resolve(session=session, engine=engine, name=name, reference=number))
+    shown = service.for_caller(session=session, caller=caller, record=r)
+    sha = {"X-Lethe-Record-Sha256": shown["record_sha256"]} if shown["record_sha256"] else {}
     return Response(
-        service.artifact_zip(engine=engine, record=service.for_caller(session=session, caller=caller, record=r)),
-        media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{name}-v{r["version"]}.zip"',
-                 "X-Lethe-Record-Sha256": r["record_sha256"]},
+        service.artifact_zip(engine=engine, record=shown), media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}-v{r["version"]}.zip"', **sha},
     )
 
 
@@ -156,8 +156,9 @@ async def predict(name: str, number: str, request: Request, session: SessionDep,
                   settings: SettingsDep, _: CallerDep) -> PredictOut:
     """Class probabilities for a batch of inputs from any live version, so anyone can check it.
     The body is JSON ``{"inputs": [...]}`` or an ``.npy`` array (``Content-Type:
-    application/x-npy``), bounded by what ``LETHE_MAX_PREDICT_ROWS`` inputs can take
-    (413 as soon as it passes); parsing and inference run off the event loop."""
+    application/x-npy``), bounded by what ``LETHE_MAX_PREDICT_ROWS`` inputs can take and
+    by ``LETHE_MAX_PREDICT_BYTES`` (413 as soon as it passes); an ``.npy`` header is checked
+    before anything is allocated; parsing and inference run off the event loop."""
 
     def servable() -> dict:
         service.get(session=session, name=name)
@@ -166,9 +167,11 @@ async def predict(name: str, number: str, request: Request, session: SessionDep,
     r = await run_in_threadpool(servable)
     width = int(np.prod(engine.store.model_spec(name)["input_shape"]))
     binary = request.headers.get("content-type", "").split(";")[0].strip() in service.NPY_TYPES
-    body = await read_body(request, service.predict_body_limit(width=width, max_rows=settings.max_predict_rows,
-                                                               binary=binary))
-    inputs = await run_in_threadpool(service.parse_inputs, body, binary=binary)
+    limit = service.predict_body_limit(width=width, max_rows=settings.max_predict_rows, binary=binary,
+                                       max_bytes=settings.max_predict_bytes)
+    body = await read_body(request, limit)
+    inputs = await run_in_threadpool(lambda: service.parse_inputs(body, binary=binary, width=width,
+                                                                  max_rows=settings.max_predict_rows))
     probs = await run_in_threadpool(lambda: service.predict(engine=engine, cache=request.app.state.ensembles,
                                                             record=r, inputs=inputs, max_rows=settings.max_predict_rows))
     return PredictOut(model=name, version=r["version"], probabilities=probs.astype(float).round(6).tolist(),

@@ -139,7 +139,8 @@ class VersionOut(BaseModel):
     device: str
     n_samples: int
     manifest_digest: str
-    record_sha256: str
+    record_sha256: str | None = Field(description="sha256 of the stored record; null for a client when the record "
+                                                  "names owners of other callers' requests (it would let them be guessed)")
     requests: list[str]
     removed: dict
     metrics: dict
@@ -150,7 +151,8 @@ class VersionOut(BaseModel):
                                   "its weights and predictions are gone (410), its record stays")
     revoked_at: datetime | None = None
     revoked_for: list[str] | None = Field(None, description="the deletion requests that revoked it")
-    replaced_by: int | None = Field(None, description="the version that removed the erased data")
+    replaced_by: int | None = Field(None, description="the version that removed the erased data (null on a "
+                                    "revoked version: withdrawn because unlearning failed for good)")
     purged_at: datetime | None = Field(None, description="when its learned artifacts were deleted from the store")
 
     @classmethod

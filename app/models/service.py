@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 import uuid
 import zipfile
@@ -138,7 +139,9 @@ def versions(*, session: Session, name: str) -> list[ModelVersionRow]:
 def for_caller(*, session: Session, caller: Caller, record: dict) -> dict:
     """The version record as ``caller`` may see it: owner ids are personal data, so a
     client sees an erased owner's id only for the requests it filed itself; the others
-    keep their sample count and digest (``owner_id: null``, ``redacted: true``)."""
+    keep their sample count and digest (``owner_id: null``, ``redacted: true``). The
+    record's sha256 covers those ids, so a client that could check guesses against it
+    could find them out: where any id is redacted, ``record_sha256`` is null too."""
     owners = record.get("removed", {}).get("owners") or []
     if caller.is_admin or not owners:
         return record
@@ -146,7 +149,9 @@ def for_caller(*, session: Session, caller: Caller, record: dict) -> dict:
         DeletionRequestRow.id.in_(record["removed"].get("requests") or []),
         DeletionRequestRow.caller == caller.key_id)))
     shown = [o if o.get("owner_id") in mine else {**o, "owner_id": None, "redacted": True} for o in owners]
-    return {**record, "removed": {**record["removed"], "owners": shown}}
+    if all(o.get("owner_id") in mine for o in owners):
+        return record
+    return {**record, "record_sha256": None, "removed": {**record["removed"], "owners": shown}}
 
 
 def artifact_zip(*, engine: Engine, record: dict) -> bytes:
@@ -184,22 +189,21 @@ class EnsembleCache:
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
 JSON_BYTES_PER_NUMBER = 32  # "-1.2345678901234567e-123, " with room to spare
+NPY_KINDS = "biuf"  # bool, integers and floats: no objects (pickles), strings or records
+NPY_MAX_ITEMSIZE = 8  # float64 at most, as the body bound assumes
 
 
-def predict_body_limit(*, width: int, max_rows: int, binary: bool) -> int:
-    """The most bytes a predict body of ``max_rows`` inputs of ``width`` numbers can take:
-    as an ``.npy`` array (float64 at most), or as JSON."""
+def predict_body_limit(*, width: int, max_rows: int, binary: bool, max_bytes: int) -> int:
+    """The most bytes a predict body of ``max_rows`` inputs of ``width`` numbers can take,
+    as an ``.npy`` array (float64 at most) or as JSON, and never more than ``max_bytes``."""
     per_number = 8 if binary else JSON_BYTES_PER_NUMBER
-    return max_rows * (width * per_number + 16) + 4096
+    return min(max_rows * (width * per_number + 16) + 4096, max_bytes)
 
 
-def parse_inputs(body: bytes, *, binary: bool) -> list | np.ndarray:
+def parse_inputs(body: bytes, *, binary: bool, width: int, max_rows: int) -> list | np.ndarray:
     """A predict body: JSON ``{"inputs": [...]}``, or an ``.npy`` array (no pickles)."""
     if binary:
-        try:
-            return np.load(io.BytesIO(body), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise ApiError(422, "invalid_inputs", f"not a readable .npy array: {exc}") from None
+        return _parse_npy(body, width=width, max_rows=max_rows)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -207,6 +211,33 @@ def parse_inputs(body: bytes, *, binary: bool) -> list | np.ndarray:
     if not isinstance(data, dict) or "inputs" not in data or not isinstance(data["inputs"], list):
         raise ApiError(422, "invalid_request", 'the body must be {"inputs": [[...], ...]}')
     return data["inputs"]
+
+
+def _parse_npy(body: bytes, *, width: int, max_rows: int) -> np.ndarray:
+    """An ``.npy`` body, its header checked before anything is allocated: a numeric dtype,
+    at most ``max_rows`` rows of ``width`` numbers, and exactly the bytes it declares."""
+    fp = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:  # 3.0 only adds UTF-8 field names, and records are refused anyway
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError) as exc:
+        raise ApiError(422, "invalid_inputs", f"not a readable .npy array: {exc}") from None
+    if dtype.kind not in NPY_KINDS or dtype.itemsize > NPY_MAX_ITEMSIZE or dtype.hasobject:
+        raise ApiError(422, "invalid_inputs", f"the .npy array must hold plain numbers (float64 at most), not {dtype}")
+    if len(shape) < 2 or min(shape) < 0 or math.prod(shape[1:]) != width:
+        raise ApiError(422, "invalid_inputs", f"each input must hold {width} numbers; the .npy array is {shape}")
+    if shape[0] > max_rows:
+        raise ApiError(413, "too_many_inputs", f"at most {max_rows} inputs per call, got {shape[0]}")
+    declared, present = math.prod(shape) * dtype.itemsize, len(body) - fp.tell()
+    if declared != present:
+        raise ApiError(422, "invalid_inputs",
+                       f"the .npy header declares {declared} bytes of data; the body has {present}")
+    return np.frombuffer(body, dtype=dtype, offset=fp.tell()).reshape(shape, order="F" if fortran_order else "C")
 
 
 def predict(*, engine: Engine, cache: EnsembleCache, record: dict, inputs: list | np.ndarray,

@@ -61,9 +61,11 @@ def servable(version: Resolved) -> dict:
     revoked one is gone for every caller: 410 with the version that replaced it."""
     if version.revoked:
         row = version.row
+        instead = (f"use version {row.replaced_by}" if row.replaced_by is not None else
+                   "unlearning it failed, so it was withdrawn and no version replaces it yet")
         raise ApiError(410, "version_revoked",
                        f"version {row.version} of {row.model!r} was revoked: it was trained on data erased since; "
-                       f"use version {row.replaced_by}", extra={"replaced_by": row.replaced_by})
+                       f"{instead}", extra={"replaced_by": row.replaced_by})
     return version.record
 
 
@@ -117,6 +119,8 @@ def record_revocations(session: Session, *, actor: str, name: str, revocations: 
                data={"replaced_by": row.replaced_by, "requests": row.revoked_for})
         for alias in session.scalars(select(ModelAliasRow).where(
                 ModelAliasRow.model == name, ModelAliasRow.version == row.version)):
+            if row.replaced_by is None:  # withdrawn: the alias answers 410 until it is pointed elsewhere
+                continue
             alias.version, alias.updated_at = row.replaced_by, utcnow()
             append(session, "alias.moved", actor=actor, model=name, version=row.replaced_by,
                    data={"alias": alias.alias, "from": row.version, "to": row.replaced_by,

@@ -164,7 +164,48 @@ def test_a_nul_poisoned_batch_fails_only_its_sender(stack, http, owners):
     settle_and_check(stack, http, [r.json()["id"] for r in mine])
 
 
+def test_a_row_the_database_refuses_in_a_group_fails_only_its_sender(stack, http, owners):
+    """Past validation, PostgreSQL itself refuses one caller's rows (a trigger raises a
+    data exception for them) while they are committed in groups with another caller's:
+    each group falls back to one transaction per request, so only the refused ones fail
+    (422), and every other request is accepted once."""
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        conn.execute("""CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN
+                          IF NEW.reason = 'refused-by-the-database' THEN
+                            RAISE EXCEPTION 'refused' USING ERRCODE = '22023';
+                          END IF; RETURN NEW; END $$ LANGUAGE plpgsql""")
+        conn.execute("CREATE TRIGGER refuse_poison BEFORE INSERT ON deletion_requests "
+                     "FOR EACH ROW EXECUTE FUNCTION refuse_poison()")
+    try:
+        good = [next(owners) for _ in range(60)]
+        poisoned = [next(owners) for _ in range(10)]
+        jobs = [(o, C, {}) for o in good] + [(o, C2, {"reason": "refused-by-the-database"}) for o in poisoned]
+        random.Random(5).shuffle(jobs)
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda j: (j[1] is C, _post(http, j[0], j[1], **j[2])), jobs))
+    finally:
+        with psycopg.connect(stack.db_url, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER refuse_poison ON deletion_requests")
+    mine = [r for is_good, r in answers if is_good]
+    theirs = [r for is_good, r in answers if not is_good]
+    assert [r.status_code for r in mine] == [202] * 60, {r.status_code for r in mine}
+    assert all(r.status_code == 422 and r.json()["code"] == "invalid_request" for r in theirs), \
+        {r.status_code for r in theirs}
+    ids = [r.json()["id"] for r in mine]
+    assert len(set(ids)) == 60
+    assert "accepting them one by one" in (stack.tmp / "api.log").read_text()  # groups did fall back
+    with psycopg.connect(stack.db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM deletion_requests WHERE id = ANY(%s)", (ids,)).fetchone()[0] == 60
+    settle_and_check(stack, http, ids)
+
+
 def test_a_huge_predict_beside_health_checks(stack, http, model):
+    """A 300 MB chunked predict (no Content-Length to refuse it by) is answered 413 once it
+    passes predict's own bound (about 2 MB here), long before it is all sent or reaches
+    ``max_upload_bytes`` (200 MB); /healthz stays fast all the while."""
+    import select
+    import socket
+
     answered, stop = [], threading.Event()
 
     def probe():
@@ -174,28 +215,64 @@ def test_a_huge_predict_beside_health_checks(stack, http, model):
             answered.append((code, time.perf_counter() - started))
             time.sleep(0.05)
 
-    def huge():  # 300 MB of JSON, chunked: no Content-Length to refuse it by
-        yield b'{"inputs": ['
-        row = b"[" + b",".join([b"1.0"] * 64) + b"],"
-        for _ in range(300 * 1024 * 1024 // (len(row) * 1000)):
-            yield row * 1000
-        yield b"[0]]}"
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data)
 
+    total, block = 300 * 1024 * 1024, (b"[" + b",".join([b"1.0"] * 64) + b"],") * 1000
+    host, port = stack.url.removeprefix("http://").rsplit(":", 1)
     watcher = threading.Thread(target=probe)
     watcher.start()
+    sent, reply = 0, b""
     try:
-        try:
-            r = httpx.post(f"{stack.url}/v1/models/{model}/versions/latest/predict", content=huge(),
-                           headers={**C, "Content-Type": "application/json"}, timeout=60)
-            status = r.status_code
-        except httpx.HTTPError:  # the server answered and closed while we were still sending
-            status = None
+        deadline = time.perf_counter() + 30
+        while not answered and time.perf_counter() < deadline:  # health answers before it starts, too
+            time.sleep(0.01)
+        assert answered, "/healthz did not answer"
+        started = time.perf_counter()
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f"POST /v1/models/{model}/versions/latest/predict HTTP/1.1\r\nHost: {host}\r\n"
+                         f"Authorization: {C['Authorization']}\r\nContent-Type: application/json\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\n".encode() + chunk(b'{"inputs": ['))
+            sock.setblocking(False)
+            pending, last = memoryview(b""), False
+            while time.perf_counter() - started < 60:  # send until the server answers
+                if not pending and sent < total:
+                    pending = memoryview(chunk(block))
+                elif not pending and not last:
+                    pending, last = memoryview(chunk(b"[0]]}") + b"0\r\n\r\n"), True
+                readable, writable, _ = select.select([sock], [sock] if pending else [], [], 1)
+                if readable:
+                    break
+                if not writable:
+                    continue
+                try:
+                    n = sock.send(pending)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:  # the server answered and closed while we were still sending
+                    break
+                pending, sent = pending[n:], sent + n
+            answered_after = time.perf_counter() - started
+            sock.settimeout(10)
+            try:
+                while b"payload_too_large" not in reply:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    reply += data
+            except OSError:  # a reset after the answer: what arrived before it is kept
+                pass
+        time.sleep(0.5)  # and health keeps answering once the huge request is dropped
     finally:
         stop.set()
         watcher.join()
-    assert status in (413, None)
-    assert answered and all(code == 200 for code, _ in answered)
-    print(f"healthz during a 300 MB predict: {len(answered)} probes, slowest {max(s for _, s in answered):.3f} s")
+    print(f"huge predict: answered after {sent / 2**20:.1f} MiB sent, in {answered_after:.2f} s; healthz: "
+          f"{len(answered)} probes, slowest {max(s for _, s in answered):.3f} s")
+    assert reply.startswith(b"HTTP/1.1 413") and b"payload_too_large" in reply, reply[:300]
+    assert sent < 32 * 2**20, f"the answer came only after {sent} bytes: predict's own bound did not apply"
+    assert answered_after < 10
+    assert all(code == 200 for code, _ in answered), answered
+    assert max(s for _, s in answered) < 1.0, f"/healthz was slow during the huge predict: {answered}"
 
 
 def test_a_hundred_posts_with_one_idempotency_key_make_one_request(stack, http, owners):

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -20,14 +21,14 @@ from tests.service_helpers import ADMIN, CLIENT, CLIENT2
 PG = os.environ.get("LETHE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("LETHE_TEST_BROKER_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[2]
-APP_PASSWORD = "lethe-it-app"
+APP_PASSWORD = "lethe:it%app'pw"  # characters SQL text and URLs treat specially
 
 
 def _as_role(url: str, role: str, password: str) -> str:
     """``url`` with its user replaced by ``role`` (and ``password``)."""
     scheme, rest = url.split("://", 1)
     host = rest.split("@", 1)[1] if "@" in rest.split("/", 1)[0] else rest
-    return f"{scheme}://{role}:{password}@{host}"
+    return f"{scheme}://{role}:{quote(password, safe='')}@{host}"
 
 
 def _free_port() -> int:

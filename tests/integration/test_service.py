@@ -178,9 +178,13 @@ def test_the_application_role_can_only_read_and_append_the_audit_log(stack, trai
         for statement in ("UPDATE audit_events SET actor = 'x' WHERE seq = 1", "DELETE FROM audit_events",
                           "TRUNCATE audit_events", "ALTER TABLE audit_events DISABLE TRIGGER USER",
                           "ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_change",
-                          "DROP TRIGGER audit_events_no_change ON audit_events"):
+                          "DROP TRIGGER audit_events_no_change ON audit_events",
+                          # a key that ever signed stays as it is (0008): none can be swapped in
+                          "UPDATE signing_keys SET public_jwk = '{}'", "DELETE FROM signing_keys",
+                          "TRUNCATE signing_keys"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
+        assert conn.execute("SELECT count(*) FROM signing_keys").fetchone()[0] >= 1
 
 
 def test_accepted_request_survives_a_worker_crash(stack, http, trained):

@@ -200,6 +200,13 @@ class Engine:
         ``record`` removed (see ``publishing.revoke_superseded``); the revocations."""
         return publishing.revoke_superseded(self.store, record)
 
+    def withdraw(self, model: str, owner_ids: list[str], *, requests: list[str]) -> list[dict]:
+        """Revoke, with nothing to replace them, the live versions of ``model`` trained
+        on rows erased for ``owner_ids`` (see ``publishing.withdraw``)."""
+        ds = self.model_dataset(model)
+        erased = [i for owner in owner_ids for e in ds.erasures(owner) for i in e.sample_ids]
+        return publishing.withdraw(self.store, model, np.asarray(erased, dtype=np.int64), requests)
+
     def purge(self, *, keep: set[str] = frozenset(), due=lambda revocation: True,
               dry_run: bool = False) -> purge.PurgeReport:
         """Delete what revoked versions learned (see ``purge.purge``)."""

@@ -55,3 +55,20 @@ def revoke_superseded(store: ModelStore, record: dict) -> list[dict]:
         if earlier is not None and earlier["replaced_by"] == record["version"]:
             out.append(earlier)
     return out
+
+
+def withdraw(store: ModelStore, model: str, erased: np.ndarray, requests: list[str]) -> list[dict]:
+    """Revoke every live version of ``model`` trained on an ``erased`` sample, with no
+    version to replace it: unlearning them failed for good, and a model must not keep
+    serving what its owner had erased. Idempotent: returns every withdrawal of such a
+    version, those made before included."""
+    if not len(erased):
+        return []
+    out = []
+    for number in store.version_numbers(model):
+        earlier = store.revocation(model, number)
+        if earlier is None and np.isin(erased, trained_on(store, store.version(model, number))).any():
+            earlier = store.revoke(model, number, requests=requests, replaced_by=None)
+        if earlier is not None and earlier["replaced_by"] is None:
+            out.append(earlier)
+    return out

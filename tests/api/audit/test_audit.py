@@ -90,6 +90,10 @@ def test_a_chain_rewritten_past_its_anchor_is_caught(ready):
         ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C)
     report = ready.get("/v1/audit/verify", headers=A).json()
     assert report["ok"] is False and report["truncated"] is False and "rewritten" in report["problem"]
+    anchored = report["anchored_seq"]
+    ready.app_.state.relay.reconcile()  # the rewritten chain is not signed again
+    report = ready.get("/v1/audit/verify", headers=A).json()
+    assert report["ok"] is False and report["anchored_seq"] == anchored and "rewritten" in report["problem"]
 
 
 def test_an_anchor_that_was_tampered_with_does_not_count(ready):
@@ -106,3 +110,69 @@ def test_an_anchor_that_was_tampered_with_does_not_count(ready):
 def test_an_audit_cursor_past_the_seq_column_is_422(ready):
     r = ready.get(f"/v1/audit?cursor={2**31}", headers=A)  # PostgreSQL's integer ends at 2**31 - 1
     assert r.status_code == 422 and r.json()["code"] == "invalid_request"
+
+
+def _store_path(client, *parts):
+    return client.app_.state.settings.data_dir.joinpath("models_store", "audit", *parts)
+
+
+def test_each_anchor_names_the_one_before_it(ready):
+    import jwt
+
+    ready.app_.state.relay.reconcile()
+    ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C)
+    ready.app_.state.relay.reconcile()
+    first, second = sorted(_store_path(ready, "anchors").iterdir())
+    claims = [jwt.decode(p.read_text(), options={"verify_signature": False}) for p in (first, second)]
+    assert claims[0]["prev"] is None
+    assert claims[1]["prev"] == {"seq": claims[0]["seq"], "head_hash": claims[0]["head_hash"]}
+
+
+def test_a_garbage_anchor_file_is_reported_and_does_not_stop_anchoring(ready):
+    ready.app_.state.relay.reconcile()
+    _store_path(ready, "anchors", f"{10**12:020d}.jws").write_text("not a token")
+    ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C)
+    ready.app_.state.relay.reconcile()
+    with ready.app_.state.sessionmaker() as s:
+        head = s.scalar(select(AuditEventRow.seq).order_by(AuditEventRow.seq.desc()).limit(1))
+    assert _store_path(ready, "anchors", f"{head:020d}.jws").exists()  # anchored past the garbage
+    report = ready.get("/v1/audit/verify", headers=A).json()
+    assert report["ok"] is False and "is not valid" in report["problem"] and report["anchored_seq"] == head
+
+
+def test_removing_every_anchor_is_reported_once_the_chain_is_older_than_the_grace(ready):
+    import shutil
+    from datetime import timedelta
+
+    from app.audit import anchors
+
+    ready.app_.state.relay.reconcile()
+    shutil.rmtree(_store_path(ready, "anchors"))
+    _cut_tail(ready, 3)
+    with ready.app_.state.sessionmaker() as s:
+        report = anchors.verify(s, ready.app_.state.engine.store, ready.app_.state.signing_key,
+                                unanchored_grace=timedelta(0))
+    assert report.ok is False and "no audit anchor" in report.problem
+    assert ready.get("/v1/audit/verify", headers=A).json()["ok"] is True  # a young chain may not be anchored yet
+
+
+def test_an_anchor_signed_by_a_key_added_to_the_database_does_not_verify(ready):
+    """Whoever can write the database could add a key to signing_keys; anchors are
+    checked against the keys kept beside them in the store, and the service's own."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from jwt.algorithms import OKPAlgorithm
+
+    from app.tables import SigningKeyRow
+
+    ready.app_.state.relay.reconcile()
+    forged = Ed25519PrivateKey.generate()
+    jwk = {**OKPAlgorithm.to_jwk(forged.public_key(), as_dict=True), "kid": "forged", "alg": "EdDSA", "use": "sig"}
+    with ready.app_.state.sessionmaker() as s:
+        s.add(SigningKeyRow(kid="forged", public_jwk=jwk))
+        s.commit()
+    token = jwt.encode({"typ": "audit-anchor", "seq": 10**9, "head_hash": "0" * 64, "at": "2026-01-01T00:00:00",
+                        "prev": None}, forged, algorithm="EdDSA", headers={"kid": "forged"})
+    _store_path(ready, "anchors", f"{10**9:020d}.jws").write_text(token)
+    report = ready.get("/v1/audit/verify", headers=A).json()
+    assert report["ok"] is False and "unknown key 'forged'" in report["problem"]

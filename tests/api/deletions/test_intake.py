@@ -104,6 +104,31 @@ def test_a_group_that_fails_in_the_database_is_accepted_one_by_one(ready, monkey
     assert ready.get("/v1/audit/verify", headers=A).json()["ok"] is True
 
 
+def test_a_group_cut_off_by_a_transient_fault_is_not_written_again(ready, monkeypatch):
+    """A connection lost during the group's COMMIT may have committed it: writing its
+    requests again one by one could accept one twice. The whole group gets the fault."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from app.callers import Caller
+    from app.deletions import intake
+    from app.deletions.schemas import DeletionCreate
+    from app.deletions.service import Submission
+
+    owners = [o["owner_id"] for o in ready.get("/v1/datasets/digits/owners?limit=2", headers=A).json()["owners"]]
+    calls = []
+
+    def connection_lost(*, session, engine, subs, deadline):
+        calls.append(len(subs))
+        raise OperationalError("COMMIT", {}, psycopg.OperationalError("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(intake, "accept_many", connection_lost)
+    me = Caller("caller-a", "client")
+    with pytest.raises(OperationalError):
+        ready.app_.state.intake.write([Submission(me, DeletionCreate(owner_id=o)) for o in owners])
+    assert calls == [2]  # tried once, as a group
+
+
 BAD_TEXT = ["a\u0000b", "\ud800"]
 
 

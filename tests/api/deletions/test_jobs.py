@@ -198,3 +198,105 @@ def test_a_failure_reason_is_a_code_and_a_sentence_never_sql(ready, monkeypatch)
     assert req["status"] == "failed"
     assert "database_error: a database statement failed (IntegrityError)" in req["failure_reason"]
     assert "INSERT" not in req["failure_reason"] and "model_versions" not in req["failure_reason"]
+
+
+def _outcome_row(client, rid):
+    with client.app_.state.sessionmaker() as s:
+        return s.get(DeletionOutcomeRow, (rid, "m"))
+
+
+def test_transient_retries_back_off_further_each_time_and_are_capped(ready, monkeypatch):
+    """Each transient failure in a row waits twice as long as the one before; after
+    LETHE_MAX_TRANSIENT_FAILURES of them the next one counts as an attempt, so a fault
+    that is wrongly taken for transient cannot retry a deletion forever."""
+    from sqlalchemy.exc import OperationalError
+
+    from workers.engine.engine import Engine
+
+    def database_blinks(self, *a, **k):
+        raise OperationalError("SELECT 1", {}, ConnectionResetError("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(Engine, "run_shard", database_blinks)
+    change_settings(ready, max_attempts=1, retry_backoff_seconds=10.0, max_transient_failures=2)
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
+    waits = []
+    for _ in range(3):
+        before = utcnow()
+        run_worker_inline(ready.app_)
+        row = _outcome_row(ready, rid)
+        if row.status == "failed":
+            break
+        waits.append((row.retry_at - before).total_seconds())
+        assert row.attempts == 0 and row.status == "pending"
+        with ready.app_.state.sessionmaker.begin() as s:  # the back-off has passed
+            s.execute(update(DeletionOutcomeRow).values(retry_at=utcnow() - timedelta(seconds=1)))
+        ready.app_.state.relay.reconcile()
+    assert [round(w) for w in waits] == [10, 20]
+    row = _outcome_row(ready, rid)
+    assert row.status == "failed" and row.attempts == 1 and row.transient_failures == 3
+    req = ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()
+    assert req["status"] == "failed" and "transient_fault" in req["failure_reason"]
+
+
+def test_a_transient_fault_while_planning_training_queues_the_job_again(client, monkeypatch):
+    """The database blinks while a new model's training is planned: the model keeps
+    training (its job is queued again) instead of failing for good."""
+    from sqlalchemy.exc import OperationalError
+
+    from tests.service_helpers import TINY_MODEL
+    from workers.engine.engine import Engine
+
+    real, calls = Engine.plan_train, []
+
+    def blinks_once(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("SELECT 1", {}, ConnectionResetError("server closed the connection unexpectedly"))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Engine, "plan_train", blinks_once)
+    assert client.post("/v1/datasets", json={"name": "digits", "source": "digits"}, headers=A).status_code == 201
+    assert client.post("/v1/models", json=TINY_MODEL, headers=A).status_code == 202
+    run_worker_inline(client.app_)
+    model = client.get("/v1/models/m", headers=A).json()
+    assert len(calls) == 2 and model["status"] == "ready", model
+    events = [e["kind"] for e in client.get("/v1/audit?limit=500", headers=A).json()["events"]]
+    assert "job.requeued" in events and "job.failed" not in events
+
+
+def test_a_deletion_that_fails_for_good_after_erasure_withdraws_what_learned_from_the_rows(ready, monkeypatch):
+    """The owner's rows are erased, then unlearning fails for good: the versions trained
+    on those rows are withdrawn (410, nothing replaces them) instead of serving on."""
+    from workers.engine.engine import Engine
+
+    def broken(self, *a, **k):
+        raise RuntimeError("disk on fire")
+
+    assert ready.post("/v1/models/m/versions/latest/predict", json={"inputs": [[0.0] * 64]}, headers=C).status_code == 200
+    monkeypatch.setattr(Engine, "run_shard", broken)
+    change_settings(ready, max_attempts=1)
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
+    run_worker_inline(ready.app_)
+    assert ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()["status"] == "failed"
+    r = ready.post("/v1/models/m/versions/latest/predict", json={"inputs": [[0.0] * 64]}, headers=C)
+    assert r.status_code == 410 and r.json()["code"] == "version_revoked" and r.json()["replaced_by"] is None
+    assert "withdrawn" in r.json()["detail"]
+    version = ready.get("/v1/models/m/versions/1", headers=A).json()
+    assert version["status"] == "revoked" and version["revoked_at"] and version["replaced_by"] is None
+    events = [e["kind"] for e in ready.get("/v1/audit?model=m&limit=500", headers=A).json()["events"]]
+    assert "model.version_revoked" in events
+    assert ready.get("/v1/audit/verify", headers=A).json()["ok"] is True
+
+
+def test_a_deletion_that_fails_before_any_erasure_withdraws_nothing(ready, monkeypatch):
+    from workers.engine.engine import Engine
+
+    def broken(self, *a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(Engine, "erase_owners", broken)
+    change_settings(ready, max_attempts=1)
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
+    run_worker_inline(ready.app_)
+    assert ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()["status"] == "failed"
+    assert ready.post("/v1/models/m/versions/latest/predict", json={"inputs": [[0.0] * 64]}, headers=C).status_code == 200

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.service_helpers import A, C, TINY_MODEL
+from tests.service_helpers import A, C, TINY_MODEL, change_settings
 
 
 def test_too_many_shards_for_the_owners_is_422(client):
@@ -65,7 +65,7 @@ def test_predict_takes_an_npy_body_and_answers_as_for_json(ready):
 def test_a_predict_body_past_what_its_rows_can_take_is_413_declared_or_chunked(ready):
     from app.models.service import predict_body_limit
 
-    limit = predict_body_limit(width=64, max_rows=1024, binary=False)
+    limit = predict_body_limit(width=64, max_rows=1024, binary=False, max_bytes=64 * 1024 * 1024)
     big = b'{"inputs": [' + b"0," * (limit // 2 + 10) + b"0]}"
     r = ready.post("/v1/models/m/versions/1/predict", content=big, headers={**C, "Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
@@ -78,6 +78,66 @@ def test_a_predict_body_past_what_its_rows_can_take_is_413_declared_or_chunked(r
 
     r = ready.post("/v1/models/m/versions/1/predict", content=chunks(), headers={**C, "Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
+
+
+def _npy_header(shape: tuple, descr: str = "<f4", fortran_order: bool = False) -> bytes:
+    """An .npy header (format 1.0) declaring ``shape``, with no data after it."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": fortran_order, "shape": shape})
+    return buf.getvalue()
+
+
+def test_an_npy_header_is_checked_before_anything_is_allocated(ready):
+    """A huge declared shape is refused from the header (not a MemoryError), and so is a
+    body whose bytes do not match what its header declares, or that holds no numbers."""
+    npy = {**C, "Content-Type": "application/x-npy"}
+
+    def post(body: bytes):
+        return ready.post("/v1/models/m/versions/1/predict", content=body, headers=npy)
+
+    r = post(_npy_header((10**12, 64)) + b"\0" * 256)
+    assert r.status_code == 413 and r.json()["code"] == "too_many_inputs", r.text
+    for shape in ((10**12, 784), (2, 10**12), (1, 8, 10**11), (64,), (2, -8, -8), (0, -8, -8)):
+        r = post(_npy_header(shape) + b"\0" * 256)
+        assert r.status_code == 422 and r.json()["code"] == "invalid_inputs", (shape, r.text)
+    row = np.zeros((1, 64), np.float32).tobytes()
+    for body in (_npy_header((10, 64)) + row, _npy(np.zeros((2, 64), np.float32)) + b"\0" * 8,
+                 _npy(np.full((1, 64), "1", dtype="<U1")), _npy(np.zeros((1, 64), np.complex64)),
+                 _npy(np.zeros((1, 64), np.longdouble)), _npy(np.zeros((1, 64), [("a", "<f4")])),
+                 _npy_header((1, 64), descr="|O") + row, b"\x93NUMPY\x01\x00" + b"\xff" * 100, b"\x93NU"):
+        r = post(body)
+        assert r.status_code == 422 and r.json()["code"] == "invalid_inputs", (body[:80], r.text)
+
+
+def test_an_npy_body_may_be_shaped_fortran_ordered_or_integer(ready):
+    x = np.random.default_rng(2).uniform(0, 16, (3, 64)).round()
+    as_json = ready.post("/v1/models/m/versions/1/predict", json={"inputs": x.tolist()}, headers=C).json()
+    npy = {**C, "Content-Type": "application/x-npy"}
+    for array in (x.reshape(3, 8, 8), np.asfortranarray(x), x.astype(np.uint8), x.astype(">f8")):
+        r = ready.post("/v1/models/m/versions/1/predict", content=_npy(array), headers=npy)
+        assert r.status_code == 200 and r.json() == as_json, (array.dtype, array.shape)
+
+
+def test_a_predict_body_is_bounded_by_max_predict_bytes_however_wide_the_inputs(ready):
+    """The bound is what the rows can take, but never more than ``max_predict_bytes``."""
+    from app.models.service import predict_body_limit
+
+    wide = 3 * 224 * 224
+    cap = 64 * 1024 * 1024
+    assert predict_body_limit(width=wide, max_rows=1024, binary=False, max_bytes=cap) == cap
+    assert predict_body_limit(width=wide, max_rows=1024, binary=True, max_bytes=cap) == cap
+    assert predict_body_limit(width=64, max_rows=10, binary=True, max_bytes=cap) == 10 * (64 * 8 + 16) + 4096
+    change_settings(ready, max_predict_bytes=4096)
+    x = np.full((10, 64), 0.123456789)  # well within max_predict_rows, past 4096 bytes either way
+    r = ready.post("/v1/models/m/versions/1/predict", json={"inputs": x.tolist()}, headers=C)
+    assert r.status_code == 413 and r.json()["code"] == "payload_too_large", r.text
+    r = ready.post("/v1/models/m/versions/1/predict", content=_npy(x),
+                   headers={**C, "Content-Type": "application/x-npy"})
+    assert r.status_code == 413 and r.json()["code"] == "payload_too_large", r.text
+    r = ready.post("/v1/models/m/versions/1/predict", json={"inputs": x[:1].tolist()}, headers=C)
+    assert r.status_code == 200, r.text
 
 
 def test_json_nested_too_deep_is_422_not_400(ready):

@@ -114,3 +114,26 @@ def test_a_client_sees_removed_owner_ids_only_for_its_own_requests(ready):
     zipped = ready.get("/v1/models/m/versions/2/artifact", headers=C2).content
     record = zipfile.ZipFile(io.BytesIO(zipped)).read("version.json")
     assert owner.encode() not in record and _json.loads(record)["removed"]["owners"][0]["owner_id"] is None
+    # The record's sha256 covers the owner ids: a client shown a redacted record gets
+    # none, as it could check guessed ids against it.
+    assert ready.get("/v1/models/m/versions/2", headers=C2).json()["record_sha256"] is None
+    assert "x-lethe-record-sha256" not in ready.get("/v1/models/m/versions/2/artifact", headers=C2).headers
+    assert len(ready.get("/v1/models/m/versions/2", headers=C).json()["record_sha256"]) == 64
+    assert ready.get("/v1/models/m/versions/2", headers=A).json()["record_sha256"]
+
+
+def test_a_certificate_carries_no_record_sha256_over_another_callers_owners(ready):
+    """Two clients' requests coalesced into one version: each certificate omits the
+    record's sha256 (it covers the other client's owner id)."""
+    from tests.service_helpers import C2
+
+    mine, theirs = [o["owner_id"] for o in ready.get("/v1/datasets/digits/owners?limit=2", headers=A).json()["owners"]]
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": mine}, headers=C).json()["id"]
+    ready.post("/v1/deletion-requests", json={"owner_id": theirs}, headers=C2)
+    run_worker_inline(ready.app_)
+    assert ready.get("/v1/models/m/versions/2", headers=A).json()["requests"].__len__() == 2
+    import jwt
+
+    token = ready.get(f"/v1/deletion-requests/{rid}/certificate", headers=C).json()["certificate"]
+    (model,) = jwt.decode(token, options={"verify_signature": False})["models"]
+    assert model["record_sha256"] is None and model["manifest_digest"]
