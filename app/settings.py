@@ -16,6 +16,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models_store import check_store_url
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
@@ -24,7 +26,10 @@ class Settings(BaseSettings):
     database_url: str | None = None
     broker_url: str | None = None
     result_backend: str | None = None
-    store_url: str | None = None  # default: <data_dir>/models_store; any fsspec URL works
+    # default: <data_dir>/models_store; any fsspec URL works. Never with credentials in it
+    # (refused at start-up): S3 reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, and
+    # AWS_ENDPOINT_URL for a store other than AWS (MinIO), from the environment.
+    store_url: str | None = None
     admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     client_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str | None = None  # default: cuda when present, else cpu
@@ -75,6 +80,8 @@ class Settings(BaseSettings):
     # Transient failures (database or broker blinked) in a row before one counts as an
     # attempt; each waits backoff * 2^(n-1) s, at most an hour.
     max_transient_failures: int = 20
+    # Deletion requests one job coalesces at most (the rest wait for the next job).
+    max_job_requests: int = 1000
     # Ed25519 key (PEM) that signs deletion certificates; unset: <data_dir>/signing-key.pem,
     # generated (mode 600) on first start. A key file named here must exist.
     signing_key_file: Path | None = None
@@ -84,6 +91,14 @@ class Settings(BaseSettings):
     def _split_keys(cls, value):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("store_url")
+    @classmethod
+    def _no_credentials_in_store_url(cls, value):
+        # StoreError, not ValueError: pydantic would quote the rejected value, secret and all.
+        if value:
+            check_store_url(value)
         return value
 
     @property

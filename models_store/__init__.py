@@ -1,6 +1,6 @@
 """Versioned, immutable, content-addressed model store: the bottom layer (it imports
 nothing of Lethe's)."""
-from models_store.backends import Backend, FsspecBackend, LocalBackend, open_backend
+from models_store.backends import Backend, FsspecBackend, LocalBackend, check_store_url, open_backend
 from models_store.errors import (
     BlobCorrupt,
     LetheError,
@@ -24,5 +24,6 @@ __all__ = [
     "StoreError",
     "VersionConflict",
     "VersionNotFound",
+    "check_store_url",
     "open_backend",
 ]

@@ -6,9 +6,12 @@ publishes: it must be atomic and must refuse to replace an existing key.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
+
+from models_store.errors import StoreError
 
 
 class Backend(Protocol):
@@ -87,18 +90,37 @@ class LocalBackend:
 class FsspecBackend:
     """Any fsspec URL (``s3://bucket/lethe``, ``memory://x``).
 
-    Object stores write whole objects, so a reader never sees a partial one; the
-    exists-then-write in ``write_new`` is not a compare-and-swap, so run one publisher
-    per model (the service serialises publishes per model).
+    Credentials never go in the URL (:func:`check_store_url` refuses them): the
+    filesystem finds its own, for S3 the standard ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY`` (or a profile, or an instance role) and, for a store
+    other than AWS (MinIO, moto), ``AWS_ENDPOINT_URL``.
+
+    Object stores write whole objects, so a reader never sees a partial one.
+    ``write_new`` is fsspec's exclusive write (``mode="create"``): on S3, s3fs sends
+    ``If-None-Match: *``, a create-if-absent that the server decides, so two publishers
+    cannot both create a key. A filesystem without an exclusive write of its own, or an
+    S3-compatible server that ignores the header, falls back to exists-then-write,
+    which is not a compare-and-swap: there, run one publisher per model (the service
+    serialises publishes per model).
+
+    Listings are never cached: other processes (the API, each worker) write to the same
+    store, and a stale listing would hide their versions.
     """
 
-    def __init__(self, url: str):
+    # Tries of a conditional write that S3 answers with 409 ConditionalRequestConflict
+    # (another write to the same key was in flight): the answer to it is to try again.
+    conflict_tries = 5
+
+    def __init__(self, url: str, **storage_options):
         import fsspec
 
+        check_store_url(url)
         self.url = url.rstrip("/")
-        self.fs, self.base = fsspec.core.url_to_fs(self.url)
+        self.fs, self.base = fsspec.core.url_to_fs(self.url, **{"use_listings_cache": False, **storage_options})
 
     def _path(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"bad storage key {key!r}")
         return f"{self.base}/{key}"
 
     def read(self, key: str) -> bytes:
@@ -110,14 +132,31 @@ class FsspecBackend:
     def write_new(self, key: str, data: bytes) -> bool:
         if self.exists(key):
             return False
-        self.fs.pipe_file(self._path(key), data)
-        return True
+        for attempt in range(self.conflict_tries):
+            try:
+                self.fs.pipe_file(self._path(key), data, mode="create")
+                return True
+            except FileExistsError:
+                # Someone else created it first, or a retried PUT whose first try had
+                # landed: the same bytes are ours, written.
+                try:
+                    return self.read(key) == data
+                except FileNotFoundError:  # deleted since: create it again
+                    continue
+            except OSError as exc:
+                if _s3_error_code(exc) != "ConditionalRequestConflict":
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise StoreError(f"could not write {key}: other writes to it kept conflicting")
 
     def list(self, prefix: str) -> list[str]:
         path = self._path(prefix)
-        if not self.fs.exists(path):
+        try:
+            entries = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
             return []
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False))
+        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in entries if p.rstrip("/") != path.rstrip("/"))
+        return sorted(n for n in names if n and not n.startswith("."))
 
     def size(self, key: str) -> int:
         return int(self.fs.size(self._path(key)))
@@ -129,10 +168,40 @@ class FsspecBackend:
         return True
 
 
-def open_backend(url: str | os.PathLike) -> Backend:
-    """A plain path or ``file://`` URL gives :class:`LocalBackend`; other schemes use fsspec."""
+def _s3_error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind an s3fs ``OSError`` (botocore's ``ClientError`` is its cause)."""
+    response = getattr(exc.__cause__, "response", None)
+    return (response or {}).get("Error", {}).get("Code")
+
+
+def check_store_url(url: str | os.PathLike) -> None:
+    """Refuse a store URL that carries credentials (``s3://key:secret@bucket/...``).
+
+    Secrets in a URL end up in process listings (``lethe serve`` hands the URL to its
+    children on the command line), in logs and in error messages; the store reads them
+    from the environment instead. Raises :class:`StoreError`, whose message shows the
+    URL with its credentials masked, never the credentials.
+    """
     text = str(url)
+    for part in text.split("::"):  # fsspec chains URLs: simplecache::s3://bucket/x
+        parsed = urlparse(part)
+        if parsed.scheme in ("", "file") and not parsed.netloc:
+            continue
+        if "@" in parsed.netloc:
+            masked = urlunparse(parsed._replace(netloc="***@" + parsed.netloc.rsplit("@", 1)[1]))
+            raise StoreError(
+                f"the model store URL {masked} carries credentials; take them out of the URL and set them "
+                "in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for S3, with "
+                "AWS_ENDPOINT_URL for a store other than AWS)")
+
+
+def open_backend(url: str | os.PathLike, **storage_options) -> Backend:
+    """A plain path or ``file://`` URL gives :class:`LocalBackend`; other schemes use fsspec
+    (``storage_options`` go to the fsspec filesystem). A URL with credentials in it is
+    refused (:func:`check_store_url`)."""
+    text = str(url)
+    check_store_url(text)
     parsed = urlparse(text)
     if parsed.scheme in ("", "file"):
         return LocalBackend(parsed.path if parsed.scheme == "file" else text)
-    return FsspecBackend(text)
+    return FsspecBackend(text, **storage_options)

@@ -72,7 +72,7 @@ class JobFlow:
     def advance(self, model: str) -> Dispatch | None:
         """Start (or resume) the model's next job, if it has one and its dataset is free."""
         with session_scope(self.sessions) as s:
-            claim = jobs.claim(s, model, self.lease_seconds)
+            claim = jobs.claim(s, model, self.lease_seconds, self.settings.max_job_requests)
         if claim is None:
             return None
         try:

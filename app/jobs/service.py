@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.audit.service import append
@@ -66,9 +66,10 @@ def job_method(methods: list[str]) -> str:
     return methods[0] if len(set(methods)) == 1 else "auto"
 
 
-def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
+def claim(session: Session, model: str, lease_seconds: float, max_requests: int = 1000) -> Claim | None:
     """Pick this model's job to run now (a queued or stalled one, or a new one for its
-    pending deletions), take the dataset lease for it and mark it running.
+    pending deletions, at most ``max_requests`` of them), take the dataset lease for it
+    and mark it running.
 
     Returns None when there is nothing to do or another job holds the lease.
     """
@@ -100,11 +101,19 @@ def claim(session: Session, model: str, lease_seconds: float) -> Claim | None:
     job.status, job.heartbeat_at = JobStatus.RUNNING, now
     job.started_at = job.started_at or now
     if job.kind == JobKind.UNLEARN and job.plan is None:
-        session.execute(
-            update(DeletionOutcomeRow)
-            .where(DeletionOutcomeRow.model == model, ready_to_run(now))
-            .values(status=OutcomeStatus.RUNNING, job_id=job.id, updated_at=now, retry_at=None)
-        )
+        # Coalesce what is waiting, oldest first, up to max_requests in all: a job resumed
+        # before it was planned must not keep growing (and take longer to plan each time).
+        room = max_requests - session.scalar(
+            select(func.count()).select_from(DeletionOutcomeRow).where(DeletionOutcomeRow.job_id == job.id))
+        if room > 0:
+            waiting = session.scalars(
+                select(DeletionOutcomeRow.request_id).where(DeletionOutcomeRow.model == model, ready_to_run(now))
+                .order_by(DeletionOutcomeRow.updated_at, DeletionOutcomeRow.request_id).limit(room)).all()
+            session.execute(
+                update(DeletionOutcomeRow)
+                .where(DeletionOutcomeRow.model == model, DeletionOutcomeRow.request_id.in_(waiting))
+                .values(status=OutcomeStatus.RUNNING, job_id=job.id, updated_at=now, retry_at=None)
+            )
     if job.kind == JobKind.TRAIN:
         m.status = ModelStatus.TRAINING
     session.flush()

@@ -22,12 +22,13 @@ def test_compose_file_passes_docker_compose_config():
     if tool is None:
         pytest.skip("docker-compose is not installed (.ci/run installs Debian's package)")
     result = subprocess.run([tool, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True,
-                            text=True, env={**os.environ, "LETHE_ADMIN_KEYS": "k"}, cwd=ROOT)
+                            text=True, env={**os.environ, "LETHE_ADMIN_KEYS": "k", "LETHE_APP_DB_PASSWORD": "p"},
+                            cwd=ROOT)
     assert result.returncode == 0, result.stderr
 
 
 def test_compose_has_the_services_with_health_checks(compose):
-    services = compose["services"]
+    services = {name: s for name, s in compose["services"].items() if "profiles" not in s}
     assert set(services) == {"api", "worker", "redis", "postgres", "migrate"}
     for name in ("api", "worker", "redis", "postgres"):
         assert "healthcheck" in services[name], name
@@ -42,6 +43,17 @@ def test_worker_reserves_a_gpu_and_services_keep_their_data_in_volumes(compose):
     assert {"pgdata", "redisdata", "lethe-data"} <= set(compose["volumes"])
     assert any(v.startswith("lethe-data:") for v in worker["volumes"])
     assert any(v.startswith("pgdata:") for v in compose["services"]["postgres"]["volumes"])
+
+
+def test_minio_is_optional_behind_the_s3_profile(compose):
+    services = compose["services"]
+    for name in ("minio", "minio-init"):
+        assert services[name]["profiles"] == ["s3"], name
+    assert "healthcheck" in services["minio"] and "miniodata" in compose["volumes"]
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    # The Lethe services do not need it: the default store stays the lethe-data volume.
+    for name in ("api", "worker", "migrate"):
+        assert "minio" not in services[name].get("depends_on", {}), name
 
 
 def test_dockerfile_installs_the_project_and_runs_the_api():

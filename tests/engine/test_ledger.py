@@ -67,11 +67,9 @@ def test_erasure_physically_removes_the_rows_and_returns_ids_and_digest(digits_e
     assert not np.isin(after.sample_ids, ids).any()
     assert len(after.sample_ids) == len(before.sample_ids) - len(ids)
     # No array file left on disk still holds the erased rows.
-    files = list(ds.path.glob("arrays-*.npz"))
-    assert len(files) == 1
-    with np.load(files[0]) as data:
-        assert not np.isin(data["sample_id"], ids).any()
-        assert len(data["x"]) == len(after.x)
+    assert not list(ds.path.glob("arrays-*.npz"))
+    held = np.concatenate([np.load(f) for f in ds.path.glob("chunks/*/sample_id.npy")])
+    assert not np.isin(held, ids).any() and len(held) == len(after.x)
 
 
 def test_erasing_again_returns_the_same_receipt(digits_engine):
@@ -167,10 +165,81 @@ def test_raw_rows_left_by_a_crash_mid_erasure_are_removed_on_next_open(digits_en
     with pytest.raises(OSError):
         ds.erase_owners([owner])
     monkeypatch.undo()
-    assert len(list(ds.path.glob("arrays-*.npz"))) == 2  # the old generation still holds the rows
+    # The touched chunks' old generations still hold the rows.
+    assert len(list(ds.path.glob("chunks/*"))) == 2
 
     reopened = digits_engine.dataset("digits")
-    [remaining] = list(reopened.path.glob("arrays-*.npz"))
-    with np.load(remaining) as data:
-        assert not np.isin(data["sample_id"], ids).any()
+    [remaining] = list(reopened.path.glob("chunks/*"))
+    assert not np.isin(np.load(remaining / "sample_id.npy"), ids).any()
     assert reopened.erasures(owner)[0].sample_ids == ids.tolist()
+
+
+@pytest.fixture
+def chunked(engine, monkeypatch):
+    """Digits stored in chunks of 100 rows (15 chunks)."""
+    from workers.engine import ledger
+
+    monkeypatch.setattr(ledger, "CHUNK_ROWS", 100)
+    engine.import_dataset("digits", "digits", seed=0)
+    return engine.dataset("digits")
+
+
+def _generations(ds) -> dict[str, tuple[str, int]]:
+    """chunk -> (directory, inode of its x.npy)."""
+    return {d.name.split("-")[0]: (d.name, (d / "x.npy").stat().st_ino) for d in ds.path.glob("chunks/*")}
+
+
+def test_erasing_an_owner_rewrites_only_the_chunks_that_hold_their_rows(chunked):
+    ds = chunked
+    before, rows_before = _generations(ds), ds.load_arrays()
+    assert len(before) == 15
+    owner = next(o for o, c in ds.owners(limit=500) if c >= 2)
+    ids = ds.owner_sample_ids(owner)
+    touched = {f"{i // 100:06d}" for i in ids.tolist()}
+    ds.erase_owners([owner])
+    after = _generations(ds)
+    assert set(after) == set(before)
+    for k in before:
+        if k in touched:  # a new generation, without the owner's rows
+            assert after[k][0] == f"{k}-000001" and after[k][1] != before[k][1]
+        else:  # not read, not written
+            assert after[k] == before[k]
+    rows = ds.load_arrays()
+    keep = ~np.isin(rows_before.sample_ids, ids)
+    assert (rows.sample_ids == rows_before.sample_ids[keep]).all() and (rows.x == rows_before.x[keep]).all()
+
+
+def test_rows_reads_only_what_was_asked(chunked):
+    ds = chunked
+    everything = ds.load_arrays()
+    wanted = np.array([3, 250, 1436, 99999])
+    got = ds.rows(wanted)
+    assert got.sample_ids.tolist() == [3, 250, 1436]
+    assert (got.x == everything.x[[3, 250, 1436]]).all() and (got.y == everything.y[[3, 250, 1436]]).all()
+    assert len(ds.rows(np.array([99999])).sample_ids) == 0
+
+
+def test_a_dataset_written_as_one_array_file_is_split_into_chunks_when_opened(digits_engine):
+    """Datasets written before chunks hold one arrays-<generation>.npz; opening one
+    splits it, deletes the file, and reads the same rows."""
+    import json
+    import shutil
+    import sqlite3
+
+    ds = digits_engine.dataset("digits")
+    rows = ds.load_arrays()
+    np.savez(ds.path / "arrays-000003.npz", sample_id=rows.sample_ids, x=rows.x, y=rows.y)
+    shutil.rmtree(ds.path / "chunks")
+    con = sqlite3.connect(ds.path / "ledger.sqlite")
+    with con:
+        con.execute("DELETE FROM meta WHERE key IN ('chunks', 'chunk_rows')")
+        con.execute("INSERT INTO meta VALUES ('arrays_file', ?)", (json.dumps("arrays-000003.npz"),))
+    con.close()
+    assert (ds.load_arrays().x == rows.x).all()  # still readable before it is opened again
+    reopened = digits_engine.dataset("digits")
+    assert not list(reopened.path.glob("arrays-*.npz")) and list(reopened.path.glob("chunks/*"))
+    again = reopened.load_arrays()
+    assert (again.sample_ids == rows.sample_ids).all() and (again.x == rows.x).all() and (again.y == rows.y).all()
+    owner, _ = reopened.owners(limit=1)[0]
+    reopened.erase_owners([owner])
+    assert len(reopened.owner_sample_ids(owner)) == 0

@@ -105,3 +105,47 @@ def test_an_fsspec_url_backs_the_store(tmp_path):
     v = engine.train("m", dataset="digits", architecture="mlp", strategy=Strategy("sisa", 2, 1), config=FAST)
     assert open_backend("memory://lethe-test").exists(f"models/m/versions/{v['version']:08d}.json")
     assert engine.load("m").predict_proba(engine.test_tensors(engine.dataset("digits"))[0]).shape == (360, 10)
+
+
+def test_fsspec_write_new_is_write_once():
+    backend = open_backend(f"memory://lethe-write-once-{os.getpid()}")
+    assert backend.write_new("a/k", b"first") is True
+    assert backend.write_new("a/k", b"second") is False
+    assert backend.read("a/k") == b"first" and backend.list("a") == ["k"] and backend.list("none") == []
+    assert backend.delete("a/k") is True and backend.delete("a/k") is False
+
+
+@pytest.mark.parametrize("url", ["s3://AKIAEXAMPLE:hunter2-secret@bucket/lethe",
+                                 "simplecache::s3://AKIAEXAMPLE:hunter2-secret@bucket/lethe",
+                                 "s3://hunter2-secret@bucket/lethe"])
+def test_a_store_url_with_credentials_is_refused_without_echoing_them(url):
+    from app.settings import Settings
+    from models_store import StoreError
+
+    for make in (lambda: open_backend(url), lambda: Settings(store_url=url)):
+        with pytest.raises(StoreError, match="carries credentials") as info:
+            make()
+        assert "hunter2-secret" not in str(info.value) and "AWS_ACCESS_KEY_ID" in str(info.value)
+    assert Settings(store_url="s3://bucket/lethe").store_url == "s3://bucket/lethe"
+
+
+def test_fsspec_write_new_retries_a_conflicting_conditional_write(monkeypatch):
+    """S3 answers a conditional PUT racing another write to the key with 409
+    ConditionalRequestConflict (s3fs: an OSError caused by botocore's error): try again."""
+    backend = open_backend(f"memory://lethe-conflict-{os.getpid()}")
+    real, calls = backend.fs.pipe_file, []
+
+    class Conflict(Exception):
+        response = {"Error": {"Code": "ConditionalRequestConflict"}}
+
+    def pipe_file(path, data, **kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise OSError(5, "conflict") from Conflict()
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(backend.fs, "pipe_file", pipe_file)
+    assert backend.write_new("k", b"v") is True and backend.read("k") == b"v"
+    assert calls == [{"mode": "create"}, {"mode": "create"}]
+    monkeypatch.setattr(backend, "exists", lambda key: False)  # raced: the server says no
+    assert backend.write_new("k", b"other") is False and backend.read("k") == b"v"

@@ -57,16 +57,17 @@ def erase_owners(ds: Dataset, owners: dict[str, list[str]], *, vault: Vault, ref
     dataset), then erase them from the dataset, the erasure noting ``reference`` (the
     request ids). ``owners`` maps evidence keys (request ids) to owner ids.
     Returns the owners' erasure receipts, this one's and any earlier one's."""
-    arrays = None
+    wanted = {}
     for request, owner_ids in owners.items():
         ids = [ds.owner_sample_ids(o) for o in owner_ids if ds.knows_owner(o)]
-        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-        if not len(ids):
-            continue
-        arrays = arrays if arrays is not None else ds.load_arrays()
-        rows = np.flatnonzero(np.isin(arrays.sample_ids, ids))
-        if len(rows):
-            vault.seal(request, ds.name, arrays.sample_ids[rows], arrays.x[rows], arrays.y[rows])
+        if ids and sum(len(i) for i in ids):
+            wanted[request] = np.concatenate(ids)
+    if wanted:
+        held = ds.rows(np.concatenate(list(wanted.values())))  # one read, of the chunks that hold them only
+        for request, ids in wanted.items():
+            rows = np.flatnonzero(np.isin(held.sample_ids, ids))
+            if len(rows):
+                vault.seal(request, ds.name, held.sample_ids[rows], held.x[rows], held.y[rows])
     every = sorted({o for owner_ids in owners.values() for o in owner_ids})
     return ds.erase_owners(every, reference=reference)
 

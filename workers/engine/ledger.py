@@ -4,9 +4,14 @@ Layout of one dataset ``<root>/<name>/``:
 
 - ``ledger.sqlite``: ``samples(sample_id, owner_id, label)`` indexed by ``owner_id``,
   ``erasures`` (ids and digests of what was erased, never raw data) and ``meta``.
-- ``arrays-<generation>.npz``: the raw training rows (``sample_id``, ``x``, ``y``),
-  sorted by sample id. Erasure writes a new generation without the owner's rows,
-  switches the ledger to it in one transaction and deletes the old file.
+- ``chunks/<k>-<generation>/``: the raw training rows (``sample_id.npy``, ``x.npy``,
+  ``y.npy``) in chunks of ``chunk_rows`` consecutive sample ids (chunk ``k`` holds ids
+  ``k * chunk_rows`` up to the next chunk's), sorted by sample id. Erasing an owner
+  rewrites only the chunks that hold the owner's rows: each gets a new generation
+  without them, the ledger switches to the new generations in one transaction, and the
+  old ones are deleted. So an erasure costs what the owner's chunks cost, not what the
+  dataset does. (Datasets written before chunks held one ``arrays-<generation>.npz``;
+  opening one splits it into chunks.)
 - ``test.npz``: held-out evaluation rows; they belong to no owner and are never trained on.
 
 (Longer than the other rooms, on purpose: the ledger's tables, the array generations and
@@ -100,6 +105,37 @@ class DatasetInfo:
     n_test: int
     created_at: str
     extra: dict = field(default_factory=dict)
+
+
+CHUNK_ROWS = 4096  # rows per chunk: an erasure rewrites ~chunk_rows rows per chunk it touches
+
+
+def _write_chunk(directory: Path, sample_ids: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+    """Write one chunk generation: it appears whole (a directory renamed into place) or not at all."""
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, array in (("sample_id", sample_ids), ("x", x), ("y", y)):
+        with open(tmp / f"{name}.npy", "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array))
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.rename(tmp, directory)
+
+
+def _read_chunk(directory: Path) -> Arrays:
+    return Arrays(*(np.load(directory / f"{name}.npy", mmap_mode="r") for name in ("sample_id", "x", "y")))
+
+
+def _chunk_name(k: int, generation: int) -> str:
+    return f"{k:06d}-{generation:06d}"
+
+
+def _split(sample_ids: np.ndarray, chunk_rows: int) -> dict[int, slice]:
+    """The rows of each chunk, for sample ids in ascending order."""
+    keys, starts = np.unique(sample_ids // chunk_rows, return_index=True)
+    ends = list(starts[1:]) + [len(sample_ids)]
+    return {int(k): slice(int(a), int(b)) for k, a, b in zip(keys, starts, ends)}
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
@@ -215,16 +251,41 @@ class Dataset:
         return [Erasure(o, json.loads(ids), d, t, r) for o, ids, d, t, r in rows]
 
     # -- arrays -------------------------------------------------------------
+    def _chunks(self, con) -> dict[int, str] | None:
+        chunks = self._meta(con, "chunks")
+        return {int(k): v for k, v in chunks.items()} if chunks is not None else None
+
     def load_arrays(self) -> Arrays:
+        """Every training row held now, in sample-id order (read into memory)."""
+        return self._load(None)
+
+    def rows(self, sample_ids: np.ndarray) -> Arrays:
+        """The rows of ``sample_ids`` still held, reading only the chunks that hold them."""
+        return self._load(np.asarray(sample_ids, dtype=np.int64))
+
+    def _load(self, wanted: np.ndarray | None) -> Arrays:
         for _ in range(5):
             with self._db() as con:
-                fname = self._meta(con, "arrays_file")
+                chunks, fname = self._chunks(con), self._meta(con, "arrays_file")
+                chunk_rows = self._meta(con, "chunk_rows")
             try:
-                with np.load(self.path / fname) as data:
-                    return Arrays(data["sample_id"], data["x"], data["y"])
+                if chunks is None:  # written before chunks, not opened since
+                    with np.load(self.path / fname) as data:
+                        parts = [Arrays(data["sample_id"], data["x"], data["y"])]
+                else:
+                    keys = sorted(chunks if wanted is None else
+                                  {int(k) for k in np.unique(wanted // chunk_rows)} & set(chunks))
+                    parts = [_read_chunk(self.path / "chunks" / chunks[k]) for k in keys]
+                    if not parts:
+                        first = _read_chunk(self.path / "chunks" / chunks[min(chunks)])
+                        parts = [Arrays(first.sample_ids[:0], first.x[:0], first.y[:0])]
+                ids = np.concatenate([p.sample_ids for p in parts])
+                keep = slice(None) if wanted is None else np.isin(ids, wanted)
+                return Arrays(ids[keep], np.concatenate([p.x for p in parts])[keep],
+                              np.concatenate([p.y for p in parts])[keep])
             except FileNotFoundError:
                 continue  # an erasure switched generations between the two reads
-        raise DatasetError(f"dataset {self.name!r}: its arrays file is missing")
+        raise DatasetError(f"dataset {self.name!r}: its arrays are missing")
 
     def load_test(self) -> tuple[np.ndarray, np.ndarray] | None:
         test = self.path / "test.npz"
@@ -243,6 +304,7 @@ class Dataset:
         if not owner_ids:
             raise DatasetError("no owner ids given")
         with self._exclusive():
+            self._to_chunks()
             unknown = [o for o in owner_ids if not self.knows_owner(o)]
             if unknown:
                 raise OwnerNotFound(f"dataset {self.name!r} has no owner {unknown[0]!r}")
@@ -256,19 +318,20 @@ class Dataset:
         return done
 
     def _rewrite_without(self, to_erase: dict[str, np.ndarray], reference: str | None) -> None:
-        arrays = self.load_arrays()
+        """Write a new generation of each chunk that holds an erased row, switch the
+        ledger to them with the erasure records in one transaction, delete the old ones."""
         gone = np.concatenate(list(to_erase.values()))
-        keep = ~np.isin(arrays.sample_ids, gone)
         with self._db() as con:
-            old = self._meta(con, "arrays_file")
-            generation = int(old.split("-")[1].split(".")[0]) + 1
-        new = f"arrays-{generation:06d}.npz"
-        _atomic_savez(
-            self.path / new,
-            sample_id=arrays.sample_ids[keep],
-            x=arrays.x[keep],
-            y=arrays.y[keep],
-        )
+            chunks, chunk_rows = self._chunks(con), self._meta(con, "chunk_rows")
+        switched = {}
+        for k in sorted({int(k) for k in np.unique(gone // chunk_rows)} & set(chunks)):
+            old = _read_chunk(self.path / "chunks" / chunks[k])
+            keep = ~np.isin(old.sample_ids, gone)
+            if keep.all():
+                continue
+            name = _chunk_name(k, int(chunks[k].split("-")[1]) + 1)
+            _write_chunk(self.path / "chunks" / name, old.sample_ids[keep], old.x[keep], old.y[keep])
+            switched[k] = name
         now = utcnow()
         with self._db() as con:
             con.execute("BEGIN IMMEDIATE")
@@ -279,19 +342,46 @@ class Dataset:
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (owner_id, json.dumps([int(i) for i in ids]), len(ids), ids_digest(ids), reference, now),
                 )
-            con.execute("UPDATE meta SET value = ? WHERE key = 'arrays_file'", (json.dumps(new),))
+            chunks.update(switched)
+            con.execute("UPDATE meta SET value = ? WHERE key = 'chunks'", (json.dumps(chunks),))
             con.execute("COMMIT")
         self._remove_stale_arrays()
 
     def remove_stale_arrays(self) -> None:
-        """Delete array generations the ledger no longer points to (raw data must not linger)."""
+        """Delete chunk generations the ledger no longer points to (raw data must not
+        linger); split a dataset written before chunks into chunks."""
         with self._exclusive():
+            self._to_chunks()
             self._remove_stale_arrays()
+
+    def _to_chunks(self) -> None:
+        """A dataset written as one ``arrays-*.npz``: write its rows as chunks and switch
+        the ledger to them (the old file goes with the stale ones)."""
+        with self._db() as con:
+            if self._chunks(con) is not None:
+                return
+            fname = self._meta(con, "arrays_file")
+        with np.load(self.path / fname) as data:
+            ids, x, y = data["sample_id"], data["x"], data["y"]
+        chunks = {k: _chunk_name(k, 0) for k in _split(ids, CHUNK_ROWS)}
+        for k, rows in _split(ids, CHUNK_ROWS).items():
+            _write_chunk(self.path / "chunks" / chunks[k], ids[rows], x[rows], y[rows])
+        with self._db() as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('chunks', ?)", (json.dumps(chunks),))
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('chunk_rows', ?)", (json.dumps(CHUNK_ROWS),))
+            con.execute("DELETE FROM meta WHERE key = 'arrays_file'")
+            con.execute("COMMIT")
 
     def _remove_stale_arrays(self) -> None:
         # Callers hold the lock: an erasure's next generation is "stale" until it commits.
         with self._db() as con:
+            chunks = self._chunks(con) or {}
             current = self._meta(con, "arrays_file")
+        live = set(chunks.values())
+        for d in (self.path / "chunks").glob("*"):
+            if d.name not in live:
+                shutil.rmtree(d, ignore_errors=True)
         for f in self.path.glob("arrays-*.npz"):
             if f.name != current:
                 f.unlink(missing_ok=True)
@@ -342,7 +432,10 @@ class DatasetStore:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
         try:
             sample_ids = np.arange(n, dtype=np.int64)
-            _atomic_savez(tmp / "arrays-000000.npz", sample_id=sample_ids, x=x, y=y.astype(np.int64))
+            chunks = {}
+            for k, rows in _split(sample_ids, CHUNK_ROWS).items():
+                chunks[k] = _chunk_name(k, 0)
+                _write_chunk(tmp / "chunks" / chunks[k], sample_ids[rows], x[rows], y[rows].astype(np.int64))
             if x_test is not None and y_test is not None and len(x_test):
                 _atomic_savez(tmp / "test.npz", x=x_test, y=y_test.astype(np.int64))
             info = dict(
@@ -357,7 +450,8 @@ class DatasetStore:
             with con:
                 con.executescript(SCHEMA)
                 con.execute("INSERT INTO meta VALUES ('info', ?)", (json.dumps(info),))
-                con.execute("INSERT INTO meta VALUES ('arrays_file', ?)", (json.dumps("arrays-000000.npz"),))
+                con.execute("INSERT INTO meta VALUES ('chunks', ?)", (json.dumps(chunks),))
+                con.execute("INSERT INTO meta VALUES ('chunk_rows', ?)", (json.dumps(CHUNK_ROWS),))
                 con.executemany(
                     "INSERT INTO samples VALUES (?, ?, ?)",
                     zip(sample_ids.tolist(), [str(o) for o in owner_ids], y.astype(np.int64).tolist()),

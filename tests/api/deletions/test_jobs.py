@@ -300,3 +300,16 @@ def test_a_deletion_that_fails_before_any_erasure_withdraws_nothing(ready, monke
     run_worker_inline(ready.app_)
     assert ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()["status"] == "failed"
     assert ready.post("/v1/models/m/versions/latest/predict", json={"inputs": [[0.0] * 64]}, headers=C).status_code == 200
+
+
+def test_a_job_coalesces_at_most_max_job_requests(ready):
+    """Waiting requests are coalesced into one job up to LETHE_MAX_JOB_REQUESTS, oldest
+    first; the rest go to the next job (a job must not grow without bound)."""
+    change_settings(ready, max_job_requests=2)
+    owners = [o["owner_id"] for o in ready.get("/v1/datasets/digits/owners?limit=3", headers=A).json()["owners"]]
+    rids = [ready.post("/v1/deletion-requests", json={"owner_id": o}, headers=C).json()["id"] for o in owners]
+    run_worker_inline(ready.app_)
+    assert [ready.get(f"/v1/deletion-requests/{r}", headers=C).json()["status"] for r in rids] == ["completed"] * 3
+    v2, v3 = (ready.get(f"/v1/models/m/versions/{n}", headers=A).json() for n in (2, 3))
+    assert len(v2["requests"]) == 2 and len(v3["requests"]) == 1
+    assert set(v2["requests"] + v3["requests"]) == set(rids)
