@@ -76,7 +76,13 @@ class JobFlow:
         if claim is None:
             return None
         try:
-            state = JobState.from_dict(claim.state) if claim.state is not None else self._plan(claim)
+            if claim.state is not None:
+                state = JobState.from_dict(claim.state)
+            else:  # erasing and sealing many owners takes a while: keep the lease meanwhile, or
+                # the reconciler would hand the job to a second worker, whose erasures would
+                # change the dataset under this one's plan
+                with Heartbeat(self.sessions, claim.job_id, self.lease_seconds):
+                    state = self._plan(claim)
         except Exception as exc:  # the job fails with a reason; it must not stay running
             log.exception("planning job %s failed", claim.job_id)
             self.fail(claim.job_id, exc)

@@ -313,3 +313,29 @@ def test_a_job_coalesces_at_most_max_job_requests(ready):
     v2, v3 = (ready.get(f"/v1/models/m/versions/{n}", headers=A).json() for n in (2, 3))
     assert len(v2["requests"]) == 2 and len(v3["requests"]) == 1
     assert set(v2["requests"] + v3["requests"]) == set(rids)
+
+
+def test_the_lease_is_kept_while_a_job_is_planned(ready, monkeypatch):
+    """Erasing and sealing many owners can outlast the lease: the lease is renewed while
+    the job is planned, so no second worker can take the job (its erasures would change
+    the dataset under the first one's plan)."""
+    import time
+
+    from app.jobs import service as jobs
+    from workers.engine.engine import Engine
+
+    change_settings(ready, lease_seconds=2.0)
+    real, taken = Engine.erase_owners, []
+
+    def slow_erasure(self, *a, **k):
+        time.sleep(3.0)  # past the 2 s lease
+        with ready.app_.state.sessionmaker() as s:
+            taken.append(jobs.claim(s, "m", 2.0))  # what the reconciler's advance would do
+            s.rollback()
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Engine, "erase_owners", slow_erasure)
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
+    run_worker_inline(ready.app_)
+    assert taken == [None]
+    assert ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()["status"] == "completed"
