@@ -80,8 +80,9 @@ class Settings(BaseSettings):
     # Transient failures (database or broker blinked) in a row before one counts as an
     # attempt; each waits backoff * 2^(n-1) s, at most an hour.
     max_transient_failures: int = 20
-    # Deletion requests one job coalesces at most (the rest wait for the next job).
-    max_job_requests: int = 1000
+    # Deletion requests one job coalesces at most (the rest wait for the next job): a job's
+    # planning and completion grow with it, and must stay well inside the lease.
+    max_job_requests: int = 100
     # Ed25519 key (PEM) that signs deletion certificates; unset: <data_dir>/signing-key.pem,
     # generated (mode 600) on first start. A key file named here must exist.
     signing_key_file: Path | None = None

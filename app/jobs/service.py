@@ -17,7 +17,7 @@ from datetime import timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.audit.service import append
+from app.audit.service import Event, append, append_many
 from app.outbox import enqueue_advance, unsent_advances
 from app.statuses import JobKind, JobStatus, ModelStatus, OutcomeStatus, RequestStatus
 from app.tables import (
@@ -66,7 +66,7 @@ def job_method(methods: list[str]) -> str:
     return methods[0] if len(set(methods)) == 1 else "auto"
 
 
-def claim(session: Session, model: str, lease_seconds: float, max_requests: int = 1000) -> Claim | None:
+def claim(session: Session, model: str, lease_seconds: float, max_requests: int = 100) -> Claim | None:
     """Pick this model's job to run now (a queued or stalled one, or a new one for its
     pending deletions, at most ``max_requests`` of them), take the dataset lease for it
     and mark it running.
@@ -204,10 +204,11 @@ def record_plan(session: Session, job_id: str, state: dict, erasures: list[Erasu
     """Save the job's state; audit each owner erasure (ids digest and count, never samples)."""
     job = session.get(JobRow, job_id)
     job.plan = state
-    for e in erasures:
-        append(session, "dataset.owner_erased", actor=WORKER, owner_id=e.owner_id, model=job.model,
-               data={"job_id": job_id, "dataset": dataset, "sample_count": len(e.sample_ids),
-                     "sample_ids_digest": e.digest, "erased_at": e.erased_at})
+    if not erasures:
+        return
+    append_many(session, [Event("dataset.owner_erased", WORKER, e.owner_id, None, job.model, None,
+                                {"job_id": job_id, "dataset": dataset, "sample_count": len(e.sample_ids),
+                                 "sample_ids_digest": e.digest, "erased_at": e.erased_at}) for e in erasures])
 
 
 def record_attempt(session: Session, job_id: str, *, method: dict, parent: int | None, metrics: dict,
