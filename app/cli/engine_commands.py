@@ -3,6 +3,7 @@ unlearn, inspect and verify, and a demo."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -65,24 +66,72 @@ def owners(c: Context, dataset, limit, after):
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--recipe", "recipe_json", default=None, metavar="JSON|@FILE",
+              help="the training recipe as a JSON object (the API's `training`: optimizer, schedule, "
+                   "label_smoothing, ...); the options above, when given, override it")
 @click.option("--arch-param", "arch_params", multiple=True, metavar="KEY=VALUE",
               help="an architecture parameter (VALUE read as JSON when it parses, else text); repeatable")
 @pass_ctx
 def train(c: Context, name, dataset, arch, strategy, shards, slices, aggregation, epochs, slice_epochs, batch_size,
-          lr, seed, arch_params):
+          lr, seed, recipe_json, arch_params):
     """Train a model and publish version 1 (`lethe architectures` lists the architectures)."""
     from workers.engine.sisa import Strategy
-    from workers.engine.training import TrainConfig
 
     try:
         strat = (Strategy("monolithic", aggregation=aggregation) if strategy == "monolithic"
                  else Strategy("sisa", shards, slices, aggregation))
-        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, slice_epochs=slice_epochs)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    config = _recipe(recipe_json, epochs=epochs, slice_epochs=slice_epochs, batch_size=batch_size, lr=lr, seed=seed)
     v = c.engine().train(name, dataset=dataset, architecture=arch, strategy=strat, config=config,
                          architecture_params=_key_values(arch_params))
     c.print(v, summary(v))
+
+
+@cli.command("import-model")
+@click.argument("name")
+@click.option("--dataset", required=True)
+@click.option("--arch", required=True, help="the architecture the weights are for (`lethe architectures`)")
+@click.option("--weights", "weights_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="a safetensors or torch.save state dict, or a TorchScript / torch.export (.pt2) archive")
+@click.option("--recipe", "recipe_json", default=None, metavar="JSON|@FILE",
+              help="the recipe an exact unlearning retrains it with (JSON object, as for `lethe train`)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--arch-param", "arch_params", multiple=True, metavar="KEY=VALUE",
+              help="an architecture parameter (VALUE read as JSON when it parses, else text); repeatable")
+@pass_ctx
+def import_model(c: Context, name, dataset, arch, weights_file, recipe_json, seed, arch_params):
+    """Publish a model trained elsewhere as version 1 (kind imported) of a monolithic model."""
+    config = _recipe(recipe_json, seed=seed)
+    v = c.engine().import_model(name, dataset=dataset, architecture=arch, weights=weights_file.read_bytes(),
+                                architecture_params=_key_values(arch_params), config=config)
+    c.print(v, summary(v))
+
+
+def _recipe(recipe_json: str | None, **options):
+    """The TrainConfig of ``--recipe`` (JSON, or ``@file``) with the options given on the
+    command line (not left at their defaults) laid over it."""
+    from workers.engine.training import TrainConfig
+
+    ctx = click.get_current_context()
+    recipe = {}
+    if recipe_json:
+        text = Path(recipe_json[1:]).read_text() if recipe_json.startswith("@") else recipe_json
+        try:
+            recipe = json.loads(text)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--recipe") from None
+        if not isinstance(recipe, dict):
+            raise click.BadParameter("expected a JSON object", param_hint="--recipe")
+    for key, value in options.items():
+        if key not in recipe or ctx.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT:
+            recipe[key] = value
+    try:
+        return TrainConfig(**recipe)
+    except TypeError as exc:
+        raise click.BadParameter(f"unknown setting: {exc}", param_hint="--recipe") from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--recipe") from None
 
 
 def _key_values(pairs: tuple[str, ...]) -> dict:

@@ -66,7 +66,8 @@ _IMPORT_BODY = {
                 "training": {"type": "string", "description": "JSON object: the recipe (epochs, batch_size, lr, ...)"},
                 "seed": {"type": "integer"},
                 "weights": {"type": "string", "format": "binary",
-                            "description": "a safetensors state dict, or a torch.save state dict (read weights-only)"},
+                            "description": "a safetensors state dict, a torch.save state dict (read weights-only), "
+                                           "or a TorchScript or torch.export (.pt2) archive of the model"},
             },
         }}},
     }

@@ -4,12 +4,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from app.datasets.schemas import NAME
 from app.statuses import JobKind, JobStatus, ModelStatus
 from app.text import Input
 from workers.engine.sisa import AGGREGATIONS
+from workers.engine.training import OPTIMIZERS, SCHEDULES, TrainConfig
 
 VersionStatus = Literal["published", "revoked"]
 
@@ -26,11 +28,37 @@ class MonolithicStrategy(Input):
 
 
 class TrainingSettings(Input):
+    """The training recipe (``workers.engine.training.TrainConfig``, which also checks
+    the combinations: a bad one is 422 ``invalid_request`` with error type
+    ``invalid_recipe``). Every default is the recipe before these settings existed."""
+
     epochs: int = Field(5, ge=1, le=500)
     batch_size: int = Field(128, ge=1, le=65536)
-    lr: float = Field(1e-3, gt=0, le=10)
-    weight_decay: float = Field(0.0, ge=0, le=1)
+    lr: float = Field(1e-3, gt=0, le=10, description="the learning rate (one_cycle: its peak)")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="adam, sgd: L2 penalty; adamw: decoupled decay")
     slice_epochs: Literal["each", "budget"] = "each"
+    optimizer: Literal[OPTIMIZERS] = "adam"
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
+    nesterov: bool = Field(False, description="sgd with momentum > 0 only")
+    schedule: Literal[SCHEDULES] = Field("none", description="the learning rate's schedule, stepped every batch")
+    step_size: int | None = Field(None, ge=1, le=500, description="step schedule (required): epochs between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: the decay factor")
+    warmup_epochs: int = Field(0, ge=0, le=500, description="linear warm-up (one_cycle: its rising phase)")
+    warmup_steps: int = Field(0, ge=0, le=10**7, description="the warm-up in batches instead of epochs")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    max_grad_norm: float | None = Field(None, gt=0, description="clip the gradients' total norm; null: no clipping")
+    random_crop_padding: int = Field(0, ge=0, le=64, description="images only: zero-pad and crop back at a "
+                                     "random offset, per sample; 0: off")
+    random_horizontal_flip: bool = Field(False, description="images only: mirror half the samples")
+    mixed_precision: bool = Field(False, description="bf16 autocast on CUDA (no effect on CPU)")
+
+    @model_validator(mode="after")
+    def _recipe(self):
+        try:
+            TrainConfig(**self.model_dump())
+        except ValueError as exc:
+            raise PydanticCustomError("invalid_recipe", "{reason}", {"reason": str(exc)}) from None
+        return self
 
 
 class ModelCreate(Input):
@@ -83,12 +111,18 @@ class ModelOut(BaseModel):
     architecture: str
     architecture_params: dict | None = None
     strategy: dict
-    training: dict = Field(validation_alias=AliasChoices("training", "recipe"))
+    training: dict = Field(validation_alias=AliasChoices("training", "recipe"),
+                           description="the full recipe (a model recorded before a setting existed shows its default)")
     status: ModelStatus
     latest_version: int | None
     error: str | None
     job: JobOut | None = None
     created_at: datetime
+
+    @field_validator("training")
+    @classmethod
+    def _full_recipe(cls, recipe: dict) -> dict:
+        return {**TrainConfig().to_dict(), **recipe}
 
 
 class VersionSummary(BaseModel):

@@ -41,6 +41,7 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
         raise ApiError(422, "invalid_model", f"{strategy['shards']} shards x {strategy['slices']} slices need at "
                        f"least that many owners; dataset {dataset.name!r} has {dataset.n_owners}")
     recipe = {**model_in.training.model_dump(), "seed": model_in.seed}
+    check_recipe(recipe, dataset)
     model = ModelRow(name=model_in.name, dataset=dataset.name, architecture=model_in.architecture,
                      architecture_params=model_in.architecture_params or None,
                      strategy=strategy, recipe=recipe, status=ModelStatus.QUEUED)
@@ -68,6 +69,8 @@ def import_model(*, session: Session, engine: Engine, actor: str, body: ModelImp
         raise ApiError(409, "model_exists", f"model {body.name!r} already exists")
     dataset = get_or_404(session, DatasetRow, body.dataset, "dataset_not_found", f"no dataset {body.dataset!r}")
     check_architecture(body.architecture, body.architecture_params)
+    recipe = {**body.training.model_dump(), "seed": body.seed}
+    check_recipe(recipe, dataset)
     job = JobRow(id=str(uuid.uuid4()), kind=JobKind.TRAIN, model=body.name, status=JobStatus.RUNNING,
                  started_at=utcnow())
     now = utcnow()
@@ -77,7 +80,6 @@ def import_model(*, session: Session, engine: Engine, actor: str, body: ModelImp
     if not took:
         raise ApiError(409, "dataset_busy", f"a job is changing dataset {dataset.name!r}; import again shortly",
                        headers={"Retry-After": "30"})
-    recipe = {**body.training.model_dump(), "seed": body.seed}
     record = engine.import_model(body.name, dataset=dataset.name, architecture=body.architecture, weights=weights,
                                  architecture_params=body.architecture_params or None, config=TrainConfig(**recipe))
     model = ModelRow(name=body.name, dataset=dataset.name, architecture=body.architecture,
@@ -97,6 +99,19 @@ def import_model(*, session: Session, engine: Engine, actor: str, body: ModelImp
                  "weights_sha256": record["constituents"][0]["weights"], "n_samples": record["n_samples"]})
     session.execute(update(DatasetRow).where(DatasetRow.busy_job == job.id).values(busy_job=None, busy_until=None))
     return model
+
+
+def check_recipe(recipe: dict, dataset: DatasetRow) -> None:
+    """422 ``invalid_model`` (error type ``invalid_recipe``, as the body's own recipe
+    checks) for a recipe the dataset's inputs cannot take: augmentation of non-images."""
+    shape = (dataset.info or {}).get("input_shape")
+    if shape is None:
+        return  # the training job checks it against the data
+    try:
+        TrainConfig(**recipe).check_input_shape(shape)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_model", str(exc), extra={"errors": [
+            {"loc": ["body", "training"], "msg": str(exc), "type": "invalid_recipe"}]}) from None
 
 
 def check_architecture(name: str, params: dict) -> None:

@@ -85,3 +85,45 @@ def test_architectures_are_listed_and_a_plugin_trains_with_its_parameters(tmp_pa
     code, _, err = run(tmp_path, "train", "bad", "--dataset", "digits", "--arch", "acme_tabular",
                        "--arch-param", "hidden", capsys=capsys)
     assert code == 2 and "KEY=VALUE" in err
+
+
+def test_train_takes_a_recipe_and_its_options_override_it(tmp_path, capsys):
+    assert run(tmp_path, "import", "digits", "--source", "digits", capsys=capsys)[0] == 0
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "lr": 0.05,
+                                  "schedule": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1, "epochs": 9}))
+    code, out, _ = run(tmp_path, "--json", "train", "m", "--dataset", "digits", "--arch", "mlp", "--shards", "2",
+                       "--slices", "1", "--epochs", "2", "--recipe", f"@{recipe}", capsys=capsys)
+    assert code == 0, out
+    stored = json.loads(out)["recipe"]
+    assert stored["optimizer"] == "sgd" and stored["nesterov"] is True and stored["schedule"] == "cosine"
+    assert stored["epochs"] == 2 and stored["lr"] == 0.05  # --epochs given: it wins; --lr left alone: the recipe's
+    code, _, err = run(tmp_path, "train", "bad", "--dataset", "digits", "--recipe", '{"optimizer": "adam", '
+                       '"nesterov": true}', capsys=capsys)
+    assert code == 2 and "nesterov" in err
+    code, _, err = run(tmp_path, "train", "bad", "--dataset", "digits", "--recipe", '{"optimiser": "sgd"}',
+                       capsys=capsys)
+    assert code == 2 and "optimiser" in err
+
+
+def test_import_model_takes_a_torch_export_archive(tmp_path, capsys):
+    import io
+
+    import torch
+
+    from workers.engine import nets
+
+    assert run(tmp_path, "import", "digits", "--source", "digits", capsys=capsys)[0] == 0
+    net = nets.build("cnn", [1, 8, 8], 10, seed=3).eval()
+    archive = tmp_path / "acme.pt2"
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 1, 8, 8),)), buf)
+    archive.write_bytes(buf.getvalue())
+    code, out, _ = run(tmp_path, "--json", "import-model", "acme", "--dataset", "digits", "--arch", "cnn",
+                       "--weights", str(archive), "--recipe", '{"epochs": 1}', capsys=capsys)
+    assert code == 0, out
+    v1 = json.loads(out)
+    assert v1["kind"] == "imported" and v1["recipe"]["epochs"] == 1
+    code, _, err = run(tmp_path, "import-model", "other", "--dataset", "digits", "--arch", "mlp",
+                       "--weights", str(archive), capsys=capsys)
+    assert code == 2 and "[invalid_weights]" in err

@@ -67,6 +67,57 @@ def test_weights_that_do_not_fit_or_would_unpickle_are_refused(digits_engine):
     assert "a" not in digits_engine.store.model_names()
 
 
+def _torchscript(net) -> bytes:
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(net.eval()), buf)
+    return buf.getvalue()
+
+
+def _exported(net, batch=4) -> bytes:
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(net.eval(), (torch.zeros(batch, 1, 8, 8),)), buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("archive", [_torchscript, _exported], ids=["torchscript", "torch.export"])
+@pytest.mark.parametrize("architecture", ["mlp", "cnn"])
+def test_a_whole_model_archive_is_imported_by_its_weights(digits_engine, archive, architecture):
+    donor = _trained_elsewhere(digits_engine, architecture)
+    v1 = digits_engine.import_model("acme", dataset="digits", architecture=architecture, weights=archive(donor))
+    assert v1["kind"] == "imported" and v1["metrics"]["test_accuracy"] > 0.5
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        expected = torch.softmax(donor.eval()(x), 1)
+    assert torch.allclose(digits_engine.load("acme").predict_proba(x), expected, atol=1e-6)
+
+
+class _SameKeysOtherModel(torch.nn.Module):
+    """The mlp's parameter names and shapes, with another forward (tanh, not ReLU)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net.net
+
+    def forward(self, x):
+        h = x.flatten(1)
+        for layer in self.net:
+            h = torch.tanh(h) if isinstance(layer, torch.nn.ReLU) else layer(h)
+        return h
+
+
+@pytest.mark.parametrize("archive", [_torchscript, _exported], ids=["torchscript", "torch.export"])
+def test_an_archive_that_computes_something_else_or_is_damaged_is_refused(digits_engine, archive):
+    net = nets.build("mlp", [1, 8, 8], 10, seed=0)
+    with pytest.raises(WeightsError, match="computes something else"):
+        digits_engine.import_model("a", dataset="digits", architecture="mlp", weights=archive(_SameKeysOtherModel(net)))
+    with pytest.raises(WeightsError, match="missing key"):  # an archive of another architecture
+        digits_engine.import_model("a", dataset="digits", architecture="cnn", weights=archive(net))
+    data = archive(net)
+    with pytest.raises(WeightsError):  # cut short: no longer a zip, nor a state dict
+        digits_engine.import_model("a", dataset="digits", architecture="mlp", weights=data[: len(data) // 2])
+    assert "a" not in digits_engine.store.model_names()
+
+
 @pytest.mark.parametrize("mode,method", [("approximate", "ga"), ("sisa", None)])
 def test_an_imported_model_is_unlearned_approximately_or_retrained_exactly(digits_engine, mode, method):
     donor = _trained_elsewhere(digits_engine)

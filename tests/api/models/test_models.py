@@ -244,6 +244,26 @@ def test_a_model_trained_elsewhere_is_imported_served_and_forgets_through_the_ga
     assert events[:2] == ["model.version_published", "model.imported"]
 
 
+def test_a_torch_export_archive_is_imported_and_one_of_another_model_is_422(ready):
+    import io
+
+    import torch
+    from app.engine import build_engine
+
+    net = build_engine(ready.app_.state.settings).load("m", 1).models[0].eval()
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 1, 8, 8),)), buf)
+    r = _import(ready, buf.getvalue(), architecture="cnn")
+    assert r.status_code == 422 and r.json()["code"] == "invalid_weights" and "missing key" in r.json()["detail"]
+    r = _import(ready, buf.getvalue())
+    assert r.status_code == 201, r.text
+    x = [[float(i % 7) for i in range(64)]]
+    p = ready.post("/v1/models/imported/versions/1/predict", json={"inputs": x}, headers=C).json()
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.tensor(x).reshape(1, 1, 8, 8) / 16), 1)[0]
+    assert torch.allclose(torch.tensor(p["probabilities"][0]), expected, atol=1e-5)
+
+
 def test_weights_that_do_not_fit_are_422_invalid_weights_naming_the_key(ready):
     r = _import(ready, _donor_weights(ready), architecture="cnn")
     assert r.status_code == 422 and r.json()["code"] == "invalid_weights" and "'" in r.json()["detail"]
