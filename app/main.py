@@ -29,7 +29,7 @@ from app.engine import build_engine
 from app.http import BodyLimit, StorableText, install_error_handlers
 from app.jobs.flow import check_settings
 from app.jobs.service import requeue_stalled
-from app.models.routes import architectures_router
+from app.models.routes import architectures_router, backbones as backbones_router
 from app.models.routes import router as models_router
 from app.models.purge import purge
 from app.models.service import EnsembleCache
@@ -120,8 +120,8 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
     app.state.intake = Intake(factory, app.state.engine, on_commit=app.state.poke_relay,
                               deadline=timedelta(days=settings.deadline_days))
     install_error_handlers(app)
-    for router in (datasets_router, models_router, architectures_router, deletions_router, owners_router,
-                   audit_router, certificates_router):
+    for router in (datasets_router, models_router, architectures_router, backbones_router, deletions_router,
+                   owners_router, audit_router, certificates_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
 
     db_pool_size: int = 4  # database connections per process
     max_upload_bytes: int = 200 * 1024 * 1024
+    # A folder on the server whose files admins may import by path (a table or an image
+    # archive larger than an upload may be); unset: imports by path are refused.
+    import_dir: Path | None = None
     max_predict_rows: int = 1024
     # Most bytes a predict body may take, JSON or .npy, however wide the model's inputs:
     # below what max_predict_rows inputs would take, it is what bounds a call.

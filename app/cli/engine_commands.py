@@ -17,14 +17,19 @@ from workers.engine.unlearning import METHODS
 @cli.command("import")
 @click.argument("name")
 @click.option("--source", required=True, type=click.Choice(SOURCES.names()))
-@click.option("--path", default=None, help="npz file, or directory of Fashion-MNIST IDX files")
+@click.option("--path", default=None, help="npz file, a table (CSV, Parquet), an image-folder archive or "
+              "directory, or the directory of Fashion-MNIST IDX files")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="what the file is, for table (label_column, owner_column, ...) and image-folder (image_size, "
+                   "...) sources; VALUE read as JSON when it parses, else text; repeatable")
 @click.option("--seed", type=int, default=0, show_default=True, help="owner assignment (and digits split) seed")
 @click.option("--owners", type=int, default=None, help="number of owners to assign (default samples/20)")
 @click.option("--zipf-a", type=float, default=0.75, show_default=True, help="Zipf exponent of the owner skew")
 @pass_ctx
-def import_(c: Context, name, source, path, seed, owners, zipf_a):
+def import_(c: Context, name, source, path, options, seed, owners, zipf_a):
     """Import a dataset with its per-sample owner ledger."""
-    info = c.engine().import_dataset(name, source, seed=seed, path=path, owners=owners, zipf_a=zipf_a)
+    info = c.engine().import_dataset(name, source, seed=seed, path=path, owners=owners, zipf_a=zipf_a,
+                                     options=_key_values(options, hint="--option") or None)
     c.print(info.__dict__, f"dataset {info.name}: {info.n_samples} samples, {info.n_owners} owners, "
             f"{info.n_test} test samples, input {info.input_shape}, {info.num_classes} classes")
 
@@ -69,11 +74,14 @@ def owners(c: Context, dataset, limit, after):
 @click.option("--recipe", "recipe_json", default=None, metavar="JSON|@FILE",
               help="the training recipe as a JSON object (the API's `training`: optimizer, schedule, "
                    "label_smoothing, ...); the options above, when given, override it")
+@click.option("--init-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="a checkpoint pretrained elsewhere (a backbone: state dict or archive); every constituent "
+                   "starts from the parameters of it that fit")
 @click.option("--arch-param", "arch_params", multiple=True, metavar="KEY=VALUE",
               help="an architecture parameter (VALUE read as JSON when it parses, else text); repeatable")
 @pass_ctx
 def train(c: Context, name, dataset, arch, strategy, shards, slices, aggregation, epochs, slice_epochs, batch_size,
-          lr, seed, recipe_json, arch_params):
+          lr, seed, recipe_json, init_weights, arch_params):
     """Train a model and publish version 1 (`lethe architectures` lists the architectures)."""
     from workers.engine.sisa import Strategy
 
@@ -84,7 +92,8 @@ def train(c: Context, name, dataset, arch, strategy, shards, slices, aggregation
         raise click.BadParameter(str(exc)) from None
     config = _recipe(recipe_json, epochs=epochs, slice_epochs=slice_epochs, batch_size=batch_size, lr=lr, seed=seed)
     v = c.engine().train(name, dataset=dataset, architecture=arch, strategy=strat, config=config,
-                         architecture_params=_key_values(arch_params))
+                         architecture_params=_key_values(arch_params),
+                         init_weights=init_weights.read_bytes() if init_weights else None)
     c.print(v, summary(v))
 
 
@@ -134,12 +143,12 @@ def _recipe(recipe_json: str | None, **options):
         raise click.BadParameter(str(exc), param_hint="--recipe") from None
 
 
-def _key_values(pairs: tuple[str, ...]) -> dict:
+def _key_values(pairs: tuple[str, ...], hint: str = "--arch-param") -> dict:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--arch-param")
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=hint)
         try:
             out[key] = json.loads(value)
         except ValueError:

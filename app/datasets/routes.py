@@ -1,6 +1,8 @@
 """Dataset routes: import (admin; a public set by name, or an .npz upload), list, read, owners."""
 from __future__ import annotations
 
+import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.datasets import service
-from app.datasets.schemas import NAME, DatasetImport, DatasetOut, OwnerCount, OwnerPage
+from app.datasets.schemas import FILE_SOURCES, NAME, DatasetImport, DatasetOut, OwnerCount, OwnerPage
 from app.deps import AdminDep, CallerDep, EngineDep, SessionDep
 from app.errors import ApiError
 
@@ -29,8 +31,12 @@ _IMPORT_BODY = {
                     "required": ["name", "file"],
                     "properties": {
                         "name": {"type": "string", "pattern": NAME},
+                        "source": {"type": "string", "enum": list(FILE_SOURCES), "default": "npz"},
+                        "options": {"type": "string", "description": "JSON object (see DatasetImport.options)"},
                         "file": {"type": "string", "format": "binary",
-                                 "description": ".npz with x, y, owner_id (optional x_test, y_test)"},
+                                 "description": "npz: x, y, owner_id (optional x_test, y_test); table: a CSV or "
+                                                "Parquet file; image-folder: a zip or tar of <class>/<file> "
+                                                "with owners.csv"},
                     },
                 }
             },
@@ -41,33 +47,52 @@ _IMPORT_BODY = {
 
 @router.post("", status_code=201, response_model=DatasetOut, openapi_extra=_IMPORT_BODY)
 async def import_dataset(request: Request, session: SessionDep, engine: EngineDep, caller: AdminDep) -> DatasetOut:
-    """Import ``fashion-mnist`` or ``digits`` (JSON body), or upload an ``.npz`` (multipart)."""
+    """Import ``fashion-mnist`` or ``digits`` (JSON body); upload a file (multipart: an
+    ``.npz``, a table or an image-folder archive); or import a file already on the server
+    (JSON ``path`` under ``LETHE_IMPORT_DIR``)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
-        name, upload = form.get("name"), form.get("file")
-        if not isinstance(name, str) or not isinstance(upload, UploadFile):
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
             raise ApiError(422, "invalid_request", "multipart upload needs a 'name' field and a 'file' part")
+        fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
         try:
-            DatasetImport(name=name, source="digits")  # validates the name
-        except ValidationError:
-            raise ApiError(422, "invalid_request", f"invalid dataset name {name!r}") from None
+            if "options" in fields:
+                fields["options"] = json.loads(fields["options"])
+            body = DatasetImport.model_validate({"source": "npz", **fields})
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", f"options must be a JSON object: {exc}") from None
+        if body.source not in FILE_SOURCES or body.path is not None:
+            raise ApiError(422, "invalid_request", f"an upload is imported with a file source "
+                           f"({', '.join(FILE_SOURCES)}), without a path")
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "upload.npz"
-            path.write_bytes(await upload.read())
+            path = Path(tmp) / ("upload" + _suffix(upload.filename))
+            with open(path, "wb") as fh:  # from the spooled upload, not through memory
+                await run_in_threadpool(shutil.copyfileobj, upload.file, fh, 1 << 20)
             row = await run_in_threadpool(
                 service.import_dataset, session=session, engine=engine, actor=caller.key_id,
-                name=name, source="npz", path=path,
+                name=body.name, source=body.source, path=path, options=body.options,
             )
     else:
         try:
             body = DatasetImport.model_validate_json(await request.body())
         except ValidationError as exc:  # answered like any other invalid body (errors.py)
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+        path = service.server_path(request.app.state.settings, body)
         row = await run_in_threadpool(
             service.import_dataset, session=session, engine=engine, actor=caller.key_id,
             name=body.name, source=body.source, seed=body.seed, owners=body.owners, zipf_a=body.zipf_a,
+            path=path, options=body.options,
         )
     return DatasetOut.model_validate(row)
+
+
+def _suffix(filename: str | None) -> str:
+    """The upload's file type suffix (``.tar.gz``, ``.csv``, ...), letters and digits only."""
+    suffixes = Path(filename or "").suffixes[-2:]
+    return "".join(s for s in suffixes if s[1:].isalnum() and len(s) <= 9).lower()
 
 
 @router.get("", response_model=list[DatasetOut])

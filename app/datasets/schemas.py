@@ -10,8 +10,10 @@ from app.text import Input
 from workers.engine.ledger import NAME_PATTERN as NAME
 from workers.engine.sources import SOURCES
 
-# Sources read by name (an upload source such as npz comes as multipart instead).
+# Sources read by name; the others read a file: uploaded (multipart), or a server-side
+# path under LETHE_IMPORT_DIR (JSON, admins).
 PUBLIC_SOURCES = tuple(n for n in SOURCES if not SOURCES.get(n).needs_file)
+FILE_SOURCES = tuple(n for n in SOURCES if SOURCES.get(n).needs_file)
 
 
 def _info(name: str):
@@ -19,10 +21,15 @@ def _info(name: str):
 
 
 class DatasetImport(Input):
-    """Import a public data set; owners are assigned from ``seed`` with a Zipf skew."""
+    """Import a public data set (owners are assigned from ``seed`` with a Zipf skew), or a
+    file already on the server (``path``, relative to ``LETHE_IMPORT_DIR``) with the
+    owners it names."""
 
     name: str = Field(pattern=NAME)
-    source: Literal[PUBLIC_SOURCES]
+    source: Literal[PUBLIC_SOURCES + FILE_SOURCES]
+    path: str | None = Field(None, max_length=4096, description="file sources: a path under LETHE_IMPORT_DIR")
+    options: dict | None = Field(None, description="table: label_column, owner_column, feature_columns, "
+                                 "categorical_columns, format; image-folder: image_size, channels, owners_csv")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     owners: int | None = Field(None, ge=1, description="number of owners (default: samples / 20)")
     zipf_a: float = Field(0.75, ge=0.0, le=5.0)

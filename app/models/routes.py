@@ -12,13 +12,15 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.deps import AdminDep, CallerDep, EngineDep, SessionDep, SettingsDep
-from app.errors import ApiError
+from app.errors import ApiError, get_or_404
 from app.http import read_body
 from app.models import service, versions
+from app.tables import DatasetRow
 from app.models.schemas import (
     AliasIn,
     AliasOut,
     ArchitectureOut,
+    BackboneOut,
     ModelImport,
     JobOut,
     ModelAccepted,
@@ -32,6 +34,7 @@ from app.models.schemas import (
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 architectures_router = APIRouter(prefix="/v1/architectures", tags=["models"])
+backbones = APIRouter(prefix="/v1/backbones", tags=["models"])
 
 
 @architectures_router.get("", response_model=list[ArchitectureOut])
@@ -48,8 +51,11 @@ def _model(row, job) -> ModelOut:
 
 
 @router.post("", status_code=202, response_model=ModelAccepted)
-def create_model(body: ModelCreate, session: SessionDep, caller: AdminDep) -> ModelAccepted:
+def create_model(body: ModelCreate, session: SessionDep, engine: EngineDep, caller: AdminDep) -> ModelAccepted:
     """Queue training; poll ``GET /v1/models/{name}`` for status and progress."""
+    if body.training.init is not None and not engine.store.has_blob(body.training.init):
+        raise ApiError(422, "invalid_model", "training.init names no stored backbone: upload it with "
+                       "POST /v1/backbones and use the digest it answers")
     model, job = service.create(session=session, actor=caller.key_id, model_in=body)
     return ModelAccepted(model=model.name, status=model.status, job=JobOut.model_validate(job))
 
@@ -72,6 +78,50 @@ _IMPORT_BODY = {
         }}},
     }
 }
+
+
+_BACKBONE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["dataset", "architecture", "weights"],
+            "properties": {
+                "dataset": {"type": "string"}, "architecture": {"type": "string"},
+                "architecture_params": {"type": "string", "description": "JSON object"},
+                "weights": {"type": "string", "format": "binary",
+                            "description": "a safetensors or torch.save state dict, or a TorchScript or "
+                                           "torch.export archive: a backbone pretrained elsewhere"},
+            },
+        }}},
+    }
+}
+
+
+@backbones.post("", status_code=201, response_model=BackboneOut, openapi_extra=_BACKBONE_BODY)
+async def upload_backbone(request: Request, session: SessionDep, engine: EngineDep, _: AdminDep) -> BackboneOut:
+    """Keep a checkpoint pretrained elsewhere (a backbone) for an architecture on a
+    dataset: the parameters that fit (same name, same shape) are stored, the rest (a
+    head for other classes) listed as skipped. Name the answer's ``digest`` as
+    ``training.init`` in ``POST /v1/models`` to start every constituent from it."""
+    form = await request.form()
+    upload = form.get("weights")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(422, "invalid_request", "the upload needs a 'weights' file part")
+    fields = {k: v for k, v in form.items() if k != "weights" and isinstance(v, str)}
+    try:
+        params = json.loads(fields.get("architecture_params") or "{}")
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", f"architecture_params must be JSON: {exc}") from None
+    if not isinstance(params, dict) or not fields.get("dataset") or not fields.get("architecture"):
+        raise ApiError(422, "invalid_request", "the upload needs 'dataset' and 'architecture' fields "
+                       "(and architecture_params, if any, as a JSON object)")
+    dataset = get_or_404(session, DatasetRow, fields["dataset"], "dataset_not_found", f"no dataset {fields['dataset']!r}")
+    service.check_architecture(fields["architecture"], params)
+    data = await upload.read()
+    kept = await run_in_threadpool(lambda: engine.store_backbone(dataset.name, architecture=fields["architecture"],
+                                                                 architecture_params=params or None, data=data))
+    return BackboneOut(architecture=fields["architecture"], dataset=dataset.name, **kept)
 
 
 @router.post("/import", status_code=201, response_model=ModelOut, openapi_extra=_IMPORT_BODY)

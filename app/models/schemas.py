@@ -51,6 +51,9 @@ class TrainingSettings(Input):
                                      "random offset, per sample; 0: off")
     random_horizontal_flip: bool = Field(False, description="images only: mirror half the samples")
     mixed_precision: bool = Field(False, description="bf16 autocast on CUDA (no effect on CPU)")
+    init: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                             description="start every constituent from this pretrained backbone (the digest "
+                                         "POST /v1/backbones answered)")
 
     @model_validator(mode="after")
     def _recipe(self):
@@ -100,6 +103,14 @@ class ModelAccepted(BaseModel):
     model: str
     status: ModelStatus
     job: JobOut
+
+
+class BackboneOut(BaseModel):
+    digest: str = Field(description="name it as training.init when creating a model")
+    architecture: str
+    dataset: str
+    keys: list[str] = Field(description="the checkpoint's parameters and buffers that fit the architecture")
+    skipped: list[str] = Field(description="those that do not (a head for other classes, say): they start afresh")
 
 
 class ModelOut(BaseModel):

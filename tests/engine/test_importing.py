@@ -132,3 +132,34 @@ def test_an_imported_model_is_unlearned_approximately_or_retrained_exactly(digit
     assert not np.isin(gone, manifest).any()
     if mode == "sisa":  # retrained from scratch with the recipe: the honest reference
         assert v2["constituents"][0]["status"] == "retrained" and v2["constituents"][0]["retrained_from_slice"] == 0
+
+
+def test_a_pretrained_backbone_initialises_every_constituent_and_survives_unlearning(digits_engine):
+    """A checkpoint for 5 classes (another task): its body starts each constituent, its
+    head is skipped; a SISA pass from it equals a full retrain from it, bit for bit."""
+    from dataclasses import replace
+
+    donor = nets.build("mlp", [1, 8, 8], 5, seed=7)
+    kept = digits_engine.store_backbone("digits", architecture="mlp", architecture_params=None,
+                                        data=_safetensors(donor))
+    assert kept["skipped"] == ["net.5.bias", "net.5.weight"] and "net.1.weight" in kept["keys"]
+    frozen = replace(FAST, optimizer="sgd", lr=1e-12)  # barely moves: the start is what we see
+    digits_engine.train("bb", dataset="digits", architecture="mlp", strategy=Strategy("sisa", 2, 2),
+                        config=frozen, init_weights=_safetensors(donor))
+    for net in digits_engine.load("bb").models:
+        assert torch.allclose(net.net[1].weight, donor.net[1].weight, atol=1e-6)
+    other = digits_engine.version("bb")["recipe"]["init"]
+    assert other == kept["digest"]
+    owner = digits_engine.dataset("digits").owners(limit=1)[0][0]
+    digits_engine.train("bb-ref", dataset="digits", architecture="mlp", strategy=Strategy("sisa", 2, 2),
+                        config=replace(FAST, init=kept["digest"]))
+    v2 = digits_engine.unlearn("bb-ref", [owner])
+    full = digits_engine.unlearn("bb-ref", [], mode="full")
+    for a, b in zip(digits_engine.load("bb-ref", v2["version"]).models, digits_engine.load("bb-ref", full["version"]).models):
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_backbone_of_which_nothing_fits_is_refused(digits_engine):
+    with pytest.raises(WeightsError, match="no parameter of the checkpoint fits"):
+        digits_engine.store_backbone("digits", architecture="mlp", architecture_params=None,
+                                     data=_safetensors(nets.build("cnn", [1, 8, 8], 10, seed=0)))

@@ -366,3 +366,36 @@ def test_an_imported_model_is_served_and_unlearned_through_the_gate(stack, http,
     assert mine["version"] == 2 and "gate" in mine["metrics"] and mine["metrics"]["forget_size"] > 0
     events = http.get(f"/v1/audit?request_id={rid}&limit=200", headers=A).json()["events"]
     assert any(e["kind"] == "unlearning.attempt" and e["model"] == "imported-cnn" for e in events)
+
+
+def test_an_uploaded_table_trains_as_sisa_and_forgets_an_owner(stack, http):
+    """A CSV with string labels and a categorical column, uploaded over HTTP; the worker
+    process trains it from the ledger's chunks and a client's request forgets a customer."""
+    import json
+
+    rng = np.random.default_rng(3)
+    lines = ["customer,age,spend,plan,label"]
+    for i in range(400):
+        spend, plan = rng.normal(100, 30), ["basic", "plus", "pro"][i % 3]
+        label = "churned" if (spend < 100) != (plan == "pro") else "stayed"
+        lines.append(f"cust-{i % 40:03d},{20 + i % 60},{spend:.2f},{plan},{label}")
+    r = http.post("/v1/datasets", headers=A, files={"file": ("churn.csv", "\n".join(lines).encode())},
+                  data={"name": "churn", "source": "table",
+                        "options": json.dumps({"label_column": "label", "owner_column": "customer"})})
+    assert r.status_code == 201, r.text
+    r = http.post("/v1/models", headers=A, json={
+        "name": "churn-mlp", "dataset": "churn", "architecture": "mlp",
+        "strategy": {"kind": "sisa", "shards": 2, "slices": 2},
+        "training": {"epochs": 2, "batch_size": 32, "optimizer": "adamw", "schedule": "cosine"}})
+    assert r.status_code == 202, r.text
+    m = poll(lambda: http.get("/v1/models/churn-mlp", headers=A).json(), lambda m: m["status"] in ("ready", "failed"))
+    assert m["status"] == "ready", m
+    rid = http.post("/v1/deletion-requests", json={"owner_id": "cust-007", "models": ["churn-mlp"]},
+                    headers=C).json()["id"]
+    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
+                lambda d: d["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    mine = next(o for o in done["outcomes"] if o["model"] == "churn-mlp")
+    assert mine["version"] == 2 and mine["metrics"]["forget_size"] == 10
+    owners_left = http.get("/v1/datasets/churn/owners?limit=100", headers=A).json()["owners"]
+    assert "cust-007" not in {o["owner_id"] for o in owners_left} and len(owners_left) == 39

@@ -30,13 +30,24 @@ def import_dataset(
     zipf_a: float = 0.75,
     progress=None,
     max_classes: int = sources.MAX_CLASSES,
+    options: dict | None = None,
+    fingerprint: str | None = None,
 ) -> DatasetInfo:
     """Import ``source`` (a name in ``sources.SOURCES``) as dataset ``name``; public sets
-    get Zipf-skewed owners from ``seed``."""
+    get Zipf-skewed owners from ``seed``. ``fingerprint`` (what made this import) is kept
+    in the dataset's source description."""
     check_name(name)
     if datasets.exists(name):
         raise DatasetExists(f"dataset {name!r} already exists")
-    raw = sources.load(source, path=path, seed=seed, cache_dir=cache_dir, max_classes=max_classes)
+    raw = sources.load(source, path=path, seed=seed, cache_dir=cache_dir, max_classes=max_classes, options=options)
+    if fingerprint is not None:
+        raw.source = {**raw.source, "fingerprint": fingerprint}
+    if raw.batches is not None:
+        if progress:
+            progress(f"importing {raw.source.get('rows', 'the')} rows into {name!r}, chunk by chunk")
+        return datasets.create_from_batches(
+            name, raw.batches(), x_test=raw.x_test, y_test=raw.y_test, num_classes=raw.num_classes,
+            input_shape=raw.input_shape, x_scale=raw.x_scale, source=raw.source).info()
     source_info = dict(raw.source)
     owner_ids = raw.owner_ids
     if owner_ids is None:
@@ -72,10 +83,23 @@ def erase_owners(ds: Dataset, owners: dict[str, list[str]], *, vault: Vault, ref
     return ds.erase_owners(every, reference=reference)
 
 
+DEFAULT_MAX_DEVICE_DATA_BYTES = 1 << 30
+
+
+def max_device_data_bytes() -> int:
+    """``LETHE_MAX_DEVICE_DATA_BYTES``: the largest dataset (as float32 model inputs) held
+    whole on the device; a larger one is read from its memory-mapped chunks per batch."""
+    return int(os.environ.get("LETHE_MAX_DEVICE_DATA_BYTES", DEFAULT_MAX_DEVICE_DATA_BYTES))
+
+
 def device_data(ds: Dataset, device: torch.device) -> DeviceData:
-    """The dataset's training rows as tensors on ``device``."""
-    arrays = ds.load_arrays()
-    return DeviceData(arrays.sample_ids, arrays.x, arrays.y, ds.info().x_scale, device)
+    """The dataset's training rows as tensors on ``device``, or, when they would take
+    more than :func:`max_device_data_bytes` there, left memory-mapped on the host and
+    read batch by batch (a dataset larger than memory trains that way)."""
+    info = ds.info()
+    n_values = info.n_samples * int(np.prod(info.input_shape))
+    arrays = ds.load_arrays(lazy=n_values * 4 > max_device_data_bytes())
+    return DeviceData(arrays.sample_ids, arrays.x, arrays.y, info.x_scale, device)
 
 
 def test_tensors(ds: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:

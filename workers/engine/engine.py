@@ -10,6 +10,7 @@ version to the model store; see ``models_store``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -62,11 +63,12 @@ class Engine:
 
     # -- datasets -----------------------------------------------------------
     def import_dataset(self, name: str, source: str, *, seed: int = 0, path=None, owners: int | None = None,
-                       zipf_a: float = 0.75) -> DatasetInfo:
+                       zipf_a: float = 0.75, options: dict | None = None,
+                       fingerprint: str | None = None) -> DatasetInfo:
         return datasets.import_dataset(self.datasets, name, source, cache_dir=self.data_dir / "cache", seed=seed,
                                        path=path if path is not None else self.source_paths.get(source),
                                        owners=owners, zipf_a=zipf_a, progress=self.progress,
-                                       max_classes=self.max_classes)
+                                       max_classes=self.max_classes, options=options, fingerprint=fingerprint)
 
     def dataset(self, name: str) -> Dataset:
         return self.datasets.open(name)
@@ -160,11 +162,23 @@ class Engine:
                 self.vault.destroy(request)
 
     def train(self, name: str, *, dataset: str, architecture: str = "cnn", strategy: Strategy = Strategy(),
-              config: TrainConfig = TrainConfig(), architecture_params: dict | None = None) -> dict:
-        """Train model ``name`` on ``dataset`` and publish version 1."""
+              config: TrainConfig = TrainConfig(), architecture_params: dict | None = None,
+              init_weights: bytes | None = None) -> dict:
+        """Train model ``name`` on ``dataset`` and publish version 1 (each constituent
+        initialised from ``init_weights``, a pretrained backbone, when given)."""
+        if init_weights is not None:
+            kept = self.store_backbone(dataset, architecture=architecture, architecture_params=architecture_params,
+                                       data=init_weights)
+            config = dataclasses.replace(config, init=kept["digest"])
         return self.run_plan(self.plan_train(name, dataset=dataset, architecture=architecture, strategy=strategy,
-                                             architecture_params=architecture_params,
-                                             config=config))
+                                             architecture_params=architecture_params, config=config))
+
+    def store_backbone(self, dataset: str, *, architecture: str, architecture_params: dict | None,
+                       data: bytes) -> dict:
+        """Keep a pretrained backbone for ``architecture`` on ``dataset`` (see
+        ``planning.store_backbone``); a recipe's ``init`` names its digest."""
+        return planning.store_backbone(self.store, self.dataset(dataset), architecture=architecture,
+                                       architecture_params=architecture_params, data=data)
 
     def import_model(self, name: str, *, dataset: str, architecture: str, weights: bytes,
                      architecture_params: dict | None = None, config: TrainConfig = TrainConfig()) -> dict:

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -125,6 +126,35 @@ def _write_chunk(directory: Path, sample_ids: np.ndarray, x: np.ndarray, y: np.n
 
 def _read_chunk(directory: Path) -> Arrays:
     return Arrays(*(np.load(directory / f"{name}.npy", mmap_mode="r") for name in ("sample_id", "x", "y")))
+
+
+class ChunkedRows:
+    """Rows spread over several memory-mapped chunk arrays, indexed by position as one
+    array without concatenating them: only the rows asked for are read."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+        self.dtype = parts[0].dtype
+        self.shape = (int(self.offsets[-1]), *parts[0].shape[1:])
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(len(self)))
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        index = np.where(index < 0, index + len(self), index).astype(np.int64)
+        which = np.searchsorted(self.offsets, index, side="right") - 1
+        out = np.empty((len(index), *self.shape[1:]), self.dtype)
+        for k in np.unique(which):
+            sel = which == k
+            out[sel] = self.parts[k][index[sel] - self.offsets[k]]
+        return out
 
 
 def _chunk_name(k: int, generation: int) -> str:
@@ -240,6 +270,23 @@ class Dataset:
         with self._db() as con:
             return dict(con.execute("SELECT sample_id, owner_id FROM samples").fetchall())
 
+    def owner_codes(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Every remaining sample's id and its owner as a code into the sorted owner ids:
+        ``(sample_ids, codes, owner_ids)``, read as a stream into arrays (a dataset of
+        millions of rows needs tens of megabytes here, not a dict per row)."""
+        with self._db() as con:
+            n = con.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+            ids = np.empty(n, dtype=np.int64)
+            codes = np.empty(n, dtype=np.int64)
+            names: list[str] = []
+            i = 0
+            for sample_id, owner in con.execute("SELECT sample_id, owner_id FROM samples ORDER BY owner_id, sample_id"):
+                if not names or names[-1] != owner:
+                    names.append(owner)
+                ids[i], codes[i] = sample_id, len(names) - 1
+                i += 1
+        return ids[:i], codes[:i], names
+
     def erasures(self, owner_id: str | None = None) -> list[Erasure]:
         sql = "SELECT owner_id, sample_ids, digest, erased_at, reference FROM erasures"
         args: tuple = ()
@@ -255,15 +302,31 @@ class Dataset:
         chunks = self._meta(con, "chunks")
         return {int(k): v for k, v in chunks.items()} if chunks is not None else None
 
-    def load_arrays(self) -> Arrays:
-        """Every training row held now, in sample-id order (read into memory)."""
-        return self._load(None)
+    def load_arrays(self, *, lazy: bool = False) -> Arrays:
+        """Every training row held now, in sample-id order: read into memory, or with
+        ``lazy`` its ``x`` as :class:`ChunkedRows` over the memory-mapped chunks (read
+        row by row as they are indexed; ids and labels are in memory either way)."""
+        return self._load(None, lazy=lazy)
+
+    def sample_ids(self) -> np.ndarray:
+        """The sample ids held now, ascending (the rows are not read)."""
+        with self._db() as con:
+            return np.fromiter((r[0] for r in con.execute("SELECT sample_id FROM samples ORDER BY sample_id")),
+                               dtype=np.int64)
+
+    def nbytes(self) -> int:
+        """The training rows' size on disk (the chunks' x arrays)."""
+        with self._db() as con:
+            chunks = self._chunks(con)
+        if chunks is None:
+            return sum(f.stat().st_size for f in self.path.glob("arrays-*.npz"))
+        return sum((self.path / "chunks" / c / "x.npy").stat().st_size for c in chunks.values())
 
     def rows(self, sample_ids: np.ndarray) -> Arrays:
         """The rows of ``sample_ids`` still held, reading only the chunks that hold them."""
         return self._load(np.asarray(sample_ids, dtype=np.int64))
 
-    def _load(self, wanted: np.ndarray | None) -> Arrays:
+    def _load(self, wanted: np.ndarray | None, *, lazy: bool = False) -> Arrays:
         for _ in range(5):
             with self._db() as con:
                 chunks, fname = self._chunks(con), self._meta(con, "arrays_file")
@@ -280,6 +343,8 @@ class Dataset:
                         first = _read_chunk(self.path / "chunks" / chunks[min(chunks)])
                         parts = [Arrays(first.sample_ids[:0], first.x[:0], first.y[:0])]
                 ids = np.concatenate([p.sample_ids for p in parts])
+                if lazy and wanted is None:
+                    return Arrays(ids, ChunkedRows([p.x for p in parts]), np.concatenate([p.y for p in parts]))
                 keep = slice(None) if wanted is None else np.isin(ids, wanted)
                 return Arrays(ids[keep], np.concatenate([p.x for p in parts])[keep],
                               np.concatenate([p.y for p in parts])[keep])
@@ -423,19 +488,65 @@ class DatasetStore:
         source: dict,
     ) -> Dataset:
         """Write a new dataset atomically: it appears whole or not at all."""
+        return self.create_from_batches(name, [(x, y, owner_ids)], x_test=x_test, y_test=y_test,
+                                        num_classes=num_classes, input_shape=input_shape, x_scale=x_scale,
+                                        source=source)
+
+    def create_from_batches(
+        self,
+        name: str,
+        batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+        *,
+        x_test: np.ndarray | None,
+        y_test: np.ndarray | None,
+        num_classes: int,
+        input_shape: list[int],
+        x_scale: float,
+        source: dict,
+    ) -> Dataset:
+        """Write a new dataset from ``(x, y, owner_ids)`` batches as they come, one chunk
+        at a time (a dataset larger than memory is never held whole), atomically: it
+        appears whole or not at all. Sample ids are the rows' positions."""
         check_name(name)
         if self.exists(name):
             raise DatasetExists(f"dataset {name!r} already exists")
-        n = len(x)
-        if n == 0:
-            raise DatasetError("the dataset is empty")
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
         try:
-            sample_ids = np.arange(n, dtype=np.int64)
-            chunks = {}
-            for k, rows in _split(sample_ids, CHUNK_ROWS).items():
-                chunks[k] = _chunk_name(k, 0)
-                _write_chunk(tmp / "chunks" / chunks[k], sample_ids[rows], x[rows], y[rows].astype(np.int64))
+            con = sqlite3.connect(tmp / "ledger.sqlite")
+            con.executescript(SCHEMA)
+            chunks: dict[int, str] = {}
+            pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+            n = held = 0
+
+            def flush(final: bool) -> None:
+                nonlocal n, pending, held
+                if held < CHUNK_ROWS and not (final and held):
+                    return
+                x, y, owners = (np.concatenate([p[i] for p in pending]) if len(pending) > 1 else pending[0][i]
+                                for i in range(3))
+                while held >= CHUNK_ROWS or (final and held):
+                    take = min(CHUNK_ROWS, held)
+                    ids = np.arange(n, n + take, dtype=np.int64)
+                    k = n // CHUNK_ROWS
+                    chunks[k] = _chunk_name(k, 0)
+                    _write_chunk(tmp / "chunks" / chunks[k], ids, x[:take], y[:take].astype(np.int64))
+                    con.executemany("INSERT INTO samples VALUES (?, ?, ?)",
+                                    zip(ids.tolist(), [str(o) for o in owners[:take]],
+                                        y[:take].astype(np.int64).tolist()))
+                    n += take
+                    x, y, owners = x[take:], y[take:], owners[take:]
+                    held -= take
+                pending = [(x, y, owners)]
+
+            for x, y, owners in batches:
+                if not len(x) == len(y) == len(owners):
+                    raise DatasetError(f"a batch of {len(x)} rows has {len(y)} labels and {len(owners)} owners")
+                pending.append((np.asarray(x), np.asarray(y), np.asarray(owners)))
+                held += len(x)
+                flush(final=False)
+            flush(final=True)
+            if n == 0:
+                raise DatasetError("the dataset is empty")
             if x_test is not None and y_test is not None and len(x_test):
                 _atomic_savez(tmp / "test.npz", x=x_test, y=y_test.astype(np.int64))
             info = dict(
@@ -446,16 +557,10 @@ class DatasetStore:
                 n_test=0 if x_test is None else int(len(x_test)),
                 created_at=utcnow(),
             )
-            con = sqlite3.connect(tmp / "ledger.sqlite")
-            with con:
-                con.executescript(SCHEMA)
-                con.execute("INSERT INTO meta VALUES ('info', ?)", (json.dumps(info),))
-                con.execute("INSERT INTO meta VALUES ('chunks', ?)", (json.dumps(chunks),))
-                con.execute("INSERT INTO meta VALUES ('chunk_rows', ?)", (json.dumps(CHUNK_ROWS),))
-                con.executemany(
-                    "INSERT INTO samples VALUES (?, ?, ?)",
-                    zip(sample_ids.tolist(), [str(o) for o in owner_ids], y.astype(np.int64).tolist()),
-                )
+            con.execute("INSERT INTO meta VALUES ('info', ?)", (json.dumps(info),))
+            con.execute("INSERT INTO meta VALUES ('chunks', ?)", (json.dumps(chunks),))
+            con.execute("INSERT INTO meta VALUES ('chunk_rows', ?)", (json.dumps(CHUNK_ROWS),))
+            con.commit()
             con.close()
             os.rename(tmp, self.root / name)
         except OSError as exc:

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from models_store import ModelNotFound, ModelStore
-from workers.engine import nets, sisa, unlearning
+from workers.engine import nets, sisa, unlearning, weights
 from workers.engine.digests import ids_digest
 from workers.engine.errors import ModelError
 from workers.engine.ids import put_ids, slice_ids
@@ -24,17 +24,36 @@ from workers.engine.vault import Vault
 MODES = {"sisa": PlanKind.UNLEARN, "full": PlanKind.FULL_RETRAIN, "approximate": PlanKind.APPROXIMATE}
 
 
+def store_backbone(store: ModelStore, ds: Dataset, *, architecture: str, architecture_params: dict | None,
+                   data: bytes) -> dict:
+    """Keep the part of a pretrained checkpoint (a backbone) that fits ``architecture`` on
+    ``ds`` as a blob: ``{"digest", "keys", "skipped"}``. A recipe names the digest
+    (``init``) to start every constituent from it."""
+    from safetensors.torch import save as st_save
+
+    info = ds.info()
+    try:
+        net = nets.build(architecture, info.input_shape, info.num_classes, seed=0, params=architecture_params)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    fits, skipped = weights.backbone(net, weights.state_dict_of(data))
+    return {"digest": store.put_blob(st_save(fits)), "keys": sorted(fits), "skipped": skipped}
+
+
 def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, strategy: sisa.Strategy,
                config: TrainConfig, job: str | None = None, architecture_params: dict | None = None) -> Plan:
-    """Check the request, create the model in the store and cut its shards and slices."""
+    """Check the request, create the model in the store and cut its shards and slices.
+    A recipe's ``init`` (a backbone's blob, see :func:`store_backbone`) must be stored."""
     started = time.time()
     check_name(name, "model")
     info = ds.info()
     try:
         nets.build(architecture, info.input_shape, info.num_classes, seed=0, params=architecture_params)
-        slices = sisa.partition(ds.owner_map(), strategy.shards, strategy.slices)
+        slices = sisa.partition_owners(*ds.owner_codes(), strategy.shards, strategy.slices)
     except ValueError as exc:
         raise ModelError(str(exc)) from None
+    if config.init is not None and not store.has_blob(config.init):
+        raise ModelError(f"the recipe's init names no stored backbone ({config.init[:16]}...)")
     spec = {
         "name": name,
         "dataset": ds.name,
@@ -70,7 +89,7 @@ def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa
     parent = store.version(name)
     parent_slices = slice_ids(store, parent)
     trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
-    removed = np.setdiff1d(trained_on, ds.load_arrays().sample_ids)
+    removed = np.setdiff1d(trained_on, ds.sample_ids())
     tainted_any = any(c.get("tainted_from_slice") is not None for c in parent["constituents"])
     if mode != "full" and not len(removed) and not (mode == "sisa" and tainted_any):
         return None

@@ -17,6 +17,16 @@ from workers.engine.training import TrainConfig
 from workers.engine.vault import Vault
 
 
+def _init_state(store: ModelStore, spec: dict) -> dict | None:
+    """The pretrained backbone the model starts from, if it names one."""
+    digest = spec["recipe"].get("init")
+    if digest is None:
+        return None
+    from safetensors.torch import load as st_load
+
+    return st_load(store.get_blob(digest))
+
+
 def run_shard(plan: Plan, shard: int, *, store: ModelStore, ds: Dataset, device: torch.device, vault: Vault,
               progress=lambda msg: None) -> list[str]:
     """Train (or unlearn) one planned shard; return its new checkpoints' digests."""
@@ -44,6 +54,7 @@ def run_shard(plan: Plan, shard: int, *, store: ModelStore, ds: Dataset, device:
             data=device_data(ds, device),
             start_slice=r,
             start_checkpoint=start,
+            init_state=_init_state(store, spec),
             progress=progress,
         )
     except KeyError:

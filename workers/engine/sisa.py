@@ -80,25 +80,39 @@ def _balanced_groups(sizes: dict[str, int], k: int) -> list[list[str]]:
 
 
 def partition(owner_of: dict[int, str], shards: int, slices: int) -> list[list[np.ndarray]]:
+    """:func:`partition_owners` of a ``sample id -> owner id`` mapping."""
+    names = sorted(set(owner_of.values()))
+    code = {o: i for i, o in enumerate(names)}
+    ids = np.fromiter(owner_of.keys(), dtype=np.int64, count=len(owner_of))
+    codes = np.fromiter((code[o] for o in owner_of.values()), dtype=np.int64, count=len(owner_of))
+    return partition_owners(ids, codes, names, shards, slices)
+
+
+def partition_owners(sample_ids: np.ndarray, owner_codes: np.ndarray, owner_names: list[str], shards: int,
+                     slices: int) -> list[list[np.ndarray]]:
     """Sample ids per shard per slice, cut along owners, balanced by sample count.
+    Sample ``i`` belongs to ``owner_names[owner_codes[i]]``; arrays, not a dict per row,
+    so a dataset of millions of rows is cut in little memory.
 
     Deterministic: the same ledger gives the same partition.
     """
-    by_owner: dict[str, list[int]] = {}
-    for sample_id, owner in owner_of.items():
-        by_owner.setdefault(owner, []).append(sample_id)
-    if len(by_owner) < shards * slices:
+    counts = np.bincount(owner_codes, minlength=len(owner_names))
+    sizes = {owner_names[c]: int(n) for c, n in enumerate(counts) if n}
+    if len(sizes) < shards * slices:
         raise ValueError(
-            f"cannot cut {len(owner_of)} samples of {len(by_owner)} owners into {shards} shards x "
+            f"cannot cut {len(sample_ids)} samples of {len(sizes)} owners into {shards} shards x "
             f"{slices} slices: SISA here needs at least shards x slices = {shards * slices} owners"
         )
-    sizes = {o: len(ids) for o, ids in by_owner.items()}
+    code = {o: i for i, o in enumerate(owner_names)}
+    group_of = np.empty(len(owner_names), dtype=np.int64)
     result = []
     for shard_owners in _balanced_groups(sizes, shards):
-        slice_owners = _balanced_groups({o: sizes[o] for o in shard_owners}, slices)
-        result.append(
-            [np.sort(np.array([i for o in group for i in by_owner[o]], dtype=np.int64)) for group in slice_owners]
-        )
+        groups = _balanced_groups({o: sizes[o] for o in shard_owners}, slices)
+        group_of.fill(-1)
+        for g, group in enumerate(groups):
+            group_of[[code[o] for o in group]] = g
+        member = group_of[owner_codes]
+        result.append([np.sort(sample_ids[member == g]) for g in range(len(groups))])
     return result
 
 
@@ -114,6 +128,7 @@ def train_constituent(
     data: DeviceData,
     start_slice: int = 0,
     start_checkpoint: bytes | None = None,
+    init_state: dict | None = None,
     progress: Progress | None = None,
 ) -> list[bytes]:
     """Train shard ``shard`` from slice ``start_slice`` to the last; return the new checkpoints.
@@ -121,9 +136,13 @@ def train_constituent(
     ``start_checkpoint`` is the checkpoint after slice ``start_slice - 1`` (None when
     starting from scratch). Seeds depend only on (seed, shard, slice), so retraining
     from a checkpoint gives exactly what training from scratch on the same slices gives.
+    ``init_state`` (a pretrained backbone's weights) is loaded over the seeded initial
+    weights before the first slice; the keys it lacks (a new head) keep theirs.
     """
     model = nets.build(architecture, input_shape, num_classes, seed=derive_seed(cfg.seed, shard, "init"),
                        params=architecture_params)
+    if init_state is not None and start_checkpoint is None:
+        model.load_state_dict(init_state, strict=False)
     model.to(data.device)
     optimizer = make_optimizer(model, cfg)
     if start_checkpoint is not None:

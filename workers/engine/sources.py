@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -44,12 +44,16 @@ class SourceData:
     input_shape: list[int]
     x_scale: float
     source: dict
+    # A source too large to hold: x, y and owner_ids are None and this yields
+    # (x, y, owner_ids) batches, written to the ledger as they come.
+    batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]] | None = None
 
 
 @dataclass(frozen=True)
 class Source:
-    load: Callable[..., SourceData]
+    load: Callable[..., SourceData]  # (*, path, seed, cache_dir, options, max_classes) -> SourceData
     needs_file: bool = False  # an upload (npz), not a data set Lethe can read by name
+    takes_options: bool = False  # options (a dict) describe the file (a table's label column, ...)
 
 
 SOURCES: Registry[Source] = Registry("source")
@@ -58,15 +62,19 @@ MAX_CLASSES = 1000
 
 
 def load(source: str, *, path=None, seed: int = 0, cache_dir: str | os.PathLike,
-         max_classes: int = MAX_CLASSES) -> SourceData:
-    """Raw rows of ``source``; ``path`` is the caller's file or directory, if any."""
+         max_classes: int = MAX_CLASSES, options: dict | None = None) -> SourceData:
+    """Raw rows of ``source``; ``path`` is the caller's file or directory, if any, and
+    ``options`` what the caller says about it (a table's label column, ...)."""
     try:
         entry = SOURCES.get(source)
     except ValueError as exc:
         raise DatasetError(str(exc)) from None
     if entry.needs_file and path is None:
         raise DatasetError(f"an import from source {source!r} needs the file")
-    raw = entry.load(path=path, seed=seed, cache_dir=cache_dir)
+    if options and not entry.takes_options:
+        raise DatasetError(f"source {source!r} takes no options")
+    raw = entry.load(path=path, seed=seed, cache_dir=cache_dir, options=dict(options or {}),
+                     max_classes=max_classes)
     if raw.num_classes > max_classes:
         raise DatasetError(f"class labels must be in [0, {max_classes}) (LETHE_MAX_CLASSES), "
                            f"got a label of {raw.num_classes - 1}")
@@ -225,9 +233,18 @@ def load_npz(data: bytes | str | os.PathLike) -> SourceData:
     )
 
 
-SOURCES.add("fashion-mnist", Source(lambda *, path, seed, cache_dir: load_fashion_mnist(path, cache_dir)))
-SOURCES.add("digits", Source(lambda *, path, seed, cache_dir: load_digits(seed=seed)))
-SOURCES.add("npz", Source(lambda *, path, seed, cache_dir: load_npz(path), needs_file=True))
+SOURCES.add("fashion-mnist", Source(lambda *, path, seed, cache_dir, **_: load_fashion_mnist(path, cache_dir)))
+SOURCES.add("digits", Source(lambda *, path, seed, cache_dir, **_: load_digits(seed=seed)))
+SOURCES.add("npz", Source(lambda *, path, seed, cache_dir, **_: load_npz(path), needs_file=True))
+SOURCES.add("table", Source(lambda *, path, options, max_classes, **_: _tables().load_table(
+    path, options=options, max_classes=max_classes), needs_file=True, takes_options=True))
+
+
+
+def _tables():
+    from workers.engine import tables  # pyarrow is imported only for a table
+
+    return tables
 
 
 def _check_rows(x: np.ndarray, y: np.ndarray, xname: str, yname: str) -> None:

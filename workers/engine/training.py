@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -57,6 +58,8 @@ class TrainConfig:
     - ``mixed_precision``: bf16 autocast of the forward pass on CUDA (off by default;
       no effect on CPU). On CUDA, 4-D inputs to a model with 2-D convolutions also train
       in channels_last memory format (not a recipe setting).
+    - ``init``: the digest of a pretrained backbone's weights in the model store; every
+      constituent starts from them (the keys they lack keep their seeded values).
     """
 
     epochs: int = 5
@@ -78,6 +81,7 @@ class TrainConfig:
     random_crop_padding: int = 0
     random_horizontal_flip: bool = False
     mixed_precision: bool = False
+    init: str | None = None
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
@@ -113,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"max_grad_norm must be > 0 (or null: no clipping), got {self.max_grad_norm}")
         if self.random_crop_padding < 0:
             raise ValueError(f"random_crop_padding must be >= 0, got {self.random_crop_padding}")
+        if self.init is not None and not re.fullmatch(r"[0-9a-f]{64}", self.init):
+            raise ValueError("init must be the sha256 digest of a stored backbone (64 hex digits)")
 
     @property
     def augments(self) -> bool:
@@ -157,14 +163,42 @@ def scaled(x: np.ndarray, x_scale: float, device) -> torch.Tensor:
     return torch.as_tensor(x.astype(np.float32) * np.float32(x_scale)).to(device)
 
 
-class DeviceData:
-    """A dataset's rows as float tensors on the device, addressable by sample id."""
+class HostRows:
+    """Rows left where they are (memory-mapped chunks on the host), read and moved to
+    the device as they are indexed: what :class:`DeviceData` holds instead of a device
+    tensor for a dataset too large to hold whole. Indexes like a tensor of rows."""
 
-    def __init__(self, sample_ids: np.ndarray, x: np.ndarray, y: np.ndarray, x_scale: float, device):
+    def __init__(self, rows, x_scale: float, device: torch.device):
+        self.rows, self.x_scale, self.device = rows, x_scale, device
+        self.shape = torch.Size(rows.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        return scaled(self.rows[index], self.x_scale, self.device)
+
+
+class DeviceData:
+    """A dataset's rows as float tensors on the device, addressable by sample id.
+
+    ``x`` given as a lazy row source (``ledger.ChunkedRows``: memory-mapped chunks) stays
+    on the host as :class:`HostRows`, and each batch is read and moved when it is used,
+    so a dataset larger than memory trains (``y`` then stays on the host too)."""
+
+    def __init__(self, sample_ids: np.ndarray, x, y: np.ndarray, x_scale: float, device):
         self.sample_ids = np.asarray(sample_ids, dtype=np.int64)
         self.device = torch.device(device)
-        self.x = scaled(x, x_scale, self.device)
-        self.y = torch.as_tensor(y.astype(np.int64)).to(self.device)
+        self.lazy = not isinstance(x, np.ndarray)
+        self.x = HostRows(x, x_scale, self.device) if self.lazy else scaled(x, x_scale, self.device)
+        self.y = torch.as_tensor(np.asarray(y).astype(np.int64))
+        if not self.lazy:
+            self.y = self.y.to(self.device)
 
     def rows(self, ids: np.ndarray) -> torch.Tensor:
         """Row positions of ``ids``; every id must be present."""
@@ -301,8 +335,9 @@ def train_epochs(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     loss = None
     step = 0
+    index_device = torch.device("cpu") if data.lazy else device  # lazy rows are read on the host
     for _ in range(epochs):
-        order = rows[torch.randperm(n, generator=gen)].to(device)
+        order = rows[torch.randperm(n, generator=gen)].to(index_device)
         shifts, flips = _augment_draws(cfg, aug_gen, n, device) if aug_gen is not None else (None, None)
         for start in range(0, n, cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
@@ -317,7 +352,8 @@ def train_epochs(
             optimizer.zero_grad(set_to_none=True)
             with amp():
                 logits = model(x)
-            loss = nn.functional.cross_entropy(logits.float(), data.y[batch], label_smoothing=cfg.label_smoothing)
+            loss = nn.functional.cross_entropy(logits.float(), data.y[batch].to(device),
+                                               label_smoothing=cfg.label_smoothing)
             loss.backward()
             if cfg.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -82,7 +82,7 @@ def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore
     probs = _predictor(store, ds, record, device)
     if probs is None:
         return {}
-    arrays = ds.load_arrays()
+    arrays = ds.load_arrays(lazy=True)  # only a sample of the rows is read
     trained = np.flatnonzero(np.isin(arrays.sample_ids, every_id))
     rows = np.sort(np.random.default_rng(0).choice(trained, min(RETAIN_SAMPLE, len(trained)), replace=False))
     retain = (probs(arrays.x[rows]), arrays.y[rows].astype(np.int64))

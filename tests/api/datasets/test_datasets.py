@@ -77,3 +77,69 @@ def test_concurrent_creates_of_one_model_name_give_one_model_and_409s(client):
         with pytest.raises(ApiError) as caught:
             service.create(session=second, actor="a", model_in=body)
     assert caught.value.status == 409 and caught.value.code == "model_exists"
+
+
+CHURN = "customer,age,plan,label\n" + "".join(
+    f"c{i % 12},{20 + i % 50},{['basic', 'pro'][i % 2]},{['stayed', 'churned'][(i // 3) % 2]}\n" for i in range(120))
+TABLE = {"label_column": "label", "owner_column": "customer"}
+
+
+def test_a_table_upload_imports_with_its_encoding_and_a_bad_one_names_the_line(client):
+    import json
+
+    r = client.post("/v1/datasets", files={"file": ("churn.csv", CHURN.encode())},
+                    data={"name": "churn", "source": "table", "options": json.dumps(TABLE)}, headers=A)
+    assert r.status_code == 201, r.text
+    assert r.json()["n_samples"] == 120 and r.json()["n_owners"] == 12 and r.json()["input_shape"] == [3]
+    ragged = CHURN + "c1,30\n"
+    r = client.post("/v1/datasets", files={"file": ("bad.csv", ragged.encode())},
+                    data={"name": "bad", "source": "table", "options": json.dumps(TABLE)}, headers=A)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_dataset" and "line 122" in r.json()["detail"]
+    r = client.post("/v1/datasets", files={"file": ("t.csv", CHURN.encode())},
+                    data={"name": "bad", "source": "table", "options": "{nope"}, headers=A)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request"
+    r = client.post("/v1/datasets", files={"file": ("t.csv", CHURN.encode())},
+                    data={"name": "bad", "source": "digits"}, headers=A)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request"
+    assert client.get("/v1/datasets/bad", headers=A).status_code == 404
+
+
+def test_a_table_on_the_server_imports_by_path_only_inside_the_import_dir(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "churn.csv").write_text(CHURN)
+    (tmp_path / "secret.csv").write_text(CHURN)
+    body = {"name": "churn", "source": "table", "options": TABLE}
+    with TestClient(make_app(tmp_path / "off")) as c:
+        r = c.post("/v1/datasets", json={**body, "path": "churn.csv"}, headers=A)
+        assert r.status_code == 403 and r.json()["code"] == "path_not_allowed"
+    with TestClient(make_app(tmp_path / "on", import_dir=inbox)) as c:
+        r = c.post("/v1/datasets", json={**body, "path": "../secret.csv"}, headers=A)
+        assert r.status_code == 403 and r.json()["code"] == "path_not_allowed"
+        r = c.post("/v1/datasets", json=body, headers=A)
+        assert r.status_code == 422 and "reads a file" in r.json()["detail"]
+        r = c.post("/v1/datasets", json={**body, "path": "churn.csv"}, headers=A)
+        assert r.status_code == 201 and r.json()["n_samples"] == 120
+
+
+def test_an_import_whose_database_row_was_lost_is_adopted_when_retried(client, monkeypatch):
+    """The ledger was written, recording the row failed (here: the audit append raises):
+    the same import again adopts what it wrote; another import of the name is 409."""
+    import app.datasets.service as service
+
+    real, calls = service.append, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the database went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "append", fails_once)
+    with pytest.raises(RuntimeError):
+        client.post("/v1/datasets", json={"name": "digits", "source": "digits"}, headers=A)
+    assert client.get("/v1/datasets/digits", headers=A).status_code == 404  # rolled back; the ledger has it
+    r = client.post("/v1/datasets", json={"name": "digits", "source": "digits", "seed": 1}, headers=A)
+    assert r.status_code == 409 and r.json()["code"] == "dataset_exists"  # another import: not adopted
+    r = client.post("/v1/datasets", json={"name": "digits", "source": "digits"}, headers=A)
+    assert r.status_code == 201 and r.json()["n_samples"] == 1437

@@ -274,3 +274,31 @@ def test_weights_that_do_not_fit_are_422_invalid_weights_naming_the_key(ready):
     r = _import(ready, _donor_weights(ready), training="{not json")
     assert r.status_code == 422 and r.json()["code"] == "invalid_request"
     assert ready.get("/v1/models/imported", headers=A).status_code == 404
+
+
+def test_a_backbone_is_uploaded_and_a_model_starts_from_it(ready):
+    from safetensors.torch import save as st_save
+
+    from tests.service_helpers import run_worker_inline
+    from workers.engine import nets
+
+    donor = nets.build("mlp", [1, 8, 8], 3, seed=5)  # pretrained for another task: 3 classes
+    weights = st_save({k: v.contiguous() for k, v in donor.state_dict().items()})
+    r = ready.post("/v1/backbones", data={"dataset": "digits", "architecture": "mlp"},
+                   files={"weights": ("b.safetensors", weights)}, headers=A)
+    assert r.status_code == 201, r.text
+    kept = r.json()
+    assert kept["skipped"] == ["net.5.bias", "net.5.weight"] and "net.1.weight" in kept["keys"]
+    r = ready.post("/v1/backbones", data={"dataset": "digits", "architecture": "cnn"},
+                   files={"weights": ("b.safetensors", weights)}, headers=A)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_weights"
+    body = {"name": "tuned", "dataset": "digits", "architecture": "mlp", "strategy": {"kind": "monolithic"},
+            "training": {"epochs": 1, "init": "0" * 64}}
+    r = ready.post("/v1/models", json=body, headers=A)
+    assert r.status_code == 422 and "no stored backbone" in r.json()["detail"]
+    body["training"]["init"] = kept["digest"]
+    assert ready.post("/v1/models", json=body, headers=A).status_code == 202
+    run_worker_inline(ready.app_)
+    m = ready.get("/v1/models/tuned", headers=C).json()
+    assert m["status"] == "ready" and m["training"]["init"] == kept["digest"]
+    assert ready.get("/v1/models/tuned/versions/1", headers=C).json()["recipe"]["init"] == kept["digest"]
