@@ -46,6 +46,12 @@ class DatasetOut(BaseModel):
     num_classes: int = _info("num_classes")
     input_shape: list[int] = _info("input_shape")
     x_scale: float = _info("x_scale")
+    classes: list[str] | None = Field(None, validation_alias=AliasChoices("classes", AliasPath("info", "source", "classes")),
+                                      description="class names by label index, where the labels were names")
+    encoding: dict | None = Field(None, validation_alias=AliasChoices("encoding",
+                                                                      AliasPath("info", "source", "encoding")),
+                                  description="a table's encoding: each feature's mean and std or categories, in "
+                                              "input order (encode rows for predict the same way)")
     created_at: datetime
 
 

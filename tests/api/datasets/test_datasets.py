@@ -91,6 +91,8 @@ def test_a_table_upload_imports_with_its_encoding_and_a_bad_one_names_the_line(c
                     data={"name": "churn", "source": "table", "options": json.dumps(TABLE)}, headers=A)
     assert r.status_code == 201, r.text
     assert r.json()["n_samples"] == 120 and r.json()["n_owners"] == 12 and r.json()["input_shape"] == [3]
+    shown = client.get("/v1/datasets/churn", headers=A).json()
+    assert shown["classes"] == ["churned", "stayed"] and shown["encoding"]["features"][1]["categories"] == ["basic", "pro"]
     ragged = CHURN + "c1,30\n"
     r = client.post("/v1/datasets", files={"file": ("bad.csv", ragged.encode())},
                     data={"name": "bad", "source": "table", "options": json.dumps(TABLE)}, headers=A)
