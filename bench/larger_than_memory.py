@@ -6,8 +6,9 @@ one owner forgotten, by processes held to --memory-mb by a memory cgroup.
 Each step is a ``lethe`` command (the engine the workers run) started inside a cgroup-v1
 memory group (``/sys/fs/cgroup/memory/lethe-ltm-<pid>``, ``memory.limit_in_bytes``; swap
 limited too where the kernel accounts it), so the group's peak
-(``memory.max_usage_in_bytes``, which counts the page cache of the memory-mapped
-chunks too) and whether the kernel had to kill anything (``memory.oom_control``) are
+(``memory.max_usage_in_bytes``, which counts the page cache of the files read and the
+memory-mapped chunks too, so it reaches the limit whenever there is more to cache), the
+process's own peak resident set (``/usr/bin/time``'s maximum RSS) and whether the kernel had to kill anything (``memory.oom_control``) are
 read from the kernel, not estimated. ``ulimit -v`` would not do: the CUDA build of torch
 maps gigabytes of address space it never touches.
 
@@ -99,12 +100,19 @@ class MemoryGroup:
 def run_step(group: MemoryGroup, name: str, argv: list[str], env: dict) -> dict:
     group.reset_peak()
     failcnt = int(group.read("memory.failcnt"))
+    rss_file = Path(group.path.name + ".rss")
     started = time.perf_counter()
-    proc = subprocess.run(argv, env=env, preexec_fn=group.join, capture_output=True, text=True)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv], env=env,
+                          preexec_fn=group.join, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    try:
+        max_rss = int(rss_file.read_text().split()[-1]) // 1024
+    except (OSError, ValueError, IndexError):
+        max_rss = None
+    rss_file.unlink(missing_ok=True)
     oom = dict(line.split() for line in group.read("memory.oom_control").splitlines())
     step = {"step": name, "exit": proc.returncode, "seconds": round(seconds, 1),
-            "peak_mib": round(int(group.read("memory.max_usage_in_bytes")) / 2**20),
+            "peak_mib": round(int(group.read("memory.max_usage_in_bytes")) / 2**20), "max_rss_mib": max_rss,
             "limit_hits": int(group.read("memory.failcnt")) - failcnt, "oom_kills": int(oom.get("oom_kill", 0)),
             "output": proc.stdout.strip().splitlines()[-3:], "error": proc.stderr.strip().splitlines()[-5:]}
     print(json.dumps(step), flush=True)
@@ -162,7 +170,8 @@ def main() -> int:
     print(f"table {table.stat().st_size / 1e9:.2f} GB, rows in chunks {chunks / 2**30:.2f} GiB, limit "
           f"{args.memory_mb} MiB")
     for s in steps:
-        print(f"  {s['step']:8s} exit {s['exit']}  {s['seconds']:7.1f} s  peak {s['peak_mib']} MiB  "
+        print(f"  {s['step']:8s} exit {s['exit']}  {s['seconds']:7.1f} s  group peak {s['peak_mib']} MiB "
+              f"(page cache included)  process max RSS {s['max_rss_mib']} MiB  "
               f"limit hits {s['limit_hits']}  oom kills {s['oom_kills']}")
     return 0 if all(s["exit"] == 0 for s in steps) and len(steps) == 3 else 1
 

@@ -186,6 +186,8 @@ class Engine:
         ``dataset`` (see ``importing``), evaluated like any version."""
         plan = importing.plan_import(self.store, self.dataset(dataset), name, architecture=architecture,
                                      weights=weights, architecture_params=architecture_params, config=config)
+        if plan is None:  # this very import published version 1 before; its caller did not record it
+            return self.store.version(name, 1)
         return self.finish(plan, {}, {})
 
     def unlearn(self, name: str, owner_ids: list[str], *, requests: list[str] | None = None, mode: str = "sisa",

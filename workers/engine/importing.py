@@ -16,11 +16,12 @@ held then (the honest reference; its cost is a full training run).
 """
 from __future__ import annotations
 
+import hashlib
 import time
 
 import torch
 
-from models_store import ModelStore
+from models_store import ModelNotFound, ModelStore
 from workers.engine import checkpoints, nets
 from workers.engine.digests import ids_digest
 from workers.engine.errors import ModelError
@@ -34,11 +35,23 @@ from workers.engine.weights import archive_kind, check_outputs, fit, load_archiv
 MONOLITHIC = Strategy("monolithic")
 
 
+def _published_before(store: ModelStore, name: str, spec: dict, digest: str) -> bool:
+    """Whether this very import (same spec, same weights, same rows) already published
+    version 1: the caller failed to record it (its database went away) and tries again."""
+    try:
+        if store.model_spec(name) != spec or store.version_numbers(name) != [1]:
+            return False
+    except ModelNotFound:
+        return False
+    return store.version(name, 1)["constituents"][0]["weights"] == digest
+
+
 def plan_import(store: ModelStore, ds: Dataset, name: str, *, architecture: str, weights: bytes,
                 architecture_params: dict | None = None, config: TrainConfig = TrainConfig(),
-                job: str | None = None) -> Plan:
+                job: str | None = None) -> Plan | None:
     """Check the weights against the architecture, store them as the model's one
-    checkpoint, and plan version 1 (nothing to run: it is published as it is)."""
+    checkpoint, and plan version 1 (nothing to run: it is published as it is). None when
+    this very import (same spec, weights and rows) published version 1 already."""
     started = time.time()
     check_name(name, "model")
     info = ds.info()
@@ -61,7 +74,6 @@ def plan_import(store: ModelStore, ds: Dataset, name: str, *, architecture: str,
         "strategy": MONOLITHIC.to_dict(), "recipe": config.to_dict(),
         "input_shape": info.input_shape, "num_classes": info.num_classes, "imported": True,
     }
-    _create_or_resume(store, name, spec)
     ckpt_info = {
         "architecture": architecture,
         **({"architecture_params": dict(architecture_params)} if architecture_params else {}),
@@ -69,6 +81,9 @@ def plan_import(store: ModelStore, ds: Dataset, name: str, *, architecture: str,
         "samples_seen": int(len(ids)), "manifest_digest": ids_digest(ids), "imported": True,
     }
     blob = checkpoints.dumps(net, torch.optim.SGD(net.parameters(), lr=0.0), ckpt_info)
+    if _published_before(store, name, spec, hashlib.sha256(blob).hexdigest()):
+        return None
+    _create_or_resume(store, name, spec)
     digest = store.put_blob(blob)
     return Plan(name, PlanKind.IMPORT, None, job, spec, started,
                 [_shard(store, 0, [ids], ShardStatus.IMPORTED, None, [digest])])

@@ -302,3 +302,29 @@ def test_a_backbone_is_uploaded_and_a_model_starts_from_it(ready):
     m = ready.get("/v1/models/tuned", headers=C).json()
     assert m["status"] == "ready" and m["training"]["init"] == kept["digest"]
     assert ready.get("/v1/models/tuned/versions/1", headers=C).json()["recipe"]["init"] == kept["digest"]
+
+
+def test_an_import_whose_database_row_was_lost_is_published_when_retried(ready, monkeypatch):
+    """The store has version 1, recording the model failed (the audit append raises):
+    the same import again records it; weights that differ are refused."""
+    import pytest
+
+    import app.models.service as service
+
+    real, calls = service.append, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the database went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "append", fails_once)
+    weights = _donor_weights(ready)
+    with pytest.raises(RuntimeError):
+        _import(ready, weights)
+    assert ready.get("/v1/models/imported", headers=A).status_code == 404
+    r = _import(ready, weights)
+    assert r.status_code == 201, r.text
+    assert r.json()["latest_version"] == 1
+    assert ready.get("/v1/models/imported/versions/1", headers=C).json()["kind"] == "imported"
