@@ -34,8 +34,8 @@ def server_path(settings, body) -> Path | None:
         raise ApiError(403, "path_not_allowed", "imports by path are off: LETHE_IMPORT_DIR is not set")
     root = root.resolve()
     path = (root / body.path).resolve()
-    if not path.is_relative_to(root):
-        raise ApiError(403, "path_not_allowed", "the path is outside LETHE_IMPORT_DIR")
+    if not path.is_relative_to(root) or path == root:
+        raise ApiError(403, "path_not_allowed", "the path must name a file or folder inside LETHE_IMPORT_DIR")
     return path
 
 

@@ -399,3 +399,41 @@ def test_an_uploaded_table_trains_as_sisa_and_forgets_an_owner(stack, http):
     assert mine["version"] == 2 and mine["metrics"]["forget_size"] == 10
     owners_left = http.get("/v1/datasets/churn/owners?limit=100", headers=A).json()["owners"]
     assert "cust-007" not in {o["owner_id"] for o in owners_left} and len(owners_left) == 39
+
+
+def test_an_uploaded_image_folder_trains_as_sisa_and_forgets_an_owner(stack, http):
+    """A zip of <class>/<file> PNGs with owners.csv, uploaded over HTTP, decoded by
+    torchvision; the worker trains a cnn on it and a client's request forgets an owner."""
+    import io
+    import json
+    import zipfile
+
+    from torchvision.io import encode_png
+
+    rng = np.random.default_rng(5)
+    buf, owners_csv = io.BytesIO(), ["path,owner_id"]
+    with zipfile.ZipFile(buf, "w") as z:
+        for c, name in enumerate(["circle", "square", "stripe"]):
+            for i in range(30):
+                img = rng.integers(0, 60, (1, 12, 12), dtype=np.uint8)
+                img[0, 2 + c * 3: 5 + c * 3, :] = 250  # each class lights up its own rows
+                z.writestr(f"shapes/{name}/{i:02d}.png", encode_png(torch.from_numpy(img)).numpy().tobytes())
+                owners_csv.append(f"{name}/{i:02d}.png,painter-{(i + c) % 15:02d}")
+        z.writestr("shapes/owners.csv", "\n".join(owners_csv))
+    r = http.post("/v1/datasets", headers=A, files={"file": ("shapes.zip", buf.getvalue())},
+                  data={"name": "shapes", "source": "image-folder", "options": json.dumps({"channels": 1})})
+    assert r.status_code == 201, r.text
+    assert r.json()["input_shape"] == [1, 12, 12] and r.json()["classes"] == ["circle", "square", "stripe"]
+    r = http.post("/v1/models", headers=A, json={
+        "name": "shapes-cnn", "dataset": "shapes", "architecture": "cnn",
+        "strategy": {"kind": "sisa", "shards": 2, "slices": 1}, "training": {"epochs": 3, "batch_size": 16}})
+    assert r.status_code == 202, r.text
+    m = poll(lambda: http.get("/v1/models/shapes-cnn", headers=A).json(), lambda m: m["status"] in ("ready", "failed"))
+    assert m["status"] == "ready", m
+    rid = http.post("/v1/deletion-requests", json={"owner_id": "painter-03", "models": ["shapes-cnn"]},
+                    headers=C).json()["id"]
+    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
+                lambda d: d["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    mine = next(o for o in done["outcomes"] if o["model"] == "shapes-cnn")
+    assert mine["version"] == 2 and mine["metrics"]["forget_size"] == 6

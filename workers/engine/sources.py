@@ -238,7 +238,14 @@ SOURCES.add("digits", Source(lambda *, path, seed, cache_dir, **_: load_digits(s
 SOURCES.add("npz", Source(lambda *, path, seed, cache_dir, **_: load_npz(path), needs_file=True))
 SOURCES.add("table", Source(lambda *, path, options, max_classes, **_: _tables().load_table(
     path, options=options, max_classes=max_classes), needs_file=True, takes_options=True))
+SOURCES.add("image-folder", Source(lambda *, path, options, max_classes, **_: _images().load_image_folder(
+    path, options=options, max_classes=max_classes), needs_file=True, takes_options=True))
 
+
+def _images():
+    from workers.engine import images  # torchvision is imported only for an image folder
+
+    return images
 
 
 def _tables():

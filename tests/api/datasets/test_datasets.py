@@ -116,8 +116,9 @@ def test_a_table_on_the_server_imports_by_path_only_inside_the_import_dir(tmp_pa
         r = c.post("/v1/datasets", json={**body, "path": "churn.csv"}, headers=A)
         assert r.status_code == 403 and r.json()["code"] == "path_not_allowed"
     with TestClient(make_app(tmp_path / "on", import_dir=inbox)) as c:
-        r = c.post("/v1/datasets", json={**body, "path": "../secret.csv"}, headers=A)
-        assert r.status_code == 403 and r.json()["code"] == "path_not_allowed"
+        for outside in ("../secret.csv", ".", str(tmp_path / "secret.csv")):
+            r = c.post("/v1/datasets", json={**body, "path": outside}, headers=A)
+            assert r.status_code == 403 and r.json()["code"] == "path_not_allowed", outside
         r = c.post("/v1/datasets", json=body, headers=A)
         assert r.status_code == 422 and "reads a file" in r.json()["detail"]
         r = c.post("/v1/datasets", json={**body, "path": "churn.csv"}, headers=A)
