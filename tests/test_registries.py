@@ -31,9 +31,9 @@ def test_the_api_enums_come_from_the_registries():
     assert ModelCreate.model_json_schema()["properties"]["architecture"]["type"] == "string"
     assert _enum(SisaStrategy, "aggregation") == list(AGGREGATIONS)
     assert _enum(DeletionCreate, "method") == ["exact", "auto", *METHODS]
-    # Sources read by name; an upload source (npz) comes as multipart instead.
-    assert _enum(DatasetImport, "source") == [n for n in SOURCES if not SOURCES.get(n).needs_file]
-    assert "npz" in SOURCES and "npz" not in _enum(DatasetImport, "source")
+    # Every source: those read by name, then those that read a file (uploaded, or by path).
+    assert _enum(DatasetImport, "source") == sorted(SOURCES, key=lambda n: SOURCES.get(n).needs_file)
+    assert {"npz", "table", "image-folder"} <= set(_enum(DatasetImport, "source"))
 
 
 def test_the_cli_choices_come_from_the_registries():

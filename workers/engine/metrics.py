@@ -24,8 +24,6 @@ import math
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
-from sklearn.svm import SVC
 
 MIA_ROWS = 2000  # per side of the membership classifier's training set
 GAP_KEYS = ("ua", "ra", "ta", "mia_efficacy")
@@ -64,6 +62,8 @@ def mia(retain: tuple, test: tuple, forget: tuple, *, seed: int = 0) -> dict:
     if np.ptp(features) == 0:
         # Every output looks alike: the attack has nothing to go on and calls all members.
         return {"mia_efficacy": 0.0 if len(yf) else None, "mia_heldout": 0.0}
+    from sklearn.svm import SVC  # imported when measured: ~50 MiB a worker need not hold before
+
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(features, labels)
 
     def efficacy(p, y):
@@ -80,6 +80,8 @@ def loss_auc(forget: tuple, test: tuple, *, seed: int = 0) -> float | None:
         return None
     scores = np.concatenate([-_loss(pf, yf), -_loss(pt[held_rows], yt[held_rows])])
     labels = np.concatenate([np.ones(len(yf)), np.zeros(len(held_rows))])
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(labels, scores))
 
 
