@@ -89,7 +89,9 @@ def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa
     parent = store.version(name)
     parent_slices = slice_ids(store, parent)
     trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
-    removed = np.setdiff1d(trained_on, ds.sample_ids())
+    # A lookup table over the id range, not setdiff1d's sorts: on 7.8 million rows those
+    # took 600 MiB more at their peak (bench/larger_than_memory.py).
+    removed = np.sort(trained_on[~np.isin(trained_on, ds.sample_ids(), kind="table")])
     tainted_any = any(c.get("tainted_from_slice") is not None for c in parent["constituents"])
     if mode != "full" and not len(removed) and not (mode == "sisa" and tainted_any):
         return None
