@@ -333,7 +333,9 @@ def test_schemathesis_over_the_whole_schema_finds_no_server_error(stack, http, m
             where = f"{case.method} {case.formatted_path}"
             if response.status_code >= 500:
                 errors.append(f"{where}: {response.status_code} {response.text[:200]}")
-            elif response.status_code >= 400 and "code" not in response.json():
+            elif _not_http(response):
+                pass  # uvicorn refused bytes that are not an HTTP request; the app never saw them
+            elif response.status_code >= 400 and "code" not in _json_or_empty(response):
                 errors.append(f"{where}: a {response.status_code} without a code: {response.text[:200]}")
 
         check()
@@ -351,3 +353,18 @@ def test_concurrent_creates_of_one_model_name_give_one_model_and_409s(stack, htt
         codes = sorted(r.status_code for r in pool.map(lambda _: http.post("/v1/models", json=body, headers=A),
                                                         range(6)))
     assert codes == [202] + [409] * 5, codes
+
+
+def _not_http(response) -> bool:
+    """uvicorn's own answer to a request line or header it cannot parse (a generated path
+    or header with bytes HTTP does not allow): plain text, before any application code."""
+    return response.status_code == 400 and response.text.strip() == "Invalid HTTP request received."
+
+
+def _json_or_empty(response) -> dict:
+    """The response's JSON object; {} for a body that is not one (reported as lacking a code)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
