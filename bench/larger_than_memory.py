@@ -128,6 +128,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--out", default="bench/out/larger_than_memory.json")
+    p.add_argument("--only-unlearn", metavar="OWNER", default=None,
+                   help="keep the data directory of an earlier run and only forget OWNER (another one each time)")
     args = p.parse_args()
 
     work = Path(args.workdir)
@@ -140,13 +142,18 @@ def main() -> int:
         print(f"wrote {table} ({table.stat().st_size / 1e9:.2f} GB, {rows} rows) in {time.perf_counter() - t:.0f} s",
               flush=True)
     data = work / "data"
-    subprocess.run(["rm", "-rf", str(data)], check=True)
+    if not args.only_unlearn:
+        subprocess.run(["rm", "-rf", str(data)], check=True)
     lethe = [sys.executable, "-m", "app.cli", "--data-dir", str(data), "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LETHE_MAX_DEVICE_DATA_BYTES": str(256 << 20),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     group = MemoryGroup(args.memory_mb << 20)
     steps = []
     try:
+        if args.only_unlearn:
+            steps.append(run_step(group, "unlearn", lethe + [
+                "unlearn", "big-mlp", "--owner", args.only_unlearn, "--request", f"ltm-{args.only_unlearn}"], env))
+            return _report(args, table, data, steps, expected=1)
         steps.append(run_step(group, "import", lethe + [
             "import", "big", "--source", "table", "--path", str(table),
             "--option", "label_column=label", "--option", "owner_column=owner"], env))
@@ -160,6 +167,10 @@ def main() -> int:
                 "unlearn", "big-mlp", "--owner", "person-000042", "--request", "ltm-1"], env))
     finally:
         group.remove()
+    return _report(args, table, data, steps, expected=3)
+
+
+def _report(args, table: Path, data: Path, steps: list[dict], *, expected: int) -> int:
     chunks = sum(f.stat().st_size for f in (data / "datasets" / "big" / "chunks").glob("*/x.npy")) \
         if (data / "datasets" / "big").exists() else 0
     result = {"date": datetime.now(timezone.utc).isoformat(), "table_bytes": table.stat().st_size,
@@ -173,7 +184,7 @@ def main() -> int:
         print(f"  {s['step']:8s} exit {s['exit']}  {s['seconds']:7.1f} s  group peak {s['peak_mib']} MiB "
               f"(page cache included)  process max RSS {s['max_rss_mib']} MiB  "
               f"limit hits {s['limit_hits']}  oom kills {s['oom_kills']}")
-    return 0 if all(s["exit"] == 0 for s in steps) and len(steps) == 3 else 1
+    return 0 if all(s["exit"] == 0 for s in steps) and len(steps) == expected else 1
 
 
 if __name__ == "__main__":

@@ -305,8 +305,10 @@ def summary(v: dict) -> str:
             f"test accuracy {m['test_accuracy']}, {m['wall_seconds']}s, retrained shards {m['retrained_shards']}, "
             f"manifest {v['manifest_digest'][:16]}")
     if m.get("ua") is not None:
-        text += (f"\nforget set {m['forget_size']}: UA {m['ua']:.4f} (expected {m['expected_ua']}), "
-                 f"MIA-efficacy {m['mia_efficacy']} (held-out {m['mia_heldout']}), RA {m['ra']}, TA {m['ta']}"
+        # A dataset without held-out rows (a table) has no TA, expected UA or held-out MIA.
+        text += (f"\nforget set {m['forget_size']}: UA {m['ua']:.4f} (expected {m.get('expected_ua')}), "
+                 f"MIA-efficacy {m.get('mia_efficacy')} (held-out {m.get('mia_heldout')}), RA {m.get('ra')}, "
+                 f"TA {m.get('ta')}"
                  f"{'' if v.get('exact', True) else ', approximate (' + v['method']['name'] + ')'}")
     return text
 

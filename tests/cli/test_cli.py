@@ -127,3 +127,22 @@ def test_import_model_takes_a_torch_export_archive(tmp_path, capsys):
     code, _, err = run(tmp_path, "import-model", "other", "--dataset", "digits", "--arch", "mlp",
                        "--weights", str(archive), capsys=capsys)
     assert code == 2 and "[invalid_weights]" in err
+
+
+def test_a_table_imports_trains_and_forgets_from_the_command_line(tmp_path, capsys):
+    """A dataset with no held-out rows has no TA or expected UA: the summary says so."""
+    lines = ["customer,age,plan,label"] + [f"c{i % 12},{20 + i % 50},{['basic', 'pro'][i % 2]},"
+                                          f"{['stayed', 'churned'][(i // 3) % 2]}" for i in range(120)]
+    (tmp_path / "churn.csv").write_text("\n".join(lines))
+    code, out, err = run(tmp_path, "import", "churn", "--source", "table", "--path", str(tmp_path / "churn.csv"),
+                         "--option", "label_column=label", "--option", "owner_column=customer", capsys=capsys)
+    assert code == 0, err
+    assert "120 samples, 12 owners" in out
+    assert run(tmp_path, "train", "m", "--dataset", "churn", "--arch", "mlp", "--shards", "2", "--slices", "1",
+               "--epochs", "1", capsys=capsys)[0] == 0
+    code, out, err = run(tmp_path, "unlearn", "m", "--owner", "c3", "--method", "ga", capsys=capsys)
+    assert code == 0, err
+    assert "forget set 10: UA" in out and "TA None" in out
+    code, _, err = run(tmp_path, "import", "bad", "--source", "table", "--path", str(tmp_path / "churn.csv"),
+                       "--option", "label_column=label", capsys=capsys)
+    assert code == 2 and "[invalid_dataset]" in err and "owner_column" in err
