@@ -35,6 +35,21 @@ def test_the_registry_holds_builtin_torchvision_and_plugin_architectures():
     assert nets.parameters("mlp") == {"hidden": 256}
 
 
+def test_the_written_out_torchvision_names_are_torchvisions_own_and_naming_them_imports_nothing():
+    """The list is torchvision's (a torchvision upgrade that changes it fails here), and a
+    process that only names architectures does not import torchvision."""
+    import subprocess
+    import sys
+
+    from torchvision import models
+
+    assert list(nets.TORCHVISION_CLASSIFIERS) == models.list_models(module=models)
+    probe = ("import sys; from workers.engine import nets; import app.cli; "
+             "assert 'resnet50' in nets.ARCHITECTURES; print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_parameters_reach_the_builder_and_unknown_ones_are_refused():
     assert nets.build("mlp", [10], 3, seed=0, params={"hidden": 8}).net[1].out_features == 8
     assert nets.build("acme_tabular", [10], 3, seed=0, params={"hidden": 5})[1].out_features == 5
