@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from workers.engine.errors import DatasetError
-from workers.engine.sources import MAX_CLASSES, MAX_OWNER_ID_LENGTH, SourceData
+from workers.engine.rows import MAX_CLASSES, SourceData, owner_id_problem
 
 OWNERS_FILE = "owners.csv"
 MAX_MEMBERS = 1_000_000
@@ -463,10 +463,9 @@ def _owner_row(row: list[str], header: list[str], at_path: int, at_owner: int, w
 def _check_owner(owner: str, where: str) -> str:
     """The rules of a deletion request's owner_id (as for .npz uploads), or the owner
     could never be erased."""
-    if not 1 <= len(owner) <= MAX_OWNER_ID_LENGTH:
-        raise DatasetError(f"{where}: owner_id must be 1 to {MAX_OWNER_ID_LENGTH} characters, got {len(owner)}")
-    if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in owner):
-        raise DatasetError(f"{where}: owner_id must not contain NUL characters or lone surrogates")
+    problem = owner_id_problem(owner)
+    if problem:
+        raise DatasetError(f"{where}: owner_id {problem}")
     return owner
 
 

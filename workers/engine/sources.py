@@ -15,12 +15,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
 from workers.engine.errors import DatasetError
 from workers.engine.registry import Registry
+from workers.engine.rows import MAX_CLASSES, SourceData, owner_id_problem
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = [
@@ -31,24 +32,6 @@ FASHION_MNIST_FILES = [
 ]
 
 
-@dataclass
-class SourceData:
-    """Raw rows from a source, before they enter the dataset store."""
-
-    x: np.ndarray
-    y: np.ndarray
-    owner_ids: np.ndarray | None
-    x_test: np.ndarray | None
-    y_test: np.ndarray | None
-    num_classes: int
-    input_shape: list[int]
-    x_scale: float
-    source: dict
-    # A source too large to hold: x, y and owner_ids are None and this yields
-    # (x, y, owner_ids) batches, written to the ledger as they come.
-    batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]] | None = None
-
-
 @dataclass(frozen=True)
 class Source:
     load: Callable[..., SourceData]  # (*, path, seed, cache_dir, options, max_classes) -> SourceData
@@ -57,8 +40,6 @@ class Source:
 
 
 SOURCES: Registry[Source] = Registry("source")
-MAX_OWNER_ID_LENGTH = 128  # as a deletion request's owner_id
-MAX_CLASSES = 1000
 
 
 def load(source: str, *, path=None, seed: int = 0, cache_dir: str | os.PathLike,
@@ -200,11 +181,10 @@ def load_npz(data: bytes | str | os.PathLike) -> SourceData:
         owner_ids = np.array([o.decode() if isinstance(o, bytes) else str(o) for o in owners.tolist()])
     except UnicodeDecodeError:
         raise DatasetError("owner_id bytes must be UTF-8 text") from None
-    for o in owner_ids.tolist():  # the rules of a deletion request's owner_id, or it could never be erased
-        if not 1 <= len(o) <= MAX_OWNER_ID_LENGTH:
-            raise DatasetError(f"owner_id must be 1 to {MAX_OWNER_ID_LENGTH} characters, got one of {len(o)}")
-        if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in o):
-            raise DatasetError("owner_id must not contain NUL characters or lone surrogates")
+    for o in owner_ids.tolist():
+        problem = owner_id_problem(o)
+        if problem:
+            raise DatasetError(f"owner_id {problem}")
     x_test, y_test = arrays.get("x_test"), arrays.get("y_test")
     if (x_test is None) != (y_test is None):
         raise DatasetError("give both x_test and y_test, or neither")

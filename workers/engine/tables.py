@@ -29,10 +29,10 @@ from typing import Iterator
 import numpy as np
 
 from workers.engine.errors import DatasetError
+from workers.engine.rows import SourceData, owner_id_problem
 
 BATCH_BYTES = 4 << 20  # pyarrow's read block: memory per batch, not per table
 MAX_CATEGORIES = 1000  # per categorical column: one-hot beyond that is not a feature, it is an id
-MAX_OWNER_ID_LENGTH = 128
 
 
 @dataclass
@@ -281,12 +281,9 @@ class TableReader:
             o = str(o)
             if not o:
                 raise DatasetError(f"{self.label}: {self._where(offset, i)} has no owner id")
-            if len(o) > MAX_OWNER_ID_LENGTH:
-                raise DatasetError(f"{self.label}: {self._where(offset, i)}: the owner id must be 1 to "
-                                   f"{MAX_OWNER_ID_LENGTH} characters, it has {len(o)}")
-            if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in o):
-                raise DatasetError(f"{self.label}: {self._where(offset, i)}: the owner id holds a NUL character "
-                                   "or a lone surrogate")
+            problem = owner_id_problem(o)
+            if problem:
+                raise DatasetError(f"{self.label}: {self._where(offset, i)}: the owner id {problem}")
 
     def _where(self, offset: int, i: int) -> str:
         """A row's place as a person finds it in the file: a CSV's line (the header is
@@ -320,10 +317,8 @@ def encode(batch, encoding: dict) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def load_table(path, *, options: dict, max_classes: int) -> "SourceData":
+def load_table(path, *, options: dict, max_classes: int) -> SourceData:
     """A table file as a source whose rows stream into the ledger (see the module)."""
-    from workers.engine.sources import SourceData
-
     spec = TableSpec.from_options(dict(options))
     reader = TableReader(path, spec)
     encoding = reader.learn(max_classes)
