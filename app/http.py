@@ -1,12 +1,15 @@
 """HTTP plumbing of the API edge: error bodies for every failure, and the body-size limit."""
 from __future__ import annotations
 
+import json
 import logging
 from urllib.parse import unquote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sqlalchemy.exc import DataError
@@ -147,3 +150,29 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def multipart_form(request: Request, file_part: str, *, json_fields: tuple[str, ...] = (),
+                         model=None):
+    """A multipart body's ``file_part`` and its text fields, those named in
+    ``json_fields`` parsed as JSON, validated by pydantic ``model`` when given (then the
+    model instance is returned instead of the dict). 422 ``invalid_request`` without the
+    file part or for a field that is not JSON; a model's errors are answered like any
+    other invalid body."""
+    form = await request.form()
+    upload = form.get(file_part)
+    if not isinstance(upload, UploadFile):
+        raise ApiError(422, "invalid_request", f"the upload needs a {file_part!r} file part")
+    fields = {k: v for k, v in form.items() if k != file_part and isinstance(v, str)}
+    for key in json_fields:
+        if key in fields:
+            try:
+                fields[key] = json.loads(fields[key])
+            except ValueError as exc:
+                raise ApiError(422, "invalid_request", f"{key} must be JSON: {exc}") from None
+    if model is None:
+        return upload, fields
+    try:
+        return upload, model.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None

@@ -65,3 +65,17 @@ def run_worker_inline(app) -> int:
         for task, payload in batch:
             celery.tasks[task].apply(kwargs=payload)
         total += len(batch)
+
+
+def fail_once(monkeypatch, module, name: str, error: Exception) -> None:
+    """Make ``module.name`` raise ``error`` on its first call, then behave as before (a
+    database that went away once)."""
+    real, calls = getattr(module, name), []
+
+    def once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, once)

@@ -1,7 +1,6 @@
 """Dataset routes: import (admin; a public set by name, or an .npz upload), list, read, owners."""
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,12 +10,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from app.datasets import service
 from app.datasets.schemas import FILE_SOURCES, NAME, DatasetImport, DatasetOut, OwnerCount, OwnerPage
 from app.deps import AdminDep, CallerDep, EngineDep, SessionDep
 from app.errors import ApiError
+from app.http import multipart_form
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -51,19 +50,11 @@ async def import_dataset(request: Request, session: SessionDep, engine: EngineDe
     ``.npz``, a table or an image-folder archive); or import a file already on the server
     (JSON ``path`` under ``LETHE_IMPORT_DIR``)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "invalid_request", "multipart upload needs a 'name' field and a 'file' part")
-        fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
+        upload, fields = await multipart_form(request, "file", json_fields=("options",))
         try:
-            if "options" in fields:
-                fields["options"] = json.loads(fields["options"])
             body = DatasetImport.model_validate({"source": "npz", **fields})
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-        except ValueError as exc:
-            raise ApiError(422, "invalid_request", f"options must be a JSON object: {exc}") from None
         if body.source not in FILE_SOURCES or body.path is not None:
             raise ApiError(422, "invalid_request", f"an upload is imported with a file source "
                            f"({', '.join(FILE_SOURCES)}), without a path")

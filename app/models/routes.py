@@ -1,19 +1,14 @@
 """Model routes: train (admin), list, read, versions, artifact download, predict."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from app.deps import AdminDep, CallerDep, EngineDep, SessionDep, SettingsDep
 from app.errors import ApiError, get_or_404
-from app.http import read_body
+from app.http import multipart_form, read_body
 from app.models import service, versions
 from app.tables import DatasetRow
 from app.models.schemas import (
@@ -104,15 +99,8 @@ async def upload_backbone(request: Request, session: SessionDep, engine: EngineD
     dataset: the parameters that fit (same name, same shape) are stored, the rest (a
     head for other classes) listed as skipped. Name the answer's ``digest`` as
     ``training.init`` in ``POST /v1/models`` to start every constituent from it."""
-    form = await request.form()
-    upload = form.get("weights")
-    if not isinstance(upload, UploadFile):
-        raise ApiError(422, "invalid_request", "the upload needs a 'weights' file part")
-    fields = {k: v for k, v in form.items() if k != "weights" and isinstance(v, str)}
-    try:
-        params = json.loads(fields.get("architecture_params") or "{}")
-    except ValueError as exc:
-        raise ApiError(422, "invalid_request", f"architecture_params must be JSON: {exc}") from None
+    upload, fields = await multipart_form(request, "weights", json_fields=("architecture_params",))
+    params = fields.get("architecture_params") or {}
     if not isinstance(params, dict) or not fields.get("dataset") or not fields.get("architecture"):
         raise ApiError(422, "invalid_request", "the upload needs 'dataset' and 'architecture' fields "
                        "(and architecture_params, if any, as a JSON object)")
@@ -129,20 +117,8 @@ async def import_model(request: Request, session: SessionDep, engine: EngineDep,
     """Bring a model trained elsewhere: its weights become version 1 (``kind: imported``)
     of a monolithic model on ``dataset``, evaluated and served like any other. Weights
     that do not fit the architecture are 422 ``invalid_weights`` naming the first key."""
-    form = await request.form()
-    upload = form.get("weights")
-    if not isinstance(upload, UploadFile):
-        raise ApiError(422, "invalid_request", "the import needs a 'weights' file part")
-    fields = {k: v for k, v in form.items() if k != "weights" and isinstance(v, str)}
-    try:
-        for key in ("architecture_params", "training"):
-            if key in fields:
-                fields[key] = json.loads(fields[key])
-        body = ModelImport.model_validate(fields)
-    except ValidationError as exc:  # answered like any other invalid body
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-    except ValueError as exc:
-        raise ApiError(422, "invalid_request", f"architecture_params and training must be JSON: {exc}") from None
+    upload, body = await multipart_form(request, "weights", json_fields=("architecture_params", "training"),
+                                        model=ModelImport)
     weights = await upload.read()
     model = await run_in_threadpool(lambda: service.import_model(session=session, engine=engine, actor=caller.key_id,
                                                                  body=body, weights=weights))

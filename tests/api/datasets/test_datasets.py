@@ -129,16 +129,9 @@ def test_an_import_whose_database_row_was_lost_is_adopted_when_retried(client, m
     """The ledger was written, recording the row failed (here: the audit append raises):
     the same import again adopts what it wrote; another import of the name is 409."""
     import app.datasets.service as service
+    from tests.service_helpers import fail_once
 
-    real, calls = service.append, []
-
-    def fails_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("the database went away")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(service, "append", fails_once)
+    fail_once(monkeypatch, service, "append", RuntimeError("the database went away"))
     with pytest.raises(RuntimeError):
         client.post("/v1/datasets", json={"name": "digits", "source": "digits"}, headers=A)
     assert client.get("/v1/datasets/digits", headers=A).status_code == 404  # rolled back; the ledger has it

@@ -310,16 +310,9 @@ def test_an_import_whose_database_row_was_lost_is_published_when_retried(ready, 
     import pytest
 
     import app.models.service as service
+    from tests.service_helpers import fail_once
 
-    real, calls = service.append, []
-
-    def fails_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("the database went away")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(service, "append", fails_once)
+    fail_once(monkeypatch, service, "append", RuntimeError("the database went away"))
     weights = _donor_weights(ready)
     with pytest.raises(RuntimeError):
         _import(ready, weights)
