@@ -188,7 +188,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--scenarios", nargs="+", default=list(TITLES), choices=list(TITLES))
-    ap.add_argument("--methods", nargs="+", default=list(unlearning.METHODS), choices=list(unlearning.METHODS))
+    ap.add_argument("--methods", nargs="+", default=unlearning.general(), choices=unlearning.general())
     ap.add_argument("--train-size", type=int, default=10000)
     ap.add_argument("--val-size", type=int, default=5000)
     ap.add_argument("--epochs", type=int, default=25)

@@ -60,7 +60,12 @@ def owners(c: Context, dataset, limit, after):
 @click.argument("name")
 @click.option("--dataset", required=True)
 @click.option("--arch", default="cnn", show_default=True, type=click.Choice(ARCHITECTURES.names()))
-@click.option("--strategy", default="sisa", show_default=True, type=click.Choice(["sisa", "monolithic"]))
+@click.option("--strategy", default="sisa", show_default=True, type=click.Choice(["sisa", "monolithic", "linear"]),
+              help="linear: a logistic-regression head (--arch linear) that the certified method removes from")
+@click.option("--epsilon", type=float, default=None, help="linear: the certified removal budget's epsilon (1.0)")
+@click.option("--delta", type=float, default=None, help="linear: its delta (1e-4)")
+@click.option("--noise", type=float, default=None, help="linear: the loss perturbation's standard deviation (1.0)")
+@click.option("--l2", type=float, default=None, help="linear: the L2 penalty (1e-3)")
 @click.option("--shards", type=int, default=4, show_default=True)
 @click.option("--slices", type=int, default=2, show_default=True)
 @click.option("--aggregation", default="mean_softmax", show_default=True, type=click.Choice(AGGREGATIONS.names()))
@@ -80,14 +85,18 @@ def owners(c: Context, dataset, limit, after):
 @click.option("--arch-param", "arch_params", multiple=True, metavar="KEY=VALUE",
               help="an architecture parameter (VALUE read as JSON when it parses, else text); repeatable")
 @pass_ctx
-def train(c: Context, name, dataset, arch, strategy, shards, slices, aggregation, epochs, slice_epochs, batch_size,
-          lr, seed, recipe_json, init_weights, arch_params):
+def train(c: Context, name, dataset, arch, strategy, epsilon, delta, noise, l2, shards, slices, aggregation, epochs,
+          slice_epochs, batch_size, lr, seed, recipe_json, init_weights, arch_params):
     """Train a model and publish version 1 (`lethe architectures` lists the architectures)."""
     from workers.engine.sisa import Strategy
 
     try:
-        strat = (Strategy("monolithic", aggregation=aggregation) if strategy == "monolithic"
-                 else Strategy("sisa", shards, slices, aggregation))
+        if strategy == "linear":
+            strat = Strategy("linear", epsilon=epsilon, delta=delta, noise=noise, l2=l2)
+        elif strategy == "monolithic":
+            strat = Strategy("monolithic", aggregation=aggregation)
+        else:
+            strat = Strategy("sisa", shards, slices, aggregation)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     config = _recipe(recipe_json, epochs=epochs, slice_epochs=slice_epochs, batch_size=batch_size, lr=lr, seed=seed)

@@ -22,6 +22,7 @@ from app.errors import ApiError, not_found
 from app.outbox import enqueue_advance
 from app.statuses import ModelStatus, OutcomeStatus, RequestStatus
 from app.tables import DeletionOutcomeRow, DeletionRequestRow, ModelRow, ModelVersionRow, utcnow
+from workers.engine import unlearning
 from workers.engine.engine import Engine
 
 
@@ -71,6 +72,16 @@ class _Targets:
         dataset holds or held the owner; and which of them were added although not named.
         Erasing the owner's raw rows changes their dataset for every model on it, so the
         other models on that dataset that learned from the owner are covered too."""
+        names, added = self._models(body)
+        kinds = unlearning.supported_kinds(body.method) if body.method in unlearning.METHODS else None
+        unsupported = [n for n in names if kinds is not None and self.models[n].strategy["kind"] not in kinds]
+        if unsupported:
+            raise ApiError(422, "method_not_supported",
+                           f"method {body.method!r} runs on model kinds {', '.join(kinds)} only; model "
+                           f"{unsupported[0]!r} is {self.models[unsupported[0]].strategy['kind']}")
+        return names, added
+
+    def _models(self, body: DeletionCreate) -> tuple[list[str], list[str]]:
         if body.models is not None:
             names = list(dict.fromkeys(body.models))
             missing = [n for n in names if n not in self.models]

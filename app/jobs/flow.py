@@ -42,7 +42,7 @@ from workers.engine.errors import ForgetSetUnavailable
 from workers.engine.plans import Plan, PlanKind
 from workers.engine.sisa import Strategy
 from workers.engine.training import TrainConfig
-from workers.engine.unlearning import METHODS
+from workers.engine.unlearning import general
 
 log = logging.getLogger("lethe.worker")
 
@@ -58,8 +58,8 @@ class Dispatch:
 
 def check_settings(settings: Settings) -> None:
     """Settings the job flow relies on; ValueError at start-up rather than at a deletion."""
-    if settings.auto_method not in METHODS:
-        raise ValueError(f"LETHE_AUTO_METHOD must be one of {', '.join(METHODS)}, got {settings.auto_method!r}")
+    if settings.auto_method not in general():
+        raise ValueError(f"LETHE_AUTO_METHOD must be one of {', '.join(general())}, got {settings.auto_method!r}")
 
 
 class JobFlow:
@@ -251,7 +251,8 @@ class JobFlow:
         s = self.settings
         thresholds = gate.Thresholds(s.gate_ua_tolerance, s.gate_mia_tolerance, s.gate_max_ta_drop)
         parent = self.engine.version(plan.model, plan.parent)
-        failures = gate.check(record["metrics"], parent["metrics"].get("test_accuracy"), thresholds)
+        failures = gate.check(record["metrics"], parent["metrics"].get("test_accuracy"), thresholds,
+                              method=plan.method.name)
         record["metrics"]["gate"] = {"passed": not failures, "failures": failures}
         with session_scope(self.sessions) as session:
             jobs.record_attempt(session, job_id, method=dataclasses.asdict(plan.method), parent=plan.parent,

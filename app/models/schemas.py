@@ -27,6 +27,19 @@ class MonolithicStrategy(Input):
     kind: Literal["monolithic"]
 
 
+class LinearStrategy(Input):
+    """A logistic-regression head trained with a perturbed loss: the ``certified`` method
+    removes owners from it with an (epsilon, delta) certificate (architecture ``linear``)."""
+
+    kind: Literal["linear"]
+    epsilon: float = Field(1.0, gt=0, allow_inf_nan=False, description="the certificate's epsilon, in (0, inf)")
+    delta: float = Field(1e-4, gt=0, lt=1, description="the certificate's delta, in (0, 1)")
+    noise: float = Field(1.0, gt=0, allow_inf_nan=False,
+                         description="standard deviation of the loss perturbation b (more: more removals "
+                                     "before a retrain, lower accuracy)")
+    l2: float = Field(1e-3, gt=0, allow_inf_nan=False, description="the L2 penalty (times the number of rows)")
+
+
 class TrainingSettings(Input):
     """The training recipe (``workers.engine.training.TrainConfig``, which also checks
     the combinations: a bad one is 422 ``invalid_request`` with error type
@@ -70,7 +83,7 @@ class ModelCreate(Input):
     architecture: str = Field("cnn", max_length=64, description="a name from GET /v1/architectures: built in, "
                               "any torchvision classification model, or an installed plugin")
     architecture_params: dict = Field(default_factory=dict, description="the architecture's own keyword arguments")
-    strategy: Annotated[SisaStrategy | MonolithicStrategy, Field(discriminator="kind")]
+    strategy: Annotated[SisaStrategy | MonolithicStrategy | LinearStrategy, Field(discriminator="kind")]
     training: TrainingSettings = TrainingSettings()
     seed: int = Field(0, ge=0, le=2**31 - 1)
 

@@ -24,7 +24,7 @@ from app.statuses import JobKind, JobStatus, ModelStatus
 from app.tables import DatasetRow, DeletionRequestRow, JobRow, ModelRow, ModelVersionRow, utcnow
 from workers.engine import nets
 from workers.engine.engine import Engine
-from workers.engine.sisa import Ensemble
+from workers.engine.sisa import Ensemble, Strategy
 from workers.engine.training import TrainConfig, scaled
 
 
@@ -34,9 +34,10 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
         raise ApiError(409, "model_exists", f"model {model_in.name!r} already exists")
     dataset = get_or_404(session, DatasetRow, model_in.dataset, "dataset_not_found", f"no dataset {model_in.dataset!r}")
     check_architecture(model_in.architecture, model_in.architecture_params)
-    s = model_in.strategy
-    strategy = {"kind": "sisa", "shards": s.shards, "slices": s.slices, "aggregation": s.aggregation} \
-        if s.kind == "sisa" else {"kind": "monolithic", "shards": 1, "slices": 1, "aggregation": "mean_softmax"}
+    strategy = Strategy(**model_in.strategy.model_dump()).to_dict()
+    if strategy["kind"] == "linear" and (model_in.architecture != "linear" or model_in.architecture_params):
+        raise ApiError(422, "invalid_model", "a linear model is a logistic-regression head: its architecture is "
+                       f"'linear' with no parameters, not {model_in.architecture!r}")
     if strategy["shards"] * strategy["slices"] > dataset.n_owners:
         raise ApiError(422, "invalid_model", f"{strategy['shards']} shards x {strategy['slices']} slices need at "
                        f"least that many owners; dataset {dataset.name!r} has {dataset.n_owners}")

@@ -25,13 +25,10 @@ def unlearn_constituent(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: 
     data = device_data(ds, device)
     kept = np.concatenate([get_ids(store, k) for k in entry.slices])
     forget_ids = get_ids(store, entry.forget_ids)
-    ids, x, y = vault.rows(spec["dataset"], plan.evidence)
-    rows = np.isin(ids, forget_ids)
-    if rows.sum() != len(forget_ids):
-        raise ForgetSetUnavailable(f"shard {shard}: the forget set is no longer available; unlearn exactly instead")
-    forget = unlearning.Split(scaled(x[rows], ds.info().x_scale, device), torch.as_tensor(y[rows].astype(np.int64)).to(device))
+    forget = unlearning.Split(*forget_inputs(plan, entry, store=store, ds=ds, vault=vault, device=device))
     try:
-        retain = unlearning.Split(data.x[data.rows(kept)], data.y[data.rows(kept)])
+        positions = data.rows(kept)
+        retain = unlearning.Split(data.x[positions], data.labels(positions))
     except KeyError:
         raise DatasetError(f"dataset {spec['dataset']!r} changed while shard {shard} was planned") from None
     test = test_tensors(ds, device)
@@ -54,3 +51,16 @@ def unlearn_constituent(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: 
     }
     blob = checkpoints.dumps(result.model, torch.optim.SGD(result.model.parameters(), lr=0.0), info)
     return store.put_blob(blob)
+
+
+def forget_inputs(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: Dataset, vault: Vault,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The constituent's forget rows, from the evidence vault, as model inputs and labels
+    on ``device``; ForgetSetUnavailable when some are no longer held."""
+    forget_ids = get_ids(store, entry.forget_ids)
+    ids, x, y = vault.rows(plan.spec["dataset"], plan.evidence)
+    rows = np.isin(ids, forget_ids)
+    if rows.sum() != len(forget_ids):
+        raise ForgetSetUnavailable(f"shard {entry.shard}: the forget set is no longer available; "
+                                   "unlearn exactly instead")
+    return scaled(x[rows], ds.info().x_scale, device), torch.as_tensor(y[rows].astype(np.int64)).to(device)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from models_store import ModelStore
-from workers.engine import sisa, verification
+from workers.engine import linear, sisa, verification
 from workers.engine.datasets import test_tensors
 from workers.engine.digests import ids_digest, sha256_bytes
 from workers.engine.errors import ModelError
@@ -34,7 +34,7 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
     rte = sum(seconds.values()) if seconds else None
     spec = plan.spec
     test = test_tensors(ds, device)
-    constituents, artifacts, probs, every_id = [], {}, [], []
+    constituents, artifacts, probs, every_id, certificates = [], {}, [], [], []
     for entry in plan.shards:
         shard, weights = entry.shard, None
         if entry.status == ShardStatus.APPROXIMATE:
@@ -71,6 +71,11 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             constituent["tainted_from_slice"] = entry.tainted_from_slice
         if weights is not None:
             artifacts[f"shard{shard}.weights"] = weights
+        certificate = linear.certificate(store, constituent["weights"], spec["strategy"])
+        if certificate is not None:
+            certificates.append(certificate)
+            if certificate["retrained"]:  # the budget ran out: the head was retrained, exactly
+                constituent.pop("tainted_from_slice", None)
         if test is not None and len(all_ids):
             cached = entry.test_probs
             if entry.status == ShardStatus.REUSED and cached:
@@ -82,7 +87,7 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             artifacts[f"shard{shard}.test_probs"] = constituent["test_probs"] = cached
             probs.append(torch.as_tensor(p))
         constituents.append(constituent)
-    metrics = {}
+    metrics = {"certified": certificates[0]} if certificates else {}
     if probs:
         predicted = sisa.aggregate(torch.stack(probs), spec["strategy"]["aggregation"]).argmax(1).numpy()
         predicted = predicted.astype("<i8")

@@ -36,6 +36,12 @@ class ModelError(EngineError):
     code = "invalid_model"
 
 
+class MethodNotSupported(ModelError):
+    """The method does not run on the model's kind (``certified`` needs ``linear``)."""
+
+    code = "method_not_supported"
+
+
 class ForgetSetUnavailable(EngineError):
     """An approximate pass lost its forget set (the evidence was destroyed after it was
     planned): planned again, the removal is exact."""
@@ -49,6 +55,7 @@ __all__ = [
     "DatasetNotFound",
     "EngineError",
     "LetheError",
+    "MethodNotSupported",
     "ModelError",
     "ModelNotFound",
     "OwnerNotFound",

@@ -22,8 +22,12 @@ def _two_se(p: float, n: int) -> float:
     return 2 * math.sqrt((p * (1 - p) + 0.25 / n) / n)
 
 
-def check(metrics: dict, parent_test_accuracy: float | None, t: Thresholds) -> list[str]:
-    """Reasons the candidate fails the gate; an empty list passes."""
+def check(metrics: dict, parent_test_accuracy: float | None, t: Thresholds, *, method: str | None = None
+          ) -> list[str]:
+    """Reasons the candidate fails the gate; an empty list passes. A ``certified``
+    removal is accepted on its bound (UA and MIA are still measured and reported)."""
+    if method == "certified":
+        return _check_certificate(metrics.get("certified"))
     failures = []
     n = metrics.get("forget_size") or 0
     ua, expected = metrics.get("ua"), metrics.get("expected_ua")
@@ -46,3 +50,13 @@ def check(metrics: dict, parent_test_accuracy: float | None, t: Thresholds) -> l
         failures.append(f"test accuracy fell from {parent_test_accuracy:.4f} to {ta:.4f}, "
                         f"more than {t.max_ta_drop:.4f}")
     return failures
+
+
+def _check_certificate(cert: dict | None) -> list[str]:
+    """A certified removal passes while its accumulated residual bound is within the
+    (epsilon, delta) budget, or when the head was retrained from scratch (exact)."""
+    if cert is None:
+        return ["no certificate: certified removal runs on linear models only"]
+    if cert["retrained"] or cert["certified"]:
+        return []
+    return [f"the residual bound {cert['residual_bound']:.6g} exceeds the budget {cert['budget']:.6g}"]

@@ -8,11 +8,15 @@ from models_store import ModelStore
 
 
 def put_ids(store: ModelStore, ids: np.ndarray) -> str:
-    return store.put_blob(np.sort(np.asarray(ids, dtype=np.int64)).astype("<i8").tobytes())
+    ids = np.asarray(ids, dtype="<i8")
+    if len(ids) > 1 and not (ids[1:] >= ids[:-1]).all():
+        ids = np.sort(ids)
+    return store.put_blob(ids.tobytes())
 
 
 def get_ids(store: ModelStore, key: str) -> np.ndarray:
-    return np.frombuffer(store.get_blob(key), dtype="<i8").astype(np.int64)
+    """The ids stored under ``key`` (read-only: a view of the blob, not a copy)."""
+    return np.frombuffer(store.get_blob(key), dtype="<i8")
 
 
 def slice_ids(store: ModelStore, record: dict) -> list[list[np.ndarray]]:

@@ -99,6 +99,37 @@ def linear(input_shape: list[int], num_classes: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(n_in, num_classes))
 
 
+def certified_features(x: torch.Tensor) -> torch.Tensor:
+    """The ``linear`` kind's features: each row flattened, scaled to unit norm (a zero row
+    stays zero) and given a constant for the bias, then divided by sqrt(2), so every
+    feature vector has norm at most 1 (what certified removal's bound assumes)."""
+    x = x.reshape(len(x), -1)
+    norm = x.norm(dim=1, keepdim=True)
+    x = torch.where(norm > 0, x / norm.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1) / 2**0.5
+
+
+class CertifiedLinear(nn.Module):
+    """Logistic regression over :func:`certified_features`: the ``linear`` model kind's head."""
+
+    def __init__(self, input_shape: list[int], num_classes: int):
+        super().__init__()
+        n_in = 1
+        for d in input_shape:
+            n_in *= d
+        # float64: the weights served are the ones the removal bound is computed for
+        self.weight = nn.Parameter(torch.zeros(num_classes, n_in + 1, dtype=torch.float64))
+
+    def forward(self, x):
+        return (certified_features(x.to(self.weight.dtype)) @ self.weight.T).float()
+
+
+@_builtin("certified_linear")
+def certified_linear(input_shape: list[int], num_classes: int) -> nn.Module:
+    """The ``linear`` model kind's head (trained by certified removal's solver, not by SGD)."""
+    return CertifiedLinear(input_shape, num_classes)
+
+
 @_builtin("cnn")
 def cnn(input_shape: list[int], num_classes: int, width: int = 16) -> nn.Module:
     if len(input_shape) == 3 and min(input_shape[1:]) < 4:

@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from models_store import ModelNotFound, ModelStore
-from workers.engine import nets, sisa, unlearning, weights
+from workers.engine import linear, nets, sisa, unlearning, weights
 from workers.engine.digests import ids_digest
-from workers.engine.errors import ModelError
+from workers.engine.errors import MethodNotSupported, ModelError
 from workers.engine.ids import put_ids, slice_ids
 from workers.engine.ledger import Dataset, check_name
 from workers.engine.plans import MethodSpec, Plan, PlanKind, Removal, ShardPlan, ShardStatus
@@ -47,6 +47,11 @@ def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, 
     started = time.time()
     check_name(name, "model")
     info = ds.info()
+    if strategy.kind == "linear":
+        if architecture not in ("linear", linear.ARCHITECTURE) or architecture_params:
+            raise ModelError(f"the linear kind trains its own logistic-regression head: architecture must be "
+                             f"'linear' (with no parameters), got {architecture!r}")
+        architecture = linear.ARCHITECTURE
     try:
         nets.build(architecture, info.input_shape, info.num_classes, seed=0, params=architecture_params)
         slices = sisa.partition_owners(*ds.owner_codes(), strategy.shards, strategy.slices)
@@ -86,6 +91,8 @@ def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa
     check_request(mode, method, method_config)
     started = time.time()
     spec = store.model_spec(name)
+    if mode == "approximate":
+        check_kind(method, spec["strategy"]["kind"])
     parent = store.version(name)
     parent_slices = slice_ids(store, parent)
     trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
@@ -115,7 +122,7 @@ def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa
                                  parent_weights=constituent["weights"]))
             continue
         r = touched[shard]
-        kept = [np.setdiff1d(ids, removed) for ids in slices]
+        kept = [ids[~np.isin(ids, removed)] for ids in slices]  # sorted already: no setdiff1d sorts
         if mode == "approximate":
             forgot = np.intersect1d(np.concatenate(slices), removed)
             shards.append(_shard(store, shard, kept, ShardStatus.APPROXIMATE, r, old,
@@ -140,6 +147,14 @@ def check_request(mode: str, method: str | None = None, method_config: dict | No
             unlearning.config(method, method_config)
         except ValueError as exc:
             raise ModelError(str(exc)) from None
+
+
+def check_kind(method: str | None, kind: str) -> None:
+    """MethodNotSupported when ``method`` does not run on a model of strategy ``kind``."""
+    kinds = unlearning.supported_kinds(method) if method in unlearning.METHODS else None
+    if kinds is not None and kind not in kinds:
+        raise MethodNotSupported(f"method {method!r} runs on model kinds {', '.join(kinds)} only; "
+                                 f"this model is {kind}")
 
 
 def _shard(store: ModelStore, shard: int, slices: list[np.ndarray], status: ShardStatus, from_slice,

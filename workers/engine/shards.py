@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from models_store import ModelStore
-from workers.engine import approximate, sisa
+from workers.engine import approximate, linear, sisa
 from workers.engine.datasets import device_data
 from workers.engine.errors import DatasetError
 from workers.engine.ids import get_ids
@@ -33,10 +33,16 @@ def run_shard(plan: Plan, shard: int, *, store: ModelStore, ds: Dataset, device:
     entry = plan.shards[shard]
     if entry.status == ShardStatus.REUSED:
         return []
+    spec = plan.spec
+    linear_kind = spec["strategy"]["kind"] == "linear"
     if entry.status == ShardStatus.APPROXIMATE:
+        if linear_kind and plan.method.name == "certified":
+            forget = approximate.forget_inputs(plan, entry, store=store, ds=ds, vault=vault, device=device)
+            return [linear.unlearn_head(plan, entry, forget, store=store, ds=ds, device=device, progress=progress)]
         return [approximate.unlearn_constituent(plan, entry, store=store, ds=ds, device=device, vault=vault,
                                                 progress=progress)]
-    spec = plan.spec
+    if linear_kind:  # trained (or exactly retrained) by the convex solver, from scratch
+        return linear.train_head(plan, entry, store=store, ds=ds, device=device, progress=progress)
     slice_ids: list[np.ndarray] = [get_ids(store, k) for k in entry.slices]
     r = entry.from_slice
     start = store.get_blob(entry.checkpoints[r - 1]) if r > 0 else None

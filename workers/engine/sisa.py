@@ -13,6 +13,7 @@ A monolithic model is the case S = R = 1.
 from __future__ import annotations
 
 import heapq
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from workers.engine import checkpoints, nets
+from workers.engine.certified import Budget
 from workers.engine.digests import ids_digest
 from workers.engine.registry import Registry
 from workers.engine.training import (
@@ -48,24 +50,47 @@ def vote(probs: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.one_hot(probs.argmax(2), probs.shape[2]).float().mean(0)
 
 
+KINDS = ("sisa", "monolithic", "linear")
+
+
 @dataclass(frozen=True)
 class Strategy:
-    kind: str = "sisa"  # "sisa" | "monolithic"
+    kind: str = "sisa"  # "sisa" | "monolithic" | "linear"
     shards: int = 1
     slices: int = 1
     aggregation: str = "mean_softmax"
+    # linear: certified removal's settings (certified.Budget; its defaults where None)
+    epsilon: float | None = None
+    delta: float | None = None
+    noise: float | None = None
+    l2: float | None = None
 
     def __post_init__(self):
-        if self.kind not in ("sisa", "monolithic"):
-            raise ValueError(f"strategy kind must be 'sisa' or 'monolithic', got {self.kind!r}")
-        if self.kind == "monolithic" and (self.shards, self.slices) != (1, 1):
-            raise ValueError("a monolithic model has exactly one shard and one slice")
+        if self.kind not in KINDS:
+            raise ValueError(f"strategy kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind != "sisa" and (self.shards, self.slices) != (1, 1):
+            raise ValueError(f"a {self.kind} model has exactly one shard and one slice")
+        if self.kind == "linear":
+            given = {k: v for k, v in self._budget_fields().items() if v is not None}
+            for key, value in dataclasses.asdict(Budget(**given)).items():
+                object.__setattr__(self, key, value)
+        elif any(v is not None for v in self._budget_fields().values()):
+            raise ValueError("epsilon, delta, noise and l2 are settings of the linear kind only")
         if self.shards < 1 or self.slices < 1:
             raise ValueError("shards and slices must be >= 1")
         AGGREGATIONS.get(self.aggregation)  # ValueError naming the choices
 
+    def _budget_fields(self) -> dict:
+        return {"epsilon": self.epsilon, "delta": self.delta, "noise": self.noise, "l2": self.l2}
+
+    @property
+    def budget(self) -> Budget:
+        """The linear kind's certification settings."""
+        return Budget(**self._budget_fields())
+
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "shards": self.shards, "slices": self.slices, "aggregation": self.aggregation}
+        out = {"kind": self.kind, "shards": self.shards, "slices": self.slices, "aggregation": self.aggregation}
+        return {**out, **self._budget_fields()} if self.kind == "linear" else out
 
 
 def _balanced_groups(sizes: dict[str, int], k: int) -> list[list[str]]:
@@ -84,7 +109,7 @@ def partition(owner_of: dict[int, str], shards: int, slices: int) -> list[list[n
     names = sorted(set(owner_of.values()))
     code = {o: i for i, o in enumerate(names)}
     ids = np.fromiter(owner_of.keys(), dtype=np.int64, count=len(owner_of))
-    codes = np.fromiter((code[o] for o in owner_of.values()), dtype=np.int64, count=len(owner_of))
+    codes = np.fromiter((code[o] for o in owner_of.values()), dtype=np.int32, count=len(owner_of))
     return partition_owners(ids, codes, names, shards, slices)
 
 
@@ -104,7 +129,7 @@ def partition_owners(sample_ids: np.ndarray, owner_codes: np.ndarray, owner_name
             f"{slices} slices: SISA here needs at least shards x slices = {shards * slices} owners"
         )
     code = {o: i for i, o in enumerate(owner_names)}
-    group_of = np.empty(len(owner_names), dtype=np.int64)
+    group_of = np.empty(len(owner_names), dtype=np.int32)
     result = []
     for shard_owners in _balanced_groups(sizes, shards):
         groups = _balanced_groups({o: sizes[o] for o in shard_owners}, slices)
@@ -151,7 +176,7 @@ def train_constituent(
         optimizer.load_state_dict(ckpt.optim_state)
     out = []
     for r in range(start_slice, len(slice_ids)):
-        seen = np.concatenate(slice_ids[: r + 1])
+        seen = slice_ids[0] if r == 0 else np.concatenate(slice_ids[: r + 1])
         if len(seen):
             loss = train_epochs(
                 model, optimizer, data, data.rows(seen), cfg,

@@ -184,6 +184,9 @@ class HostRows:
         return scaled(self.rows[index], self.x_scale, self.device)
 
 
+ROWS_BLOCK = 1 << 20
+
+
 class DeviceData:
     """A dataset's rows as float tensors on the device, addressable by sample id.
 
@@ -196,16 +199,28 @@ class DeviceData:
         self.device = torch.device(device)
         self.lazy = not isinstance(x, np.ndarray)
         self.x = HostRows(x, x_scale, self.device) if self.lazy else scaled(x, x_scale, self.device)
-        self.y = torch.as_tensor(np.asarray(y).astype(np.int64))
+        # Lazy: labels stay on the host as they came (int32 from the ledger), each batch's
+        # widened to int64 on its way to the device.
+        self.y = torch.as_tensor(np.asarray(y) if self.lazy else np.asarray(y, dtype=np.int64))
         if not self.lazy:
             self.y = self.y.to(self.device)
 
+    def labels(self, batch: torch.Tensor) -> torch.Tensor:
+        """The int64 labels of the rows at positions ``batch``, on the device."""
+        return self.y[batch].to(self.device, torch.int64)
+
     def rows(self, ids: np.ndarray) -> torch.Tensor:
-        """Row positions of ``ids``; every id must be present."""
-        pos = np.searchsorted(self.sample_ids, ids)
-        if len(ids) and (pos.max() >= len(self.sample_ids) or (self.sample_ids[pos] != ids).any()):
-            raise KeyError("some sample ids are not in the dataset")
-        return torch.as_tensor(pos, dtype=torch.int64)
+        """Row positions of ``ids`` (int32 below 2**31 rows: an index over millions of
+        rows is half the size); every id must be present."""
+        dtype = np.int32 if len(self.sample_ids) < 2**31 else np.int64
+        pos = np.empty(len(ids), dtype=dtype)
+        for start in range(0, len(ids), ROWS_BLOCK):  # bounded temporaries on millions of ids
+            block = ids[start:start + ROWS_BLOCK]
+            found = np.searchsorted(self.sample_ids, block)
+            if found.max() >= len(self.sample_ids) or (self.sample_ids[found] != block).any():
+                raise KeyError("some sample ids are not in the dataset")
+            pos[start:start + ROWS_BLOCK] = found
+        return torch.from_numpy(pos)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -337,7 +352,7 @@ def train_epochs(
     step = 0
     index_device = torch.device("cpu") if data.lazy else device  # lazy rows are read on the host
     for _ in range(epochs):
-        order = rows[torch.randperm(n, generator=gen)].to(index_device)
+        order = rows[torch.randperm(n, generator=gen, dtype=rows.dtype)].to(index_device)
         shifts, flips = _augment_draws(cfg, aug_gen, n, device) if aug_gen is not None else (None, None)
         for start in range(0, n, cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
@@ -352,7 +367,7 @@ def train_epochs(
             optimizer.zero_grad(set_to_none=True)
             with amp():
                 logits = model(x)
-            loss = nn.functional.cross_entropy(logits.float(), data.y[batch].to(device),
+            loss = nn.functional.cross_entropy(logits.float(), data.labels(batch),
                                                label_smoothing=cfg.label_smoothing)
             loss.backward()
             if cfg.max_grad_norm is not None:

@@ -15,11 +15,11 @@ from types import ModuleType
 import torch
 
 from workers.engine.registry import Registry
-from workers.engine.unlearning import fisher, ft, ga, iu, l1_sparse, rl, salun, scrub, ssd
+from workers.engine.unlearning import certified, fisher, ft, ga, iu, l1_sparse, rl, salun, scrub, ssd
 from workers.engine.unlearning.base import Split
 
 METHODS: Registry[ModuleType] = Registry("unlearning method")
-for _module in (ft, ga, rl, iu, l1_sparse, fisher, ssd, salun, scrub):
+for _module in (ft, ga, rl, iu, l1_sparse, fisher, ssd, salun, scrub, certified):
     METHODS.add(_module.__name__.rsplit(".", 1)[1], _module)
 
 
@@ -41,6 +41,17 @@ def config(name: str, overrides: dict | None = None):
     return cls(**(overrides or {}))
 
 
+def supported_kinds(name: str) -> tuple[str, ...] | None:
+    """The model kinds method ``name`` runs on; None: every kind."""
+    return getattr(METHODS.get(name), "KINDS", None)
+
+
+def general() -> list[str]:
+    """The methods that run on any model (on bare torch modules); the others name the
+    model kinds they need (``certified``: the ``linear`` kind)."""
+    return [name for name in METHODS if supported_kinds(name) is None]
+
+
 def run(name: str, model: torch.nn.Module, forget: Split, retain: Split, *, heldout: Split | None = None,
         overrides: dict | None = None) -> Result:
     """Unlearn ``forget`` from a copy of ``model`` with method ``name``; the original is untouched."""
@@ -55,4 +66,4 @@ def run(name: str, model: torch.nn.Module, forget: Split, retain: Split, *, held
     return Result(student.eval(), name, dataclasses.asdict(cfg), time.perf_counter() - started)
 
 
-__all__ = ["METHODS", "Result", "Split", "config", "run"]
+__all__ = ["METHODS", "Result", "Split", "config", "general", "run", "supported_kinds"]

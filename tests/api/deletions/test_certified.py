@@ -1,0 +1,52 @@
+"""Certified removal through the API: a linear model, a deletion with ``method:
+certified`` accepted by the gate on its bound, and the requests refused."""
+from __future__ import annotations
+
+import pytest
+
+from tests.service_helpers import A, C, an_owner, run_worker_inline
+
+LINEAR = {"name": "lin", "dataset": "digits", "architecture": "linear",
+          "strategy": {"kind": "linear", "epsilon": 1.0, "delta": 1e-4, "noise": 1.0, "l2": 0.01}}
+
+
+@pytest.fixture
+def digits(client):
+    assert client.post("/v1/datasets", json={"name": "digits", "source": "digits"}, headers=A).status_code == 201
+    return client
+
+
+def test_a_certified_deletion_passes_the_gate_on_its_bound(digits):
+    assert digits.post("/v1/models", json=LINEAR, headers=A).status_code == 202
+    run_worker_inline(digits.app_)
+    v1 = digits.get("/v1/models/lin/versions/1", headers=C).json()
+    assert v1["strategy"]["kind"] == "linear" and v1["metrics"]["certified"]["budget"] > 0
+    r = digits.post("/v1/deletion-requests", json={"owner_id": an_owner(digits), "method": "certified"}, headers=C)
+    assert r.status_code == 202, r.text
+    run_worker_inline(digits.app_)
+    req = digits.get(f"/v1/deletion-requests/{r.json()['id']}", headers=C).json()
+    assert req["status"] == "completed" and req["outcomes"][0]["published_method"] == "certified"
+    v2 = digits.get("/v1/models/lin/versions/2", headers=C).json()
+    cert = v2["metrics"]["certified"]
+    assert cert["certified"] is True and cert["residual_bound"] <= cert["budget"]
+    assert v2["metrics"]["gate"] == {"passed": True, "failures": []}
+    assert v2["metrics"]["ua"] is not None and v2["metrics"]["mia_efficacy"] is not None
+
+
+def test_certified_on_a_sisa_model_is_method_not_supported(ready):
+    r = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready), "method": "certified"}, headers=C)
+    assert r.status_code == 422 and r.json()["code"] == "method_not_supported"
+    assert "linear" in r.json()["detail"] and "'m'" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("strategy", [{"epsilon": 0}, {"epsilon": -1.0}, {"delta": 0}, {"delta": 1},
+                                      {"delta": 1.5}, {"noise": 0}, {"l2": -1}])
+def test_a_budget_outside_its_range_is_422(digits, strategy):
+    body = {**LINEAR, "strategy": {**LINEAR["strategy"], **strategy}}
+    r = digits.post("/v1/models", json=body, headers=A)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request", r.text
+
+
+def test_a_linear_model_takes_only_the_linear_architecture(digits):
+    r = digits.post("/v1/models", json={**LINEAR, "architecture": "cnn"}, headers=A)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_model"

@@ -1,0 +1,127 @@
+"""The ``linear`` model kind: a logistic-regression head trained with a perturbed loss so
+that rows can be removed with a certificate (``workers.engine.certified``).
+
+Training solves the convex objective exactly (no SGD recipe); an exact removal retrains
+it from scratch; the ``certified`` method removes by one Newton step while the bound it
+accumulates stays within the model's budget, and retrains with fresh noise when it
+would not. Each checkpoint carries what the next removal needs (the anchor weights and
+Hessian sums, as a blob) and what the version's metrics report (``certificate``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from models_store import ModelStore
+from workers.engine import certified, checkpoints, nets
+from workers.engine.certified import Head
+from workers.engine.datasets import device_data
+from workers.engine.digests import ids_digest
+from workers.engine.errors import DatasetError
+from workers.engine.ids import get_ids
+from workers.engine.ledger import Dataset
+from workers.engine.plans import Plan, ShardPlan
+from workers.engine.sisa import Strategy
+from workers.engine.training import DeviceData, derive_seed
+
+ARCHITECTURE = "certified_linear"
+
+
+def _features(data: DeviceData, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        positions = data.rows(ids)
+    except KeyError:
+        raise DatasetError("the dataset changed while the linear head was planned") from None
+    return nets.certified_features(data.x[positions].double()), data.labels(positions)
+
+
+def _noise_seed(spec: dict, parent: int | None) -> int:
+    """Fresh noise for every training of the head: the first, and each retrain (after an
+    exact removal or an exhausted budget) from a version's parent."""
+    return derive_seed(spec["recipe"].get("seed", 0), "certified-noise", parent or 0)
+
+
+def _save(store: ModelStore, spec: dict, head: Head, ids: np.ndarray, *, noise_seed: int, retrained: bool,
+          extra: dict | None = None) -> str:
+    budget = Strategy(**spec["strategy"]).budget
+    model = nets.build(ARCHITECTURE, spec["input_shape"], spec["num_classes"], seed=0)
+    model.weight.data = head.weights.T.to(model.weight.dtype).cpu().contiguous()
+    state = store.put_blob(st_save({"anchor": head.anchor.cpu().contiguous(),
+                                    "hessian": head.hessian.cpu().contiguous()}))
+    info = {
+        "architecture": ARCHITECTURE, "input_shape": spec["input_shape"], "num_classes": spec["num_classes"],
+        "shard": 0, "slice": 0, "samples_seen": int(len(ids)), "manifest_digest": ids_digest(ids),
+        "certified": {
+            "state": state, "n": head.n, "bound": head.bound, "removals": head.removals,
+            "noise_seed": noise_seed, "retrained": retrained, "budget": budget.residual_budget,
+            **(extra or {}),
+        },
+    }
+    return store.put_blob(checkpoints.dumps(model, torch.optim.SGD(model.parameters(), lr=0.0), info))
+
+
+def train_head(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: Dataset, device: torch.device,
+               progress) -> list[str]:
+    """Train the head from scratch on the entry's rows (a new model, or an exact removal)."""
+    spec = plan.spec
+    ids = get_ids(store, entry.slices[0])
+    phi, y = _features(device_data(ds, device), ids)
+    seed = _noise_seed(spec, plan.parent)
+    progress(f"training the certified linear head on {len(ids)} samples")
+    head = certified.fit(phi, y, spec["num_classes"], Strategy(**spec["strategy"]).budget, seed=seed)
+    return [_save(store, spec, head, ids, noise_seed=seed, retrained=plan.parent is not None)]
+
+
+def unlearn_head(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, torch.Tensor], *, store: ModelStore,
+                 ds: Dataset, device: torch.device, progress) -> str:
+    """Remove the forget rows ``(x, y)`` (model inputs) by one Newton step, or retrain
+    with fresh noise when the step would exhaust the budget; return the new weights."""
+    spec = plan.spec
+    budget = Strategy(**spec["strategy"]).budget
+    ids = np.concatenate([get_ids(store, k) for k in entry.slices])
+    phi, y = _features(device_data(ds, device), ids)
+    parent = checkpoints.loads(store.get_blob(entry.parent_weights))
+    state = parent.info.get("certified")
+    phi_gone = nets.certified_features(forget[0].double())
+    seed = _noise_seed(spec, plan.parent)
+    if state is not None:
+        blob = st_load(store.get_blob(state["state"]))
+        head = Head(weights=parent.model_state["weight"].T.to(device, torch.float64),
+                    anchor=blob["anchor"].to(device), hessian=blob["hessian"].to(device), n=state["n"],
+                    bound=state["bound"], removals=state["removals"])
+        after, added = certified.remove(head, phi, phi_gone, forget[1], budget.l2)
+        progress(f"certified removal of {len(phi_gone)} samples: bound +{added:.4g}, "
+                 f"{after.bound:.4g} of {budget.residual_budget:.4g}")
+        if after.bound <= budget.residual_budget:
+            return _save(store, spec, after, ids, noise_seed=state["noise_seed"], retrained=False,
+                         extra={"step_bound": added})
+        would = {"exhausted_bound": after.bound}
+    else:  # weights another method left: nothing to take a certified step from
+        would = {"no_certified_state": True}
+    progress("the removal would exceed the certified budget: retraining the head with fresh noise")
+    head = certified.fit(phi, y, spec["num_classes"], budget, seed=seed)
+    return _save(store, spec, head, ids, noise_seed=seed, retrained=True, extra=would)
+
+
+def certificate(store: ModelStore, weights: str, strategy: dict) -> dict | None:
+    """What a linear version's metrics say of its certification: the accumulated residual
+    bound against the budget, and whether the head was retrained (the budget reset)."""
+    if strategy.get("kind") != "linear":
+        return None
+    info = checkpoints.loads(store.get_blob(weights)).info.get("certified")
+    if info is None:
+        return None
+    budget = Strategy(**strategy).budget
+    out = {
+        "epsilon": budget.epsilon, "delta": budget.delta, "noise": budget.noise, "l2": budget.l2,
+        "residual_bound": round(info["bound"], 8), "budget": round(budget.residual_budget, 8),
+        "budget_left": round(max(0.0, budget.residual_budget - info["bound"]), 8),
+        "removals_since_training": info["removals"], "retrained": info["retrained"],
+        "certified": info["bound"] <= budget.residual_budget,
+    }
+    for key in ("step_bound", "exhausted_bound"):
+        if key in info:
+            out[key] = round(info[key], 8)
+    return out
