@@ -8,7 +8,8 @@ memory group (``/sys/fs/cgroup/memory/lethe-ltm-<pid>``, ``memory.limit_in_bytes
 limited too where the kernel accounts it), so the group's peak
 (``memory.max_usage_in_bytes``, which counts the page cache of the files read and the
 memory-mapped chunks too, so it reaches the limit whenever there is more to cache), the
-process's own peak resident set (``/usr/bin/time``'s maximum RSS) and whether the kernel had to kill anything (``memory.oom_control``) are
+group's anonymous memory at its highest (``rss`` in ``memory.stat``, sampled every 50 ms:
+what the page cache cannot give back), the process's own peak resident set (``/usr/bin/time``'s maximum RSS) and whether the kernel had to kill anything (``memory.oom_control``) are
 read from the kernel, not estimated. ``ulimit -v`` would not do: the CUDA build of torch
 maps gigabytes of address space it never touches.
 
@@ -26,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -87,6 +89,14 @@ class MemoryGroup:
     def read(self, name: str) -> str:
         return (self.path / name).read_text().strip()
 
+    def anon_bytes(self) -> int:
+        """The group's anonymous memory now (``rss`` in memory.stat: no page cache)."""
+        for line in self.read("memory.stat").splitlines():
+            key, value = line.split()
+            if key == "rss":
+                return int(value)
+        return 0
+
     def reset_peak(self) -> None:
         (self.path / "memory.max_usage_in_bytes").write_text("0")
 
@@ -102,8 +112,15 @@ def run_step(group: MemoryGroup, name: str, argv: list[str], env: dict) -> dict:
     failcnt = int(group.read("memory.failcnt"))
     rss_file = Path(group.path.name + ".rss")
     started = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv], env=env,
-                          preexec_fn=group.join, capture_output=True, text=True)
+    proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv], env=env,
+                            preexec_fn=group.join, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    anon_peak = 0
+    with ThreadPoolExecutor(1) as pool:
+        output = pool.submit(proc.communicate)
+        while not output.done():  # the group's anonymous memory, sampled: what page cache cannot give back
+            anon_peak = max(anon_peak, group.anon_bytes())
+            time.sleep(0.05)
+        stdout, stderr = output.result()
     seconds = time.perf_counter() - started
     try:
         max_rss = int(rss_file.read_text().split()[-1]) // 1024
@@ -113,8 +130,9 @@ def run_step(group: MemoryGroup, name: str, argv: list[str], env: dict) -> dict:
     oom = dict(line.split() for line in group.read("memory.oom_control").splitlines())
     step = {"step": name, "exit": proc.returncode, "seconds": round(seconds, 1),
             "peak_mib": round(int(group.read("memory.max_usage_in_bytes")) / 2**20), "max_rss_mib": max_rss,
+            "anon_peak_mib": round(anon_peak / 2**20),
             "limit_hits": int(group.read("memory.failcnt")) - failcnt, "oom_kills": int(oom.get("oom_kill", 0)),
-            "output": proc.stdout.strip().splitlines()[-3:], "error": proc.stderr.strip().splitlines()[-5:]}
+            "output": stdout.strip().splitlines()[-3:], "error": stderr.strip().splitlines()[-5:]}
     print(json.dumps(step), flush=True)
     return step
 
@@ -182,7 +200,7 @@ def _report(args, table: Path, data: Path, steps: list[dict], *, expected: int) 
           f"{args.memory_mb} MiB")
     for s in steps:
         print(f"  {s['step']:8s} exit {s['exit']}  {s['seconds']:7.1f} s  group peak {s['peak_mib']} MiB "
-              f"(page cache included)  process max RSS {s['max_rss_mib']} MiB  "
+              f"(page cache included)  anonymous peak {s.get('anon_peak_mib')} MiB  process max RSS {s['max_rss_mib']} MiB  "
               f"limit hits {s['limit_hits']}  oom kills {s['oom_kills']}")
     return 0 if all(s["exit"] == 0 for s in steps) and len(steps) == expected else 1
 

@@ -319,6 +319,11 @@ def summary(v: dict) -> str:
                  f"MIA-efficacy {m.get('mia_efficacy')} (held-out {m.get('mia_heldout')}), RA {m.get('ra')}, "
                  f"TA {m.get('ta')}"
                  f"{'' if v.get('exact', True) else ', approximate (' + v['method']['name'] + ')'}")
+    cert = m.get("certified")
+    if cert is not None:
+        text += (f"\ncertified (epsilon {cert['epsilon']:g}, delta {cert['delta']:g}): residual bound "
+                 f"{cert['residual_bound']:.4g} of {cert['budget']:.4g}, {cert['removals_since_training']} removals "
+                 f"since training{' (retrained: the budget had run out)' if 'exhausted_bound' in cert else ''}")
     return text
 
 

@@ -52,7 +52,8 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             artifacts[f"shard{shard}.slice{r}.sample_ids"] = ids_key
             artifacts[f"shard{shard}.slice{r}.checkpoint"] = ckpt_key
             slices_out.append({"sample_ids": ids_key, "n_samples": n, "checkpoint": ckpt_key})
-        all_ids = np.concatenate([get_ids(store, s["sample_ids"]) for s in slices_out])
+        parts = [get_ids(store, s["sample_ids"]) for s in slices_out]
+        all_ids = parts[0] if len(parts) == 1 else np.concatenate(parts)  # a view of the stored list when whole
         every_id.append(all_ids)
         state = entry.status.value
         constituent = {
@@ -97,6 +98,7 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
     else:
         metrics["test_accuracy"] = None
     every_id = np.concatenate(every_id)
+    every_id.sort()  # in place: the manifest digest then needs no sorted copy of millions of ids
     record = {
         "kind": plan.kind.value,
         "exact": all(c.get("tainted_from_slice") is None for c in constituents),

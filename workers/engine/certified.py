@@ -144,7 +144,7 @@ def fit(phi: torch.Tensor, y: torch.Tensor, num_classes: int, budget: Budget, *,
 def step_bound(phi_keep: torch.Tensor, drift: torch.Tensor, step: torch.Tensor) -> float:
     """The bound on what one Newton step ``step`` from weights ``anchor + drift`` adds to
     the gradient residual (see the module's docstring)."""
-    p, q = phi_keep @ drift, phi_keep @ step
+    p, q = (phi_keep @ torch.cat([drift, step], 1)).split(step.shape[1], 1)  # one pass over the rows
     per_class = ((p.abs() + q.abs() / 2).pow(2) * q.pow(2)).sum(0).sqrt()
     return float(GAMMA * math.sqrt(len(phi_keep)) * per_class.sum())
 

@@ -104,6 +104,11 @@ def _balanced_groups(sizes: dict[str, int], k: int) -> list[list[str]]:
     return groups
 
 
+def _sorted(ids: np.ndarray) -> np.ndarray:
+    ids.sort()  # in place: a copy of millions of ids is what a sort would add
+    return ids
+
+
 def partition(owner_of: dict[int, str], shards: int, slices: int) -> list[list[np.ndarray]]:
     """:func:`partition_owners` of a ``sample id -> owner id`` mapping."""
     names = sorted(set(owner_of.values()))
@@ -137,7 +142,7 @@ def partition_owners(sample_ids: np.ndarray, owner_codes: np.ndarray, owner_name
         for g, group in enumerate(groups):
             group_of[[code[o] for o in group]] = g
         member = group_of[owner_codes]
-        result.append([np.sort(sample_ids[member == g]) for g in range(len(groups))])
+        result.append([_sorted(sample_ids[member == g]) for g in range(len(groups))])
     return result
 
 
