@@ -146,3 +146,20 @@ def test_a_table_imports_trains_and_forgets_from_the_command_line(tmp_path, caps
     code, _, err = run(tmp_path, "import", "bad", "--source", "table", "--path", str(tmp_path / "churn.csv"),
                        "--option", "label_column=label", capsys=capsys)
     assert code == 2 and "[invalid_dataset]" in err and "owner_column" in err
+
+
+def test_a_linear_model_forgets_an_owner_with_a_certificate_from_the_command_line(tmp_path, capsys):
+    run(tmp_path, "import", "digits", "--source", "digits", capsys=capsys)
+    code, out, _ = run(tmp_path, "train", "lin", "--dataset", "digits", "--arch", "linear", "--strategy", "linear",
+                       "--l2", "0.01", capsys=capsys)
+    assert code == 0 and "certified (epsilon 1, delta 0.0001)" in out and "0 removals since training" in out
+    owner = json.loads(run(tmp_path, "--json", "owners", "digits", "--limit", "1", capsys=capsys)[1])[0]["owner_id"]
+    code, out, _ = run(tmp_path, "unlearn", "lin", "--owner", owner, "--method", "certified", capsys=capsys)
+    assert code == 0 and "1 removals since training" in out and "budget had run out" not in out
+    code, _, err = run(tmp_path, "train", "bad", "--dataset", "digits", "--arch", "linear", "--strategy", "linear",
+                       "--delta", "1.5", capsys=capsys)
+    assert code == 2 and "delta must be in (0, 1)" in err
+    run(tmp_path, "train", "m", "--dataset", "digits", "--shards", "2", "--slices", "1", "--epochs", "1",
+        capsys=capsys)
+    code, _, err = run(tmp_path, "unlearn", "m", "--owner", owner, "--method", "certified", capsys=capsys)
+    assert code == 2 and "[method_not_supported]" in err
