@@ -308,6 +308,14 @@ def demo(c: Context):
     click.echo(f"Verify with:  lethe --data-dir {data_dir} verify digits-sisa")
 
 
+def _why_retrained(cert: dict) -> str:
+    if "exhausted_bound" in cert:
+        return " (retrained: the budget had run out)"
+    if cert.get("no_certified_state"):
+        return " (retrained: the parent's weights came from another method, with no certified state)"
+    return ""
+
+
 def summary(v: dict) -> str:
     m = v["metrics"]
     text = (f"published {v['model']} v{v['version']} ({v['kind']}): {v['n_samples']} samples, "
@@ -323,7 +331,7 @@ def summary(v: dict) -> str:
     if cert is not None:
         text += (f"\ncertified (epsilon {cert['epsilon']:g}, delta {cert['delta']:g}): residual bound "
                  f"{cert['residual_bound']:.4g} of {cert['budget']:.4g}, {cert['removals_since_training']} removals "
-                 f"since training{' (retrained: the budget had run out)' if 'exhausted_bound' in cert else ''}")
+                 f"since training{_why_retrained(cert)}")
     return text
 
 

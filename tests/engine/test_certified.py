@@ -157,3 +157,13 @@ def test_the_linear_kind_takes_only_the_linear_architecture(digits_engine):
     with pytest.raises(Exception, match="architecture must be 'linear'"):
         digits_engine.train("x", dataset="digits", architecture="cnn", strategy=Strategy("linear"),
                             config=TrainConfig(seed=0))
+
+
+def test_a_certified_removal_after_another_method_retrains(digits_engine):
+    _train_linear(digits_engine, "lin", l2=0.01)
+    owners = [o for o, _ in digits_engine.dataset("digits").owners(limit=2)]
+    v2 = digits_engine.unlearn("lin", owners[:1], mode="approximate", method="ft")
+    assert "certified" not in v2["metrics"]  # ft's weights carry no certified state
+    v3 = digits_engine.unlearn("lin", owners[1:], mode="approximate", method="certified")
+    cert = v3["metrics"]["certified"]
+    assert cert["retrained"] is True and cert["no_certified_state"] is True and v3["exact"] is True

@@ -124,4 +124,6 @@ def certificate(store: ModelStore, weights: str, strategy: dict) -> dict | None:
     for key in ("step_bound", "exhausted_bound"):
         if key in info:
             out[key] = round(info[key], 8)
+    if info.get("no_certified_state"):
+        out["no_certified_state"] = True  # retrained: the parent's weights came from another method
     return out
