@@ -261,3 +261,29 @@ def test_a_job_publishes_at_most_one_version(sisa_engine):
     again = sisa_engine.finish(plan, results)
     assert again["version"] == first["version"] == 2 and again["job"] == "job-2"
     assert sisa_engine.store.version_numbers("m") == [1, 2]
+
+
+def test_the_test_metrics_come_from_the_constituents_cached_outputs_unchanged(sisa_engine, monkeypatch):
+    """measure() takes the test outputs the candidate aggregated from its constituents
+    (cached for reused ones) instead of running the ensemble over the test split again,
+    and the numbers are the ones a fresh evaluation gives."""
+    from workers.engine import verification
+
+    owner = sisa_engine.dataset("digits").owners(limit=1)[0][0]
+    plan = sisa_engine.plan_unlearn("m", [owner])
+    results = {s.shard: sisa_engine.run_shard(plan, s.shard) for s in plan.shards if s.runs}
+    given = {}
+    real = verification.measure
+
+    def spy(*args, **kwargs):
+        given["test_probs"] = kwargs.get("test_probs")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(verification, "measure", spy)
+    record = sisa_engine.candidate(plan, results)
+    assert given["test_probs"] is not None
+    fresh = real(plan, record, np.concatenate([np.concatenate(s) for s in sisa_engine.slice_ids(record)]),
+                 store=sisa_engine.store, ds=sisa_engine.dataset("digits"), device=sisa_engine.device,
+                 vault=sisa_engine.vault)
+    for key in ("ta", "mia_efficacy", "mia_heldout", "loss_auc", "expected_ua", "ua", "ra"):
+        assert record["metrics"][key] == fresh[key], key

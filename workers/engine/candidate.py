@@ -89,9 +89,10 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             probs.append(torch.as_tensor(p))
         constituents.append(constituent)
     metrics = {"certified": certificates[0]} if certificates else {}
+    test_probs = None
     if probs:
-        predicted = sisa.aggregate(torch.stack(probs), spec["strategy"]["aggregation"]).argmax(1).numpy()
-        predicted = predicted.astype("<i8")
+        test_probs = sisa.aggregate(torch.stack(probs), spec["strategy"]["aggregation"]).numpy()
+        predicted = test_probs.argmax(1).astype("<i8")
         metrics["test_accuracy"] = round(float((predicted == test[1].cpu().numpy()).mean()), 6)
         # Lets anyone check that a reloaded version still predicts what it did at publish.
         metrics["test_predictions_sha256"] = sha256_bytes(predicted.tobytes())
@@ -128,6 +129,6 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
     }
     parent = store.version(plan.model, plan.parent) if plan.parent is not None else None
     record["metrics"].update(verification.measure(plan, record, every_id, store=store, ds=ds, device=device,
-                                                  vault=vault))
+                                                  vault=vault, test_probs=test_probs))
     record["metrics"]["l2_to_parent"] = verification.l2_to_parent(store, record, parent)
     return record

@@ -86,9 +86,13 @@ def _positions(mask: np.ndarray) -> np.ndarray:
 
 
 def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore, ds: Dataset,
-            device: torch.device, vault: Vault) -> dict:
+            device: torch.device, vault: Vault, test_probs: np.ndarray | None = None) -> dict:
     """UA, RA, TA, MIA-efficacy (and on held-out rows), loss AUC and the UA a model that
-    never saw the forget set is expected to show, for the version ``record`` describes."""
+    never saw the forget set is expected to show, for the version ``record`` describes.
+
+    ``test_probs``: the version's outputs on the test split when the caller has them (the
+    candidate aggregates its constituents' cached test outputs), so the ensemble is not
+    run over the test split a second time."""
     probs = _predictor(store, ds, record, device)
     if probs is None:
         return {}
@@ -98,7 +102,8 @@ def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore
                                                    replace=False))
     retain = (probs(arrays.x[rows]), arrays.y[rows].astype(np.int64))
     test = ds.load_test()
-    test = (probs(test[0]), test[1].astype(np.int64)) if test is not None else None
+    if test is not None:
+        test = (test_probs if test_probs is not None else probs(test[0]), test[1].astype(np.int64))
     rows = _forget_rows(plan, store, vault)
     forget = (probs(rows[0]), rows[1]) if rows is not None else None
     out = metrics.evaluate(forget=forget, retain=retain, test=test)
