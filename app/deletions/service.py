@@ -22,8 +22,9 @@ from app.errors import ApiError, not_found
 from app.outbox import enqueue_advance
 from app.statuses import ModelStatus, OutcomeStatus, RequestStatus
 from app.tables import DeletionOutcomeRow, DeletionRequestRow, ModelRow, ModelVersionRow, utcnow
-from workers.engine import unlearning
 from workers.engine.engine import Engine
+from workers.engine.errors import MethodNotSupported
+from workers.engine.planning import check_kind
 
 
 def request_hash(body: DeletionCreate) -> str:
@@ -73,12 +74,11 @@ class _Targets:
         Erasing the owner's raw rows changes their dataset for every model on it, so the
         other models on that dataset that learned from the owner are covered too."""
         names, added = self._models(body)
-        kinds = unlearning.supported_kinds(body.method) if body.method in unlearning.METHODS else None
-        unsupported = [n for n in names if kinds is not None and self.models[n].strategy["kind"] not in kinds]
-        if unsupported:
-            raise ApiError(422, "method_not_supported",
-                           f"method {body.method!r} runs on model kinds {', '.join(kinds)} only; model "
-                           f"{unsupported[0]!r} is {self.models[unsupported[0]].strategy['kind']}")
+        for name in names:
+            try:
+                check_kind(body.method, self.models[name].strategy["kind"])
+            except MethodNotSupported as exc:
+                raise ApiError(422, exc.code, f"model {name!r}: {exc}") from None
         return names, added
 
     def _models(self, body: DeletionCreate) -> tuple[list[str], list[str]]:

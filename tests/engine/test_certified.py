@@ -21,12 +21,6 @@ def digits_features():
     return nets.certified_features(torch.tensor(x, dtype=torch.float64)), torch.tensor(y)
 
 
-def _noise(budget: certified.Budget, d: int, k: int, seed: int) -> torch.Tensor:
-    """The perturbation ``certified.fit`` draws for ``seed`` (to retrain exactly)."""
-    gen = torch.Generator().manual_seed(seed)
-    return budget.noise * torch.randn(d, k, generator=gen, dtype=torch.float64)
-
-
 def test_features_have_norm_at_most_one():
     x = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1e-30, 0.0]], dtype=torch.float64)
     norms = nets.certified_features(x).norm(dim=1)
@@ -38,7 +32,7 @@ def test_newton_removals_stay_within_their_bound_of_the_exact_retrain(digits_fea
     budget = certified.Budget(epsilon=1.0, delta=1e-4, noise=1.0, l2=1e-3)
     head = certified.fit(phi, y, 10, budget, seed=3)
     assert head.bound < 1e-4  # the optimiser's own residual, measured and counted
-    b = _noise(budget, phi.shape[1], 10, seed=3)
+    b = certified.noise(budget, phi.shape[1], 10, seed=3)
     keep = torch.ones(len(y), dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
@@ -68,7 +62,7 @@ def test_a_step_is_closer_to_the_exact_retrain_than_no_step(digits_features):
     gone[:20] = True
     after, _ = certified.remove(head, phi[~gone], phi[gone], y[gone], budget.l2)
     exact = certified.solve(phi[~gone], certified.signs(y[~gone], 10), budget.l2,
-                            _noise(budget, phi.shape[1], 10, seed=1))
+                            certified.noise(budget, phi.shape[1], 10, seed=1))
     assert float((after.weights - exact).norm()) < 0.05 * float((head.weights - exact).norm())
 
 

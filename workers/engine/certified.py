@@ -131,11 +131,16 @@ def hessian_sums(phi: torch.Tensor, w: torch.Tensor, *, block: int = 8192) -> to
     return out
 
 
+def noise(budget: Budget, d: int, k: int, *, seed: int) -> torch.Tensor:
+    """The loss perturbation b (d x K, float64) drawn from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return budget.noise * torch.randn(d, k, generator=gen, dtype=torch.float64)
+
+
 def fit(phi: torch.Tensor, y: torch.Tensor, num_classes: int, budget: Budget, *, seed: int) -> Head:
     """Train a head on ``phi`` with fresh noise drawn from ``seed``."""
     ypm = signs(y, num_classes)
-    gen = torch.Generator().manual_seed(seed)
-    b = (budget.noise * torch.randn(phi.shape[1], num_classes, generator=gen, dtype=torch.float64)).to(phi.device)
+    b = noise(budget, phi.shape[1], num_classes, seed=seed).to(phi.device)
     w = solve(phi, ypm, budget.l2, b)
     residual = float(gradient(w, phi, ypm, budget.l2, b).norm())
     return Head(weights=w, anchor=w.clone(), hessian=hessian_sums(phi, w), n=len(phi), bound=residual)

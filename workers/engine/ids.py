@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from models_store import ModelStore
+from workers.engine.digests import sorted_ids
 
 
 def put_ids(store: ModelStore, ids: np.ndarray) -> str:
-    ids = np.asarray(ids, dtype="<i8")
-    if len(ids) > 1 and not (ids[1:] >= ids[:-1]).all():
-        ids = np.sort(ids)
-    return store.put_blob(ids.tobytes())
+    return store.put_blob(sorted_ids(ids).tobytes())
 
 
 def get_ids(store: ModelStore, key: str) -> np.ndarray:

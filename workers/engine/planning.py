@@ -151,7 +151,7 @@ def check_request(mode: str, method: str | None = None, method_config: dict | No
 
 def check_kind(method: str | None, kind: str) -> None:
     """MethodNotSupported when ``method`` does not run on a model of strategy ``kind``."""
-    kinds = unlearning.supported_kinds(method) if method in unlearning.METHODS else None
+    kinds = unlearning.supported_kinds(method)
     if kinds is not None and kind not in kinds:
         raise MethodNotSupported(f"method {method!r} runs on model kinds {', '.join(kinds)} only; "
                                  f"this model is {kind}")

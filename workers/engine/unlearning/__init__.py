@@ -42,8 +42,9 @@ def config(name: str, overrides: dict | None = None):
 
 
 def supported_kinds(name: str) -> tuple[str, ...] | None:
-    """The model kinds method ``name`` runs on; None: every kind."""
-    return getattr(METHODS.get(name), "KINDS", None)
+    """The model kinds method ``name`` runs on; None: every kind (and for names that are
+    not methods: ``exact``, ``auto``)."""
+    return getattr(METHODS.get(name), "KINDS", None) if name in METHODS else None
 
 
 def general() -> list[str]:
