@@ -33,7 +33,7 @@ def _release(session: Session, job: JobRow) -> None:
 def complete(session: Session, job_id: str, record: dict | None) -> None:
     """Mark the job done. ``record`` is the published version (None: nothing to remove,
     the latest version already excludes the owners)."""
-    job = session.get(JobRow, job_id)
+    job = session.get(JobRow, job_id, with_for_update=True)  # serialised with ``claim``
     if job is None or job.status == JobStatus.COMPLETED:
         return
     now = utcnow()
@@ -103,7 +103,7 @@ def fail(session: Session, job_id: str, reason: str, *, max_attempts: int = 1, b
     ``max_transient`` of them in a row does one count. A training job that fails
     transiently is queued again instead (its model keeps training). Returns the
     requests whose outcome failed for good."""
-    job = session.get(JobRow, job_id)
+    job = session.get(JobRow, job_id, with_for_update=True)  # serialised with ``claim``
     if job is None or job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
         return []
     reason = reason[:2000]

@@ -10,6 +10,7 @@ that model resumes the job. Deletion requests that arrive while a job runs stay
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,6 +32,7 @@ from app.tables import (
 from workers.engine.ledger import Erasure
 
 WORKER = "worker"
+log = logging.getLogger("lethe.worker")
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -76,10 +78,15 @@ def claim(session: Session, model: str, lease_seconds: float, max_requests: int 
     m = session.get(ModelRow, model)
     if m is None:
         return None
+    # Locked: a stale worker failing or completing this job (``outcomes``) waits for this
+    # claim to commit and then sees the outcomes it attached, or this claim waits for
+    # that to commit and no longer finds the job active.
     job = session.scalars(
         select(JobRow).where(JobRow.model == model, JobRow.status.in_(ACTIVE)).order_by(JobRow.created_at)
+        .with_for_update()
     ).first()
     now = utcnow()
+    requeue_orphans(session, model, now)
     if job is None:
         pending = session.scalars(
             select(DeletionOutcomeRow.request_id).where(DeletionOutcomeRow.model == model, ready_to_run(now)).limit(1)
@@ -131,6 +138,24 @@ def claim(session: Session, model: str, lease_seconds: float, max_requests: int 
             append(session, "request.running", actor=WORKER, owner_id=r.owner_id, request_id=r.id, model=model,
                    data={"job_id": job.id})
     return Claim(job.id, JobKind(job.kind), model, job.plan, {r.id: [r.owner_id] for r in rows}, [r.method for r in rows])
+
+
+def requeue_orphans(session: Session, model: str, now) -> int:
+    """Outcomes left running under a job that has ended are pending again, so the next
+    job takes them; how many. (Before claims locked the job row, a stale worker's
+    failure could race a claim that had resumed the same job and leave the outcomes
+    the claim attached running for ever.)"""
+    active = select(JobRow.id).where(JobRow.model == model, JobRow.status.in_(ACTIVE))
+    orphans = session.execute(
+        update(DeletionOutcomeRow)
+        .where(DeletionOutcomeRow.model == model, DeletionOutcomeRow.status == OutcomeStatus.RUNNING,
+               or_(DeletionOutcomeRow.job_id.is_(None), DeletionOutcomeRow.job_id.not_in(active)))
+        .values(status=OutcomeStatus.PENDING, job_id=None, retry_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if orphans:
+        log.warning("%d outcomes of %s were running under an ended job: pending again", orphans, model)
+    return orphans
 
 
 def cover_dataset(session: Session, *, model: str, dataset: str, request_ids: list[str]) -> list[str]:

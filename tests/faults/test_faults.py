@@ -46,8 +46,11 @@ def settle_and_check(stack, http, accepted: list[str], timeout: float = 300) -> 
         rows = http.get("/v1/deletion-requests?limit=500", headers=A).json()
         return {r["id"]: r for r in rows if r["id"] in set(accepted)}
 
-    done = poll(states, lambda rs: len(rs) == len(set(accepted))
-                and all(r["status"] in ("completed", "failed") for r in rs.values()), timeout=timeout, every=1)
+    try:
+        done = poll(states, lambda rs: len(rs) == len(set(accepted))
+                    and all(r["status"] in ("completed", "failed") for r in rs.values()), timeout=timeout, every=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_diagnosis(stack)}") from None
     failed = {i: r["failure_reason"] for i, r in done.items() if r["status"] != "completed"}
     assert not failed, f"accepted requests failed: {failed}"
 
@@ -67,6 +70,20 @@ def settle_and_check(stack, http, accepted: list[str], timeout: float = 300) -> 
         assert not np.isin(erased, manifest).any(), f"{m} v{v} is live and was trained on erased samples"
     report = http.get("/v1/audit/verify", headers=A).json()
     assert report["ok"] is True, report
+
+
+def _diagnosis(stack) -> str:
+    """What a stuck run leaves to read: the jobs, the dataset lease, the unfinished
+    outcomes, and the ends of the worker's and the API's logs."""
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        jobs = conn.execute("SELECT id, kind, status, plan IS NOT NULL, error, created_at, heartbeat_at, finished_at "
+                            "FROM jobs ORDER BY created_at DESC LIMIT 8").fetchall()
+        lease = conn.execute("SELECT name, busy_job, busy_until, now() FROM datasets").fetchall()
+        open_ = conn.execute("SELECT request_id, status, job_id, retry_at, attempts, transient_failures, error "
+                             "FROM deletion_outcomes WHERE status NOT IN ('completed', 'failed')").fetchall()
+    api = (stack.tmp / "api.log").read_text() if (stack.tmp / "api.log").exists() else ""
+    return (f"jobs: {jobs}\nlease: {lease}\nunfinished outcomes: {open_}\n"
+            f"worker log (end):\n{stack.worker_log()[-6000:]}\napi log (end):\n{api[-3000:]}")
 
 
 def test_worker_killed_at_random_moments_mid_shard_and_mid_publish(stack, http, owners):

@@ -339,3 +339,36 @@ def test_the_lease_is_kept_while_a_job_is_planned(ready, monkeypatch):
     run_worker_inline(ready.app_)
     assert taken == [None]
     assert ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()["status"] == "completed"
+
+
+def test_an_outcome_left_running_under_an_ended_job_is_taken_by_the_next_job(ready):
+    """A request whose outcome was left running under a job that has ended (a stale
+    worker's step racing a claim that resumed the job) is not stuck: the next claim
+    makes it pending again and a new job completes it."""
+    from app.jobs.service import claim
+    from app.statuses import JobStatus, OutcomeStatus
+    from app.tables import DatasetRow, JobRow
+
+    rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C).json()["id"]
+    factory = ready.app_.state.sessionmaker
+    with factory() as s:
+        stale = claim(s, "m", lease_seconds=60)
+        s.commit()
+    with factory() as s:  # the job ended, its dataset freed, but the outcome still names it
+        s.execute(update(JobRow).where(JobRow.id == stale.job_id).values(status=JobStatus.FAILED))
+        s.execute(update(DatasetRow).values(busy_job=None, busy_until=None))
+        s.commit()
+    with factory() as s:
+        assert s.get(DeletionOutcomeRow, (rid, "m")).status == OutcomeStatus.RUNNING
+        fresh = claim(s, "m", lease_seconds=60)
+        s.commit()
+    assert fresh is not None and fresh.job_id != stale.job_id and fresh.request_ids == [rid]
+    with factory() as s:  # the reconciler's advance for it, run through the worker
+        s.execute(update(DatasetRow).values(busy_until=utcnow() - timedelta(seconds=1)))
+        s.commit()
+    from app.jobs.service import requeue_stalled
+    with factory() as s:
+        requeue_stalled(s)
+        s.commit()
+    run_worker_inline(ready.app_)
+    assert ready.get(f"/v1/deletion-requests/{rid}", headers=C).json()["status"] == "completed"
