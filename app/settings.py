@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models_store import check_store_url
@@ -55,8 +55,11 @@ class Settings(BaseSettings):
     torch_threads: int = 0  # per worker process; 0: the cores divided among the pool's processes
     broker_polling_interval: float = 0.05  # kombu SQLAlchemy transport only
 
-    # Approximate unlearning: what `method: auto` runs, and the verify-then-publish gate.
-    auto_method: str = "ga"
+    # Approximate unlearning: what `method: auto` tries, in this order (cheapest first, as
+    # measured in docs/benchmarks.md) until one passes the gate, then exact; a linear
+    # model tries `certified` before these. And the verify-then-publish gate.
+    auto_methods: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["ft", "l1_sparse", "ga"])
+    auto_method: str | None = None  # before auto_methods: one method, no policy; still honoured
     # Passes when UA and forget-set MIA-efficacy are within these (plus two standard errors
     # of the forget-set estimate) of what a model that never saw the forget set shows on
     # held-out data, and test accuracy fell by at most gate_max_ta_drop. Fractions in [0, 1].
@@ -90,12 +93,18 @@ class Settings(BaseSettings):
     # generated (mode 600) on first start. A key file named here must exist.
     signing_key_file: Path | None = None
 
-    @field_validator("admin_keys", "client_keys", mode="before")
+    @field_validator("admin_keys", "client_keys", "auto_methods", mode="before")
     @classmethod
     def _split_keys(cls, value):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _one_auto_method(self):
+        if self.auto_method:  # LETHE_AUTO_METHOD, as set before LETHE_AUTO_METHODS existed
+            self.auto_methods = [self.auto_method]
+        return self
 
     @field_validator("store_url")
     @classmethod

@@ -3,8 +3,9 @@
     advance(model)         claim the model's next job, erase its owners, plan it
       -> run_shard(...)    one per shard to (re)train or unlearn, in parallel
       -> finish(...)       build the candidate version and measure it; an approximate
-                           one must pass the gate, else the job is re-planned as exact
-                           SISA retraining (attempt 2); publish; maybe spot-check
+                           one must pass the gate, else the job is re-planned (under
+                           ``auto`` with the next candidate method, else as exact SISA
+                           retraining) and runs again; publish; maybe spot-check
       (any failure -> fail(job))
 
 Every step may run twice (late acknowledgement redelivers after a crash): claiming is
@@ -42,6 +43,7 @@ from workers.engine.errors import ForgetSetUnavailable
 from workers.engine.plans import Plan, PlanKind
 from workers.engine.sisa import Strategy
 from workers.engine.training import TrainConfig
+from workers.engine import unlearning
 from workers.engine.unlearning import general
 
 log = logging.getLogger("lethe.worker")
@@ -58,8 +60,18 @@ class Dispatch:
 
 def check_settings(settings: Settings) -> None:
     """Settings the job flow relies on; ValueError at start-up rather than at a deletion."""
-    if settings.auto_method not in general():
-        raise ValueError(f"LETHE_AUTO_METHOD must be one of {', '.join(general())}, got {settings.auto_method!r}")
+    unknown = [m for m in settings.auto_methods if m not in general()]
+    if unknown or not settings.auto_methods:
+        raise ValueError(f"LETHE_AUTO_METHODS must be a comma-separated list of {', '.join(general())}, "
+                         f"got {','.join(settings.auto_methods)!r}")
+
+
+def auto_candidates(settings: Settings, kind: str) -> list[str]:
+    """What ``method: auto`` tries on a model of strategy ``kind``, in order: the
+    certified Newton step first on a linear model (its proof is the cheapest pass),
+    then ``LETHE_AUTO_METHODS``."""
+    first = [m for m in unlearning.METHODS if m not in general() and kind in (unlearning.supported_kinds(m) or ())]
+    return first + [m for m in settings.auto_methods if m not in first]
 
 
 class JobFlow:
@@ -160,7 +172,7 @@ class JobFlow:
             plan, requested = eng.plan_train(claim.model, job=claim.job_id, **spec), None
         else:
             requested = jobs.job_method(claim.methods)
-            method = self.settings.auto_method if requested == "auto" else requested
+            method = self._auto(claim.model)[0] if requested == "auto" else requested
             mode = "sisa" if method == "exact" else "approximate"
             method = None if method == "exact" else method
             planning.check_request(mode, method)
@@ -208,7 +220,9 @@ class JobFlow:
             if record is None:
                 record = self._candidate(plan, results)
                 if plan.kind == PlanKind.APPROXIMATE and not self._passes_gate(job_id, plan, record):
-                    return self._fall_back_to_exact(job_id, state, record)
+                    return self._after_gate_failure(job_id, state, record)
+                if state.attempt.tried:
+                    record["metrics"]["auto_tried"] = state.attempt.tried
                 if state.attempt.fallback_from:
                     record["metrics"]["fallback_gap"] = metrics.gaps(state.attempt.fallback_from["metrics"],
                                                                      record["metrics"])
@@ -259,12 +273,29 @@ class JobFlow:
                                 metrics=record["metrics"], failures=failures)
         return not failures
 
-    def _fall_back_to_exact(self, job_id: str, state: JobState, record: dict) -> Dispatch:
-        """The approximate candidate failed the gate: plan the next attempt as exact SISA
-        retraining from the same parent (the owners are already erased), and run it."""
+    def _auto(self, model: str) -> list[str]:
+        with session_scope(self.sessions) as s:
+            kind = s.get(ModelRow, model).strategy["kind"]
+        return auto_candidates(self.settings, kind)
+
+    def _after_gate_failure(self, job_id: str, state: JobState, record: dict) -> Dispatch:
+        """The approximate candidate failed the gate. Under ``auto``, the next attempt runs
+        the next candidate method not tried yet; after the last one (or for a method the
+        requests named), it is exact SISA retraining from the same parent (the owners are
+        already erased). Either way it is planned and run now."""
         plan = state.plan
+        tried = [*state.attempt.tried, {"method": plan.method.name, "failures": record["metrics"]["gate"]["failures"]}]
+        number, requested = state.attempt.number + 1, state.attempt.requested_method
+        done = {t["method"] for t in tried}
+        following = [m for m in self._auto(plan.model) if m not in done] if requested == "auto" else []
+        if following:
+            log.info("job %s: %s failed the gate; auto tries %s next", job_id, plan.method.name, following[0])
+            nxt = self.engine.plan_removal(plan.model, mode="approximate", method=following[0], job=job_id,
+                                           requests=plan.removal.requests, evidence=plan.evidence)
+            if nxt is not None:
+                return self._replan(job_id, JobState(nxt, Attempt(number, requested_method=requested, tried=tried)))
         exact = self.engine.plan_removal(plan.model, mode="sisa", requests=plan.removal.requests, job=job_id)
-        attempt = Attempt(number=state.attempt.number + 1, requested_method=state.attempt.requested_method,
+        attempt = Attempt(number=number, requested_method=requested, tried=tried if requested == "auto" else [],
                           fallback_from={"method": dataclasses.asdict(plan.method),
                                          "metrics": jobs.numbers(record["metrics"])})
         return self._replan(job_id, JobState(exact, attempt))

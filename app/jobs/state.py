@@ -17,6 +17,8 @@ class Attempt:
     requested_method: str | None = None  # what the requests asked for (exact, auto, a method)
     fallback_from: dict | None = None  # the failed approximate attempt: {"method", "metrics"}
     checked_version: int | None = None  # spot_check: the approximate version it checks
+    # ``auto``: the methods tried before this attempt, each {"method", "failures"}
+    tried: list[dict] = dataclasses.field(default_factory=list)
 
 
 @dataclass

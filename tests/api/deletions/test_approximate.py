@@ -64,11 +64,62 @@ def test_gate_falls_back_to_exact_when_thresholds_are_impossible(ready):
     assert set(v["metrics"]["fallback_gap"]) >= {"ua", "ra", "ta", "mia_efficacy", "avg_gap"}
     kinds = [e["kind"] for e in _audit(ready, req["id"])]
     assert kinds.index("unlearning.attempt") < kinds.index("request.model_unlearned")
-    attempt = next(e for e in _audit(ready, req["id"]) if e["kind"] == "unlearning.attempt")
-    assert attempt["data"]["passed"] is False and attempt["data"]["method"] == ready.app_.state.settings.auto_method
-    assert attempt["data"]["failures"] and attempt["data"]["metrics"]["ua"] is not None
+    attempts = [e for e in _audit(ready, req["id"]) if e["kind"] == "unlearning.attempt"]
+    # auto tried every candidate, cheapest first, before retraining
+    assert [a["data"]["method"] for a in attempts] == ready.app_.state.settings.auto_methods
+    for attempt in attempts:
+        assert attempt["data"]["passed"] is False
+        assert attempt["data"]["failures"] and attempt["data"]["metrics"]["ua"] is not None
+    assert [t["method"] for t in v["metrics"]["auto_tried"]] == ready.app_.state.settings.auto_methods
+    assert v["metrics"]["auto_tried"][0]["failures"] == attempts[0]["data"]["failures"]
     done = next(e for e in _audit(ready, req["id"]) if e["kind"] == "request.model_unlearned")
     assert done["data"]["metrics"]["ua"] == v["metrics"]["ua"]  # the exact attempt's numbers
+
+
+def test_auto_publishes_the_first_candidate_that_passes_the_gate(ready, monkeypatch):
+    """``auto`` is a policy: the candidates run cheapest first, and the first one the gate
+    passes is published, with what was tried before it in its metrics."""
+    from workers.engine import gate
+
+    real = gate.check
+
+    def ft_fails(metrics, parent_ta, thresholds, *, method=None):
+        return ["ua: made to fail for the test"] if method == "ft" else real(metrics, parent_ta, thresholds,
+                                                                            method=method)
+
+    monkeypatch.setattr(gate, "check", ft_fails)
+    _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0)
+    change_settings(ready, auto_methods=["ft", "ssd", "ga"])
+    req = _delete(ready, "auto")
+    assert req["status"] == "completed"
+    v = ready.get("/v1/models/m/versions/latest", headers=C).json()
+    assert v["version"] == 2 and v["method"] == "ssd" and v["exact"] is False
+    assert v["metrics"]["auto_tried"] == [{"method": "ft", "failures": ["ua: made to fail for the test"]}]
+    attempts = [(e["data"]["method"], e["data"]["passed"]) for e in _audit(ready, req["id"])
+                if e["kind"] == "unlearning.attempt"]
+    assert attempts == [("ft", False), ("ssd", True)]  # ga never ran
+
+
+def test_a_named_method_that_fails_the_gate_goes_straight_to_exact(ready):
+    _gate(ready, ua=-1.0, mia=-1.0, ta_drop=-1.0)
+    req = _delete(ready, "ssd")
+    v = ready.get("/v1/models/m/versions/latest", headers=C).json()
+    assert req["status"] == "completed" and v["method"] == "exact" and "auto_tried" not in v["metrics"]
+    attempts = [e["data"]["method"] for e in _audit(ready, req["id"]) if e["kind"] == "unlearning.attempt"]
+    assert attempts == ["ssd"]
+
+
+def test_auto_candidates_put_the_certified_step_first_on_a_linear_model():
+    from app.jobs.flow import auto_candidates, check_settings
+    from tests.service_helpers import make_settings
+
+    settings = make_settings("/tmp/unused", auto_methods="ft, ga")
+    assert settings.auto_methods == ["ft", "ga"]
+    assert auto_candidates(settings, "sisa") == ["ft", "ga"]
+    assert auto_candidates(settings, "linear") == ["certified", "ft", "ga"]
+    assert make_settings("/tmp/unused", auto_method="ssd").auto_methods == ["ssd"]  # the setting it replaced
+    with pytest.raises(ValueError, match="LETHE_AUTO_METHODS"):
+        check_settings(make_settings("/tmp/unused", auto_methods="ft,certified"))
 
 
 def test_exact_pass_after_an_approximate_one_retrains_from_the_tainted_slice(ready):
