@@ -9,7 +9,7 @@ import click
 
 from app.cli.base import Context, cli, pass_ctx
 from workers.engine.nets import ARCHITECTURES
-from workers.engine.sisa import AGGREGATIONS
+from workers.engine.sisa import AGGREGATIONS, PARTITIONS
 from workers.engine.sources import SOURCES
 from workers.engine.unlearning import METHODS
 
@@ -25,10 +25,13 @@ from workers.engine.unlearning import METHODS
 @click.option("--seed", type=int, default=0, show_default=True, help="owner assignment (and digits split) seed")
 @click.option("--owners", type=int, default=None, help="number of owners to assign (default samples/20)")
 @click.option("--zipf-a", type=float, default=0.75, show_default=True, help="Zipf exponent of the owner skew")
+@click.option("--label-alpha", type=float, default=None,
+              help="owners get a class mix of their own, shares ~ Dirichlet(LABEL_ALPHA); small: 1-2 classes each")
 @pass_ctx
-def import_(c: Context, name, source, path, options, seed, owners, zipf_a):
+def import_(c: Context, name, source, path, options, seed, owners, zipf_a, label_alpha):
     """Import a dataset with its per-sample owner ledger."""
     info = c.engine().import_dataset(name, source, seed=seed, path=path, owners=owners, zipf_a=zipf_a,
+                                     label_alpha=label_alpha,
                                      options=_key_values(options, hint="--option") or None)
     c.print(info.__dict__, f"dataset {info.name}: {info.n_samples} samples, {info.n_owners} owners, "
             f"{info.n_test} test samples, input {info.input_shape}, {info.num_classes} classes")
@@ -66,9 +69,15 @@ def owners(c: Context, dataset, limit, after):
 @click.option("--delta", type=float, default=None, help="linear: its delta (1e-4)")
 @click.option("--noise", type=float, default=None, help="linear: the loss perturbation's standard deviation (1.0)")
 @click.option("--l2", type=float, default=None, help="linear: the L2 penalty (1e-3)")
+@click.option("--trainer", type=click.Choice(["solver", "gd"]), default=None,
+              help="linear: solver (default; certified removal) or gd (gradient descent; deltagrad removal)")
+@click.option("--iterations", type=int, default=None, help="linear gd: steps (300)")
+@click.option("--gd-lr", type=float, default=None, help="linear gd: step size (4.0)")
 @click.option("--shards", type=int, default=4, show_default=True)
 @click.option("--slices", type=int, default=2, show_default=True)
 @click.option("--aggregation", default="mean_softmax", show_default=True, type=click.Choice(AGGREGATIONS.names()))
+@click.option("--partition", default="balanced", show_default=True, type=click.Choice(PARTITIONS),
+              help="sisa: how owners are placed in shards (label, kmeans: similar owners together)")
 @click.option("--epochs", type=int, default=5, show_default=True)
 @click.option("--slice-epochs", default="each", show_default=True, type=click.Choice(["each", "budget"]),
               help="each: --epochs passes at every slice step; budget: 2*epochs/(R+1) per step "
@@ -85,18 +94,20 @@ def owners(c: Context, dataset, limit, after):
 @click.option("--arch-param", "arch_params", multiple=True, metavar="KEY=VALUE",
               help="an architecture parameter (VALUE read as JSON when it parses, else text); repeatable")
 @pass_ctx
-def train(c: Context, name, dataset, arch, strategy, epsilon, delta, noise, l2, shards, slices, aggregation, epochs,
+def train(c: Context, name, dataset, arch, strategy, epsilon, delta, noise, l2, trainer, iterations, gd_lr, shards,
+          slices, aggregation, partition, epochs,
           slice_epochs, batch_size, lr, seed, recipe_json, init_weights, arch_params):
     """Train a model and publish version 1 (`lethe architectures` lists the architectures)."""
     from workers.engine.sisa import Strategy
 
     try:
         if strategy == "linear":
-            strat = Strategy("linear", epsilon=epsilon, delta=delta, noise=noise, l2=l2)
+            strat = Strategy("linear", epsilon=epsilon, delta=delta, noise=noise, l2=l2, trainer=trainer,
+                             iterations=iterations, lr=gd_lr)
         elif strategy == "monolithic":
             strat = Strategy("monolithic", aggregation=aggregation)
         else:
-            strat = Strategy("sisa", shards, slices, aggregation)
+            strat = Strategy("sisa", shards, slices, aggregation, partition=partition)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     config = _recipe(recipe_json, epochs=epochs, slice_epochs=slice_epochs, batch_size=batch_size, lr=lr, seed=seed)

@@ -75,6 +75,7 @@ async def import_dataset(request: Request, session: SessionDep, engine: EngineDe
         row = await run_in_threadpool(
             service.import_dataset, session=session, engine=engine, actor=caller.key_id,
             name=body.name, source=body.source, seed=body.seed, owners=body.owners, zipf_a=body.zipf_a,
+            label_alpha=body.label_alpha,
             path=path, options=body.options,
         )
     return DatasetOut.model_validate(row)

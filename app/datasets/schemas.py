@@ -33,6 +33,9 @@ class DatasetImport(Input):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     owners: int | None = Field(None, ge=1, description="number of owners (default: samples / 20)")
     zipf_a: float = Field(0.75, ge=0.0, le=5.0)
+    label_alpha: float | None = Field(
+        None, gt=0.0, le=1e6, description="public sets: owners get a class mix of their own, shares drawn from "
+                                          "Dirichlet(label_alpha) (small: one or two classes each); unset: a random mix")
 
 
 class DatasetOut(BaseModel):
@@ -46,6 +49,9 @@ class DatasetOut(BaseModel):
     num_classes: int = _info("num_classes")
     input_shape: list[int] = _info("input_shape")
     x_scale: float = _info("x_scale")
+    owners_assigned: dict | None = Field(
+        None, validation_alias=AliasChoices("owners_assigned", AliasPath("info", "source", "owners")),
+        description="public sets: how Lethe assigned the owners (zipf_a, seed, count, label_alpha)")
     classes: list[str] | None = Field(None, validation_alias=AliasChoices("classes", AliasPath("info", "source", "classes")),
                                       description="class names by label index, where the labels were names")
     encoding: dict | None = Field(None, validation_alias=AliasChoices("encoding",

@@ -41,7 +41,8 @@ def server_path(settings, body) -> Path | None:
 
 def import_dataset(
     *, session: Session, engine: Engine, actor: str, name: str, source: str, seed: int = 0,
-    owners: int | None = None, zipf_a: float = 0.75, path: Path | None = None, options: dict | None = None,
+    owners: int | None = None, zipf_a: float = 0.75, label_alpha: float | None = None, path: Path | None = None,
+    options: dict | None = None,
 ) -> DatasetRow:
     """Import into the engine's ledger, then record the dataset and an audit event.
 
@@ -51,13 +52,15 @@ def import_dataset(
     answering that it exists; a different one is still 409."""
     if session.get(DatasetRow, name) is not None:
         raise ApiError(409, "dataset_exists", f"dataset {name!r} already exists")
-    fingerprint = _fingerprint(source, path, options=options, seed=seed, owners=owners, zipf_a=zipf_a)
+    fingerprint = _fingerprint(source, path, options=options, seed=seed, owners=owners, zipf_a=zipf_a,
+                               **({"label_alpha": label_alpha} if label_alpha is not None else {}))
     if engine.datasets.exists(name):
         info = engine.dataset(name).info()
         if info.source.get("fingerprint") != fingerprint:
             raise ApiError(409, "dataset_exists", f"dataset {name!r} already exists")
     else:
         info = engine.import_dataset(name, source, seed=seed, path=path, owners=owners, zipf_a=zipf_a,
+                                     label_alpha=label_alpha,
                                      options=options, fingerprint=fingerprint)
     row = DatasetRow(name=name, source=source, n_samples=info.n_samples, n_owners=info.n_owners, info=_info(info))
     session.add(row)

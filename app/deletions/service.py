@@ -76,7 +76,7 @@ class _Targets:
         names, added = self._models(body)
         for name in names:
             try:
-                check_kind(body.method, self.models[name].strategy["kind"])
+                check_kind(body.method, self.models[name].strategy)
             except MethodNotSupported as exc:
                 raise ApiError(422, exc.code, f"model {name!r}: {exc}") from None
         return names, added

@@ -66,11 +66,11 @@ def check_settings(settings: Settings) -> None:
                          f"got {','.join(settings.auto_methods)!r}")
 
 
-def auto_candidates(settings: Settings, kind: str) -> list[str]:
-    """What ``method: auto`` tries on a model of strategy ``kind``, in order: the
-    certified Newton step first on a linear model (its proof is the cheapest pass),
-    then ``LETHE_AUTO_METHODS``."""
-    first = [m for m in unlearning.METHODS if m not in general() and kind in (unlearning.supported_kinds(m) or ())]
+def auto_candidates(settings: Settings, strategy: dict) -> list[str]:
+    """What ``method: auto`` tries on a model of ``strategy`` (its record), in order: the
+    linear kind's own method first (the certified Newton step on a solver head, its
+    proof the cheapest pass; DeltaGrad on a gd head), then ``LETHE_AUTO_METHODS``."""
+    first = [m for m in unlearning.METHODS if m not in general() and unlearning.unsupported(m, strategy) is None]
     return first + [m for m in settings.auto_methods if m not in first]
 
 
@@ -275,8 +275,8 @@ class JobFlow:
 
     def _auto(self, model: str) -> list[str]:
         with session_scope(self.sessions) as s:
-            kind = s.get(ModelRow, model).strategy["kind"]
-        return auto_candidates(self.settings, kind)
+            strategy = s.get(ModelRow, model).strategy
+        return auto_candidates(self.settings, strategy)
 
     def _after_gate_failure(self, job_id: str, state: JobState, record: dict) -> Dispatch:
         """The approximate candidate failed the gate. Under ``auto``, the next attempt runs

@@ -10,7 +10,7 @@ from pydantic_core import PydanticCustomError
 from app.datasets.schemas import NAME
 from app.statuses import JobKind, JobStatus, ModelStatus
 from app.text import Input
-from workers.engine.sisa import AGGREGATIONS
+from workers.engine.sisa import AGGREGATIONS, PARTITIONS
 from workers.engine.training import OPTIMIZERS, SCHEDULES, TrainConfig
 
 VersionStatus = Literal["published", "revoked"]
@@ -21,6 +21,10 @@ class SisaStrategy(Input):
     shards: int = Field(ge=1, le=256)
     slices: int = Field(1, ge=1, le=64)
     aggregation: Literal[AGGREGATIONS.names()] = "mean_softmax"
+    partition: Literal[PARTITIONS] = Field(
+        "balanced", description="how owners are placed in shards (every owner stays whole in one shard): balanced "
+                                "(a mix, by sample count), label (owners of similar labels together), kmeans (owners "
+                                "clustered on their mean row under a fixed random projection); shards stay balanced")
 
 
 class MonolithicStrategy(Input):
@@ -38,6 +42,12 @@ class LinearStrategy(Input):
                          description="standard deviation of the loss perturbation b (more: more removals "
                                      "before a retrain, lower accuracy)")
     l2: float = Field(1e-3, gt=0, allow_inf_nan=False, description="the L2 penalty (times the number of rows)")
+    trainer: Literal["solver", "gd"] = Field(
+        "solver", description="solver: the exact minimiser of the perturbed loss (what certified removal needs); "
+                              "gd: full-batch gradient descent without noise, whose trajectory the deltagrad method "
+                              "replays (no certificate)")
+    iterations: int | None = Field(None, ge=1, le=100_000, description="gd: steps (default 300)")
+    lr: float | None = Field(None, gt=0, lt=8, description="gd: step size (default 4.0)")
 
 
 class TrainingSettings(Input):

@@ -34,7 +34,10 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
         raise ApiError(409, "model_exists", f"model {model_in.name!r} already exists")
     dataset = get_or_404(session, DatasetRow, model_in.dataset, "dataset_not_found", f"no dataset {model_in.dataset!r}")
     check_architecture(model_in.architecture, model_in.architecture_params)
-    strategy = Strategy(**model_in.strategy.model_dump()).to_dict()
+    try:
+        strategy = Strategy(**model_in.strategy.model_dump()).to_dict()
+    except ValueError as exc:  # combinations the schema's fields cannot check one by one
+        raise ApiError(422, "invalid_model", str(exc)) from None
     if strategy["kind"] == "linear" and (model_in.architecture != "linear" or model_in.architecture_params):
         raise ApiError(422, "invalid_model", "a linear model is a logistic-regression head: its architecture is "
                        f"'linear' with no parameters, not {model_in.architecture!r}")

@@ -176,3 +176,19 @@ def test_version_without_forget_set_has_no_forget_metrics():
     m = metrics.evaluate(forget=None, retain=(_onehot(y), y), test=(_onehot(y), y))
     assert m["ua"] is None and m["mia_efficacy"] is None and m["loss_auc"] is None
     assert m["ra"] == 1.0 and m["ta"] == 1.0
+
+
+def test_distill_forgets_through_its_influence_weighted_term_and_can_start_fresh(original, class_sets):
+    forget, retain, heldout = class_sets
+    start = _acc(original, forget)
+    plain = unlearning.run("distill", original, forget, retain, heldout=heldout, overrides={"influence": 0.0})
+    pushed = unlearning.run("distill", original, forget, retain, heldout=heldout)
+    assert _acc(plain.model, forget) > 0.9 * start  # logit matching alone keeps what the teacher knew
+    assert _acc(pushed.model, forget) < 0.5 * start
+    fresh = unlearning.run("distill", original, forget, retain, heldout=heldout,
+                           overrides={"init": "fresh", "epochs": 20, "influence": 0.0})
+    assert _acc(fresh.model, retain) > 0.9  # learnt from the teacher's outputs alone
+    far = (_flat(fresh.model) - _flat(original)).norm()
+    assert far > 5 * (_flat(plain.model) - _flat(original)).norm()  # none of the teacher's weights kept
+    with pytest.raises(ValueError, match="init must be"):
+        unlearning.config("distill", {"init": "teacher's"})

@@ -34,7 +34,7 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
     rte = sum(seconds.values()) if seconds else None
     spec = plan.spec
     test = test_tensors(ds, device)
-    constituents, artifacts, probs, every_id, certificates = [], {}, [], [], []
+    constituents, artifacts, probs, every_id, certificates, replays = [], {}, [], [], [], []
     for entry in plan.shards:
         shard, weights = entry.shard, None
         if entry.status == ShardStatus.APPROXIMATE:
@@ -72,6 +72,11 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             constituent["tainted_from_slice"] = entry.tainted_from_slice
         if weights is not None:
             artifacts[f"shard{shard}.weights"] = weights
+        replayed = linear.replay_report(store, constituent["weights"], spec["strategy"])
+        if replayed is not None:
+            replays.append(replayed)
+            if replayed["retrained"]:  # retrained by gradient descent: exact
+                constituent.pop("tainted_from_slice", None)
         certificate = linear.certificate(store, constituent["weights"], spec["strategy"])
         if certificate is not None:
             certificates.append(certificate)
@@ -89,6 +94,8 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             probs.append(torch.as_tensor(p))
         constituents.append(constituent)
     metrics = {"certified": certificates[0]} if certificates else {}
+    if replays:
+        metrics["deltagrad"] = replays[0]
     test_probs = None
     if probs:
         test_probs = sisa.aggregate(torch.stack(probs), spec["strategy"]["aggregation"]).numpy()

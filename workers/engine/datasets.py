@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from workers.engine import sources
-from workers.engine.errors import DatasetExists
+from workers.engine.errors import DatasetError, DatasetExists
 from workers.engine.ledger import Dataset, DatasetInfo, DatasetStore, Erasure, check_name
 from workers.engine.training import DeviceData, scaled
 from workers.engine.vault import Vault
@@ -28,6 +28,7 @@ def import_dataset(
     path: str | os.PathLike | bytes | None = None,
     owners: int | None = None,
     zipf_a: float = 0.75,
+    label_alpha: float | None = None,
     progress=None,
     max_classes: int = sources.MAX_CLASSES,
     options: dict | None = None,
@@ -42,6 +43,8 @@ def import_dataset(
     raw = sources.load(source, path=path, seed=seed, cache_dir=cache_dir, max_classes=max_classes, options=options)
     if fingerprint is not None:
         raw.source = {**raw.source, "fingerprint": fingerprint}
+    if label_alpha is not None and (raw.batches is not None or raw.owner_ids is not None):
+        raise DatasetError(f"label_alpha shapes the owners Lethe assigns; {source!r} names its own owners")
     if raw.batches is not None:
         if progress:
             progress(f"importing {raw.source.get('rows', 'the')} rows into {name!r}, chunk by chunk")
@@ -51,8 +54,10 @@ def import_dataset(
     source_info = dict(raw.source)
     owner_ids = raw.owner_ids
     if owner_ids is None:
-        owner_ids = sources.assign_owners(len(raw.x), seed=seed, n_owners=owners, zipf_a=zipf_a)
-        source_info["owners"] = {"assigned": "zipf", "zipf_a": zipf_a, "seed": seed, "count": int(len(set(owner_ids)))}
+        owner_ids = sources.assign_owners(len(raw.x), seed=seed, n_owners=owners, zipf_a=zipf_a, labels=raw.y,
+                                          label_alpha=label_alpha)
+        source_info["owners"] = {"assigned": "zipf", "zipf_a": zipf_a, "seed": seed, "count": int(len(set(owner_ids))),
+                                 **({"label_alpha": label_alpha} if label_alpha is not None else {})}
     if progress:
         progress(f"importing {len(raw.x)} samples into {name!r}")
     ds = datasets.create(

@@ -63,11 +63,11 @@ class Engine:
 
     # -- datasets -----------------------------------------------------------
     def import_dataset(self, name: str, source: str, *, seed: int = 0, path=None, owners: int | None = None,
-                       zipf_a: float = 0.75, options: dict | None = None,
+                       zipf_a: float = 0.75, label_alpha: float | None = None, options: dict | None = None,
                        fingerprint: str | None = None) -> DatasetInfo:
         return datasets.import_dataset(self.datasets, name, source, cache_dir=self.data_dir / "cache", seed=seed,
                                        path=path if path is not None else self.source_paths.get(source),
-                                       owners=owners, zipf_a=zipf_a, progress=self.progress,
+                                       owners=owners, zipf_a=zipf_a, label_alpha=label_alpha, progress=self.progress,
                                        max_classes=self.max_classes, options=options, fingerprint=fingerprint)
 
     def dataset(self, name: str) -> Dataset:

@@ -1,5 +1,7 @@
 """The ``linear`` model kind: a logistic-regression head trained with a perturbed loss so
-that rows can be removed with a certificate (``workers.engine.certified``).
+that rows can be removed with a certificate (``workers.engine.certified``), or, with
+``trainer: gd``, by full-batch gradient descent whose trajectory DeltaGrad replays
+(``workers.engine.deltagrad``).
 
 Training solves the convex objective exactly (no SGD recipe); an exact removal retrains
 it from scratch; the ``certified`` method removes by one Newton step while the bound it
@@ -15,11 +17,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from models_store import ModelStore
-from workers.engine import certified, checkpoints, nets
+from workers.engine import certified, checkpoints, deltagrad, nets
 from workers.engine.certified import Head
 from workers.engine.datasets import device_data
 from workers.engine.digests import ids_digest
-from workers.engine.errors import DatasetError
+from workers.engine.errors import DatasetError, ModelError
 from workers.engine.ids import get_ids
 from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan, ShardPlan
@@ -62,12 +64,44 @@ def _save(store: ModelStore, spec: dict, head: Head, ids: np.ndarray, *, noise_s
     return store.put_blob(checkpoints.dumps(model, torch.optim.SGD(model.parameters(), lr=0.0), info))
 
 
+def _schedule(strategy: Strategy, method_config: dict | None = None) -> deltagrad.Schedule:
+    """The gd trainer's schedule: training from the strategy, replaying from the method."""
+    replay = {k: v for k, v in (method_config or {}).items() if k in ("j0", "t0", "m")}
+    return deltagrad.Schedule(lr=strategy.lr, iterations=strategy.iterations, l2=strategy.l2, **replay)
+
+
+def _save_gd(store: ModelStore, spec: dict, weights: torch.Tensor, trajectory: deltagrad.Trajectory,
+             ids: np.ndarray, *, retrained: bool, extra: dict | None = None) -> str:
+    """A gd head: its weights, and its trajectory (every step's weights and gradient, a
+    blob of ``2 x iterations x d x K`` float64) for the next DeltaGrad removal."""
+    model = nets.build(ARCHITECTURE, spec["input_shape"], spec["num_classes"], seed=0)
+    model.weight.data = weights.T.to(model.weight.dtype).cpu().contiguous()
+    path = store.put_blob(st_save({"weights": trajectory.weights.cpu().contiguous(),
+                                   "gradients": trajectory.gradients.cpu().contiguous()}))
+    info = {
+        "architecture": ARCHITECTURE, "input_shape": spec["input_shape"], "num_classes": spec["num_classes"],
+        "shard": 0, "slice": 0, "samples_seen": int(len(ids)), "manifest_digest": ids_digest(ids),
+        "deltagrad": {"trajectory": path, "n": trajectory.n, "retrained": retrained, **(extra or {})},
+    }
+    return store.put_blob(checkpoints.dumps(model, torch.optim.SGD(model.parameters(), lr=0.0), info))
+
+
+def _train_gd(spec: dict, phi: torch.Tensor, y: torch.Tensor, ids: np.ndarray, *, store: ModelStore,
+              retrained: bool, extra: dict | None = None) -> str:
+    schedule = _schedule(Strategy(**spec["strategy"]))
+    weights, trajectory = deltagrad.train(phi, certified.signs(y, spec["num_classes"]), schedule)
+    return _save_gd(store, spec, weights, trajectory, ids, retrained=retrained, extra=extra)
+
+
 def train_head(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: Dataset, device: torch.device,
                progress) -> list[str]:
     """Train the head from scratch on the entry's rows (a new model, or an exact removal)."""
     spec = plan.spec
     ids = get_ids(store, entry.slices[0])
     phi, y = _features(device_data(ds, device), ids)
+    if Strategy(**spec["strategy"]).trainer == "gd":
+        progress(f"training the linear head by gradient descent on {len(ids)} samples")
+        return [_train_gd(spec, phi, y, ids, store=store, retrained=plan.parent is not None)]
     seed = _noise_seed(spec, plan.parent)
     progress(f"training the certified linear head on {len(ids)} samples")
     head = certified.fit(phi, y, spec["num_classes"], Strategy(**spec["strategy"]).budget, seed=seed)
@@ -76,8 +110,44 @@ def train_head(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: Dataset, 
 
 def unlearn_head(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, torch.Tensor], *, store: ModelStore,
                  ds: Dataset, device: torch.device, progress) -> str:
-    """Remove the forget rows ``(x, y)`` (model inputs) by one Newton step, or retrain
-    with fresh noise when the step would exhaust the budget; return the new weights."""
+    """Remove the forget rows ``(x, y)`` (model inputs) with the plan's method: DeltaGrad
+    (``deltagrad``) or certified removal; return the new weights."""
+    if plan.method.name == "deltagrad":
+        return _replay_head(plan, entry, forget, store=store, ds=ds, device=device, progress=progress)
+    return _certified_step(plan, entry, forget, store=store, ds=ds, device=device, progress=progress)
+
+
+def _replay_head(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, torch.Tensor], *, store: ModelStore,
+                 ds: Dataset, device: torch.device, progress) -> str:
+    """Replay a gd head's training without the forget rows (DeltaGrad); retrain it by
+    gradient descent when its parent has no trajectory to replay (another method's
+    weights, or a solver head)."""
+    spec = plan.spec
+    ids = np.concatenate([get_ids(store, k) for k in entry.slices])
+    phi, y = _features(device_data(ds, device), ids)
+    parent = checkpoints.loads(store.get_blob(entry.parent_weights))
+    state = parent.info.get("deltagrad")
+    strategy = Strategy(**spec["strategy"])
+    if state is None or strategy.trainer != "gd" or state["n"] != len(ids) + len(forget[1]):
+        progress("nothing to replay: retraining the linear head by gradient descent")
+        if strategy.trainer != "gd":
+            raise ModelError("deltagrad runs on linear models trained with trainer 'gd'")
+        return _train_gd(spec, phi, y, ids, store=store, retrained=True, extra={"no_trajectory": True})
+    blob = st_load(store.get_blob(state["trajectory"]))
+    trajectory = deltagrad.Trajectory(blob["weights"].to(device), blob["gradients"].to(device), state["n"])
+    k = spec["num_classes"]
+    replay = deltagrad.remove(trajectory, phi, certified.signs(y, k), nets.certified_features(forget[0].double()),
+                              certified.signs(forget[1], k), _schedule(strategy, plan.method.config))
+    progress(f"DeltaGrad removal of {len(forget[1])} samples: {replay.exact_steps} exact and "
+             f"{replay.approximate_steps} approximated steps of {len(trajectory.weights)}")
+    return _save_gd(store, spec, replay.weights, replay.trajectory, ids, retrained=False,
+                    extra={"exact_steps": replay.exact_steps, "approximate_steps": replay.approximate_steps})
+
+
+def _certified_step(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, torch.Tensor], *, store: ModelStore,
+                    ds: Dataset, device: torch.device, progress) -> str:
+    """Remove the forget rows by one Newton step, or retrain with fresh noise when the
+    step would exhaust the budget."""
     spec = plan.spec
     budget = Strategy(**spec["strategy"]).budget
     ids = np.concatenate([get_ids(store, k) for k in entry.slices])
@@ -103,6 +173,15 @@ def unlearn_head(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, torch
     progress("the removal would exceed the certified budget: retraining the head with fresh noise")
     head = certified.fit(phi, y, spec["num_classes"], budget, seed=seed)
     return _save(store, spec, head, ids, noise_seed=seed, retrained=True, extra=would)
+
+
+def replay_report(store: ModelStore, weights: str, strategy: dict) -> dict | None:
+    """What a gd head's version metrics say of how it was made: replayed by DeltaGrad
+    (exact and approximated steps) or retrained."""
+    if strategy.get("kind") != "linear" or strategy.get("trainer") != "gd":
+        return None
+    info = checkpoints.loads(store.get_blob(weights)).info.get("deltagrad")
+    return None if info is None else {k: v for k, v in info.items() if k != "trajectory"}
 
 
 def certificate(store: ModelStore, weights: str, strategy: dict) -> dict | None:

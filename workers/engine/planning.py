@@ -12,11 +12,11 @@ import time
 import numpy as np
 
 from models_store import ModelNotFound, ModelStore
-from workers.engine import linear, nets, sisa, unlearning, weights
+from workers.engine import linear, nets, placement, sisa, unlearning, weights
 from workers.engine.digests import ids_digest
 from workers.engine.errors import MethodNotSupported, ModelError
 from workers.engine.ids import put_ids, slice_ids
-from workers.engine.ledger import Dataset, check_name
+from workers.engine.ledger import ChunkedRows, Dataset, check_name
 from workers.engine.plans import MethodSpec, Plan, PlanKind, Removal, ShardPlan, ShardStatus
 from workers.engine.training import TrainConfig
 from workers.engine.vault import Vault
@@ -40,6 +40,29 @@ def store_backbone(store: ModelStore, ds: Dataset, *, architecture: str, archite
     return {"digest": store.put_blob(st_save(fits)), "keys": sorted(fits), "skipped": skipped}
 
 
+def owner_order(ds: Dataset, partition: str, ids: np.ndarray, codes: np.ndarray, names: list[str],
+                shards: int) -> np.ndarray | None:
+    """The order owners are laid out in before shards are cut (``placement``); None for
+    ``balanced``. Reads the labels, or the rows block by block for ``kmeans``."""
+    if partition == "balanced" or shards == 1:
+        return None
+    by_id = np.argsort(ids, kind="stable")
+    sorted_ids = ids[by_id]
+
+    def codes_of(sample_ids: np.ndarray) -> np.ndarray:
+        return codes[by_id[np.searchsorted(sorted_ids, sample_ids)]]
+
+    info = ds.info()
+    arrays = ds.load_arrays(lazy=True)
+    if partition == "label":
+        return placement.label_order(codes_of(arrays.sample_ids), arrays.y, len(names), info.num_classes)
+    parts = arrays.x.parts if isinstance(arrays.x, ChunkedRows) else [arrays.x]
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    blocks = ((arrays.sample_ids[a:a + len(p)], p) for p, a in zip(parts, starts))
+    embedding = placement.owner_embedding(blocks, codes_of, len(names), int(np.prod(info.input_shape)))
+    return placement.kmeans_order(embedding, np.bincount(codes, minlength=len(names)).astype(np.float64), shards)
+
+
 def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, strategy: sisa.Strategy,
                config: TrainConfig, job: str | None = None, architecture_params: dict | None = None) -> Plan:
     """Check the request, create the model in the store and cut its shards and slices.
@@ -54,7 +77,9 @@ def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, 
         architecture = linear.ARCHITECTURE
     try:
         nets.build(architecture, info.input_shape, info.num_classes, seed=0, params=architecture_params)
-        slices = sisa.partition_owners(*ds.owner_codes(), strategy.shards, strategy.slices)
+        ids, codes, names = ds.owner_codes()
+        order = owner_order(ds, strategy.partition, ids, codes, names, strategy.shards)
+        slices = sisa.partition_owners(ids, codes, names, strategy.shards, strategy.slices, order)
     except ValueError as exc:
         raise ModelError(str(exc)) from None
     if config.init is not None and not store.has_blob(config.init):
@@ -92,7 +117,7 @@ def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa
     started = time.time()
     spec = store.model_spec(name)
     if mode == "approximate":
-        check_kind(method, spec["strategy"]["kind"])
+        check_kind(method, spec["strategy"])
     parent = store.version(name)
     parent_slices = slice_ids(store, parent)
     trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
@@ -149,12 +174,11 @@ def check_request(mode: str, method: str | None = None, method_config: dict | No
             raise ModelError(str(exc)) from None
 
 
-def check_kind(method: str | None, kind: str) -> None:
-    """MethodNotSupported when ``method`` does not run on a model of strategy ``kind``."""
-    kinds = unlearning.supported_kinds(method)
-    if kinds is not None and kind not in kinds:
-        raise MethodNotSupported(f"method {method!r} runs on model kinds {', '.join(kinds)} only; "
-                                 f"this model is {kind}")
+def check_kind(method: str | None, strategy: dict) -> None:
+    """MethodNotSupported when ``method`` does not run on a model of ``strategy``."""
+    why = unlearning.unsupported(method, strategy)
+    if why is not None:
+        raise MethodNotSupported(why)
 
 
 def _shard(store: ModelStore, shard: int, slices: list[np.ndarray], status: ShardStatus, from_slice,

@@ -36,12 +36,12 @@ def run_shard(plan: Plan, shard: int, *, store: ModelStore, ds: Dataset, device:
     spec = plan.spec
     linear_kind = spec["strategy"]["kind"] == "linear"
     if entry.status == ShardStatus.APPROXIMATE:
-        if linear_kind and plan.method.name == "certified":
+        if linear_kind and plan.method.name in ("certified", "deltagrad"):
             forget = approximate.forget_inputs(plan, entry, store=store, ds=ds, vault=vault, device=device)
             return [linear.unlearn_head(plan, entry, forget, store=store, ds=ds, device=device, progress=progress)]
         return [approximate.unlearn_constituent(plan, entry, store=store, ds=ds, device=device, vault=vault,
                                                 progress=progress)]
-    if linear_kind:  # trained (or exactly retrained) by the convex solver, from scratch
+    if linear_kind:  # trained (or exactly retrained) from scratch, by the solver or gradient descent
         return linear.train_head(plan, entry, store=store, ds=ds, device=device, progress=progress)
     slice_ids: list[np.ndarray] = [get_ids(store, k) for k in entry.slices]
     r = entry.from_slice

@@ -20,9 +20,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from workers.engine import checkpoints, nets
+from workers.engine import checkpoints, nets, placement
 from workers.engine.certified import Budget
 from workers.engine.digests import ids_digest
+from workers.engine.placement import PARTITIONS
 from workers.engine.registry import Registry
 from workers.engine.training import (
     DeviceData,
@@ -51,6 +52,7 @@ def vote(probs: torch.Tensor) -> torch.Tensor:
 
 
 KINDS = ("sisa", "monolithic", "linear")
+TRAINERS = ("solver", "gd")  # how a linear head is trained
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,17 @@ class Strategy:
     shards: int = 1
     slices: int = 1
     aggregation: str = "mean_softmax"
+    partition: str = "balanced"  # how owners are placed in shards: placement.PARTITIONS
     # linear: certified removal's settings (certified.Budget; its defaults where None)
     epsilon: float | None = None
     delta: float | None = None
     noise: float | None = None
     l2: float | None = None
+    # linear: "solver" (the exact minimiser, what certified removal needs) or "gd"
+    # (full-batch gradient descent whose trajectory DeltaGrad replays; no noise, no certificate)
+    trainer: str | None = None
+    iterations: int | None = None  # gd: steps
+    lr: float | None = None  # gd: step size
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -74,10 +82,26 @@ class Strategy:
             given = {k: v for k, v in self._budget_fields().items() if v is not None}
             for key, value in dataclasses.asdict(Budget(**given)).items():
                 object.__setattr__(self, key, value)
-        elif any(v is not None for v in self._budget_fields().values()):
-            raise ValueError("epsilon, delta, noise and l2 are settings of the linear kind only")
+            trainer = self.trainer or "solver"
+            if trainer not in TRAINERS:
+                raise ValueError(f"trainer must be one of {', '.join(TRAINERS)}, got {self.trainer!r}")
+            gd = {"iterations": 300, "lr": 4.0} if trainer == "gd" else {}
+            if trainer != "gd" and (self.iterations is not None or self.lr is not None):
+                raise ValueError("iterations and lr are settings of the gd trainer")
+            for key, default in gd.items():
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, default)
+            if trainer == "gd" and not (self.iterations >= 1 and 0 < self.lr < 8):
+                raise ValueError("gd needs iterations >= 1 and 0 < lr < 8 (the rows have unit norm)")
+            object.__setattr__(self, "trainer", trainer)
+        elif any(v is not None for v in (*self._budget_fields().values(), self.trainer, self.iterations, self.lr)):
+            raise ValueError("epsilon, delta, noise, l2, trainer, iterations and lr are settings of the linear kind only")
         if self.shards < 1 or self.slices < 1:
             raise ValueError("shards and slices must be >= 1")
+        if self.partition not in PARTITIONS:
+            raise ValueError(f"partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
+        if self.partition != "balanced" and self.kind != "sisa":
+            raise ValueError(f"a {self.kind} model has one shard: partition applies to the sisa kind only")
         AGGREGATIONS.get(self.aggregation)  # ValueError naming the choices
 
     def _budget_fields(self) -> dict:
@@ -90,7 +114,14 @@ class Strategy:
 
     def to_dict(self) -> dict:
         out = {"kind": self.kind, "shards": self.shards, "slices": self.slices, "aggregation": self.aggregation}
-        return {**out, **self._budget_fields()} if self.kind == "linear" else out
+        if self.partition != "balanced":  # records written before partitions existed stay as they were
+            out["partition"] = self.partition
+        if self.kind != "linear":
+            return out
+        out = {**out, **self._budget_fields()}
+        if self.trainer == "gd":  # solver records stay as they were before trainers existed
+            out.update(trainer=self.trainer, iterations=self.iterations, lr=self.lr)
+        return out
 
 
 def _balanced_groups(sizes: dict[str, int], k: int) -> list[list[str]]:
@@ -119,10 +150,11 @@ def partition(owner_of: dict[int, str], shards: int, slices: int) -> list[list[n
 
 
 def partition_owners(sample_ids: np.ndarray, owner_codes: np.ndarray, owner_names: list[str], shards: int,
-                     slices: int) -> list[list[np.ndarray]]:
+                     slices: int, order: np.ndarray | None = None) -> list[list[np.ndarray]]:
     """Sample ids per shard per slice, cut along owners, balanced by sample count.
     Sample ``i`` belongs to ``owner_names[owner_codes[i]]``; arrays, not a dict per row,
-    so a dataset of millions of rows is cut in little memory.
+    so a dataset of millions of rows is cut in little memory. With ``order`` (owner
+    codes, see ``placement``), shards are contiguous runs of it instead of a balanced mix.
 
     Deterministic: the same ledger gives the same partition.
     """
@@ -136,7 +168,12 @@ def partition_owners(sample_ids: np.ndarray, owner_codes: np.ndarray, owner_name
     code = {o: i for i, o in enumerate(owner_names)}
     group_of = np.empty(len(owner_names), dtype=np.int32)
     result = []
-    for shard_owners in _balanced_groups(sizes, shards):
+    if order is None:
+        shard_groups = _balanced_groups(sizes, shards)
+    else:
+        held = order[counts[order] > 0]
+        shard_groups = [[owner_names[c] for c in run] for run in placement.contiguous_groups(held, counts, shards)]
+    for shard_owners in shard_groups:
         groups = _balanced_groups({o: sizes[o] for o in shard_owners}, slices)
         group_of.fill(-1)
         for g, group in enumerate(groups):

@@ -62,12 +62,17 @@ def load(source: str, *, path=None, seed: int = 0, cache_dir: str | os.PathLike,
     return raw
 
 
-def assign_owners(n: int, *, seed: int, n_owners: int | None = None, zipf_a: float = 0.75) -> np.ndarray:
+def assign_owners(n: int, *, seed: int, n_owners: int | None = None, zipf_a: float = 0.75,
+                  labels: np.ndarray | None = None, label_alpha: float | None = None) -> np.ndarray:
     """Give ``n`` samples owner ids with a Zipf(``zipf_a``) skew, reproducibly from ``seed``.
 
     Owner k (by rank) gets a share proportional to ``k ** -zipf_a``; the ranks are
     shuffled onto the ids ``owner-00000 ...`` so the biggest owner is not always the first.
+    With ``label_alpha``, owners are not a random mix of the classes (real people's data
+    rarely is): see :func:`_label_skewed_owners`.
     """
+    if label_alpha is not None:
+        return _label_skewed_owners(n, labels, seed=seed, n_owners=n_owners, zipf_a=zipf_a, alpha=label_alpha)
     if n <= 0:
         raise DatasetError("cannot assign owners to an empty dataset")
     n_owners = n_owners or max(1, n // 20)
@@ -80,6 +85,33 @@ def assign_owners(n: int, *, seed: int, n_owners: int | None = None, zipf_a: flo
     names = np.array([f"owner-{i:05d}" for i in rng.permutation(n_owners)])
     owners = np.repeat(names, counts)
     return owners[rng.permutation(n)]
+
+
+def _label_skewed_owners(n: int, labels: np.ndarray, *, seed: int, n_owners: int | None, zipf_a: float,
+                         alpha: float) -> np.ndarray:
+    """Owners with a class mix of their own (non-IID, as in federated-learning benchmarks):
+    owner k draws class shares ``p_k ~ Dirichlet(alpha)``, and each class's samples are
+    split among the owners in proportion to ``zipf_k * p_k[class]``. Small ``alpha``:
+    each owner holds mostly one or two classes; large: the random mix of the default.
+    Owners that draw no sample do not exist (the count can come out below ``n_owners``)."""
+    if labels is None or len(labels) != n:
+        raise DatasetError("label_alpha needs the labels of every sample")
+    if not alpha > 0:
+        raise DatasetError(f"label_alpha must be > 0, got {alpha}")
+    n_owners = n_owners or max(1, n // 20)
+    if not 1 <= n_owners <= n:
+        raise DatasetError(f"owners must be between 1 and the number of samples ({n}), got {n_owners}")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    zipf = np.arange(1, n_owners + 1, dtype=np.float64) ** -zipf_a
+    weight = zipf[:, None] * rng.dirichlet(np.full(len(classes), alpha), size=n_owners)  # owners x classes
+    names = np.array([f"owner-{i:05d}" for i in rng.permutation(n_owners)])
+    owners = np.empty(n, dtype=names.dtype)
+    for j, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        share = weight[:, j] / weight[:, j].sum()
+        owners[rng.permutation(members)] = np.repeat(names, rng.multinomial(len(members), share))
+    return owners
 
 
 def load_fashion_mnist(directory: str | os.PathLike | None, cache_dir: str | os.PathLike) -> SourceData:

@@ -109,14 +109,15 @@ def test_a_named_method_that_fails_the_gate_goes_straight_to_exact(ready):
     assert attempts == ["ssd"]
 
 
-def test_auto_candidates_put_the_certified_step_first_on_a_linear_model():
+def test_auto_candidates_put_the_linear_kinds_own_method_first():
     from app.jobs.flow import auto_candidates, check_settings
     from tests.service_helpers import make_settings
 
     settings = make_settings("/tmp/unused", auto_methods="ft, ga")
     assert settings.auto_methods == ["ft", "ga"]
-    assert auto_candidates(settings, "sisa") == ["ft", "ga"]
-    assert auto_candidates(settings, "linear") == ["certified", "ft", "ga"]
+    assert auto_candidates(settings, {"kind": "sisa"}) == ["ft", "ga"]
+    assert auto_candidates(settings, {"kind": "linear"}) == ["certified", "ft", "ga"]
+    assert auto_candidates(settings, {"kind": "linear", "trainer": "gd"}) == ["deltagrad", "ft", "ga"]
     assert make_settings("/tmp/unused", auto_method="ssd").auto_methods == ["ssd"]  # the setting it replaced
     with pytest.raises(ValueError, match="LETHE_AUTO_METHODS"):
         check_settings(make_settings("/tmp/unused", auto_methods="ft,certified"))

@@ -50,3 +50,41 @@ def test_a_budget_outside_its_range_is_422(digits, strategy):
 def test_a_linear_model_takes_only_the_linear_architecture(digits):
     r = digits.post("/v1/models", json={**LINEAR, "architecture": "cnn"}, headers=A)
     assert r.status_code == 422 and r.json()["code"] == "invalid_model"
+
+
+GD = {**LINEAR, "name": "gd", "strategy": {"kind": "linear", "l2": 0.01, "trainer": "gd", "iterations": 60}}
+
+
+def test_a_deltagrad_deletion_on_a_gd_linear_model_goes_through_the_gate(digits):
+    from tests.service_helpers import change_settings
+
+    assert digits.post("/v1/models", json=GD, headers=A).status_code == 202
+    run_worker_inline(digits.app_)
+    m = digits.get("/v1/models/gd", headers=A).json()
+    assert m["status"] == "ready" and m["strategy"]["trainer"] == "gd" and m["strategy"]["iterations"] == 60
+    change_settings(digits, gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0)
+    r = digits.post("/v1/deletion-requests", json={"owner_id": an_owner(digits), "method": "deltagrad"}, headers=C)
+    assert r.status_code == 202, r.text
+    run_worker_inline(digits.app_)
+    req = digits.get(f"/v1/deletion-requests/{r.json()['id']}", headers=C).json()
+    assert req["status"] == "completed" and req["outcomes"][0]["published_method"] == "deltagrad"
+    v2 = digits.get("/v1/models/gd/versions/2", headers=C).json()
+    assert v2["metrics"]["deltagrad"]["approximate_steps"] > 0 and v2["metrics"]["gate"]["passed"] is True
+    # the certified step needs the solver's exact minimiser
+    r = digits.post("/v1/deletion-requests", json={"owner_id": an_owner(digits), "method": "certified"}, headers=C)
+    assert r.status_code == 422 and r.json()["code"] == "method_not_supported" and "solver" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("strategy", [{"trainer": "sgd"}, {"iterations": 10}, {"trainer": "gd", "lr": 9.0},
+                                      {"trainer": "gd", "iterations": 0}])
+def test_a_trainer_setting_that_does_not_fit_is_422(digits, strategy):
+    body = {**LINEAR, "strategy": {**LINEAR["strategy"], **strategy}}
+    r = digits.post("/v1/models", json=body, headers=A)
+    assert r.status_code == 422 and r.json()["code"] in ("invalid_request", "invalid_model"), r.text
+
+
+def test_deltagrad_on_a_solver_linear_model_is_method_not_supported(digits):
+    assert digits.post("/v1/models", json=LINEAR, headers=A).status_code == 202
+    run_worker_inline(digits.app_)
+    r = digits.post("/v1/deletion-requests", json={"owner_id": an_owner(digits), "method": "deltagrad"}, headers=C)
+    assert r.status_code == 422 and r.json()["code"] == "method_not_supported" and "gd" in r.json()["detail"]

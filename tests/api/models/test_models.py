@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.service_helpers import A, C, TINY_MODEL, change_settings
+from tests.service_helpers import A, C, TINY_MODEL, change_settings, run_worker_inline
 
 
 def test_too_many_shards_for_the_owners_is_422(client):
@@ -321,3 +321,20 @@ def test_an_import_whose_database_row_was_lost_is_published_when_retried(ready, 
     assert r.status_code == 201, r.text
     assert r.json()["latest_version"] == 1
     assert ready.get("/v1/models/imported/versions/1", headers=C).json()["kind"] == "imported"
+
+
+def test_owners_with_their_own_class_mix_and_a_clustered_sisa_model_through_the_api(client):
+    r = client.post("/v1/datasets", json={"name": "skewed", "source": "digits", "label_alpha": 0.1}, headers=A)
+    assert r.status_code == 201, r.text
+    assert r.json()["owners_assigned"]["label_alpha"] == 0.1
+    bad = client.post("/v1/datasets", json={"name": "bad", "source": "digits", "label_alpha": 0}, headers=A)
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_request"
+    model = {**TINY_MODEL, "dataset": "skewed", "strategy": {"kind": "sisa", "shards": 2, "slices": 2,
+                                                            "partition": "label"}}
+    assert client.post("/v1/models", json=model, headers=A).status_code == 202
+    run_worker_inline(client.app_)
+    m = client.get("/v1/models/m", headers=A).json()
+    assert m["status"] == "ready" and m["strategy"]["partition"] == "label"
+    wrong = {**model, "name": "m2", "strategy": {**model["strategy"], "partition": "random"}}
+    r = client.post("/v1/models", json=wrong, headers=A)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request"

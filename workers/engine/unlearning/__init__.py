@@ -15,11 +15,11 @@ from types import ModuleType
 import torch
 
 from workers.engine.registry import Registry
-from workers.engine.unlearning import certified, fisher, ft, ga, iu, l1_sparse, rl, salun, scrub, ssd
+from workers.engine.unlearning import certified, deltagrad, distill, fisher, ft, ga, iu, l1_sparse, rl, salun, scrub, ssd
 from workers.engine.unlearning.base import Split
 
 METHODS: Registry[ModuleType] = Registry("unlearning method")
-for _module in (ft, ga, rl, iu, l1_sparse, fisher, ssd, salun, scrub, certified):
+for _module in (ft, ga, rl, iu, l1_sparse, fisher, ssd, salun, scrub, distill, certified, deltagrad):
     METHODS.add(_module.__name__.rsplit(".", 1)[1], _module)
 
 
@@ -47,6 +47,23 @@ def supported_kinds(name: str) -> tuple[str, ...] | None:
     return getattr(METHODS.get(name), "KINDS", None) if name in METHODS else None
 
 
+def unsupported(name: str | None, strategy: dict) -> str | None:
+    """Why method ``name`` cannot run on a model of ``strategy`` (a strategy record);
+    None when it can. A method names the model kinds it needs (``KINDS``) and, for the
+    linear kind, the trainers (``TRAINERS``)."""
+    kinds = supported_kinds(name) if name else None
+    if kinds is None:
+        return None
+    kind = strategy["kind"]
+    if kind not in kinds:
+        return f"method {name!r} runs on model kinds {', '.join(kinds)} only; this model is {kind}"
+    trainers = getattr(METHODS.get(name), "TRAINERS", None)
+    trainer = strategy.get("trainer") or "solver"
+    if trainers is not None and trainer not in trainers:
+        return f"method {name!r} runs on linear models trained with {' or '.join(trainers)}; this one uses {trainer}"
+    return None
+
+
 def general() -> list[str]:
     """The methods that run on any model (on bare torch modules); the others name the
     model kinds they need (``certified``: the ``linear`` kind)."""
@@ -67,4 +84,4 @@ def run(name: str, model: torch.nn.Module, forget: Split, retain: Split, *, held
     return Result(student.eval(), name, dataclasses.asdict(cfg), time.perf_counter() - started)
 
 
-__all__ = ["METHODS", "Result", "Split", "config", "general", "run", "supported_kinds"]
+__all__ = ["METHODS", "Result", "Split", "config", "general", "run", "supported_kinds", "unsupported"]

@@ -158,16 +158,18 @@ class ForgetMonitor:
 
 
 def forget_while_healing(model, optimizer, forget: Split, retain: Split, monitor: ForgetMonitor, *, steps: int,
-                         batch_size: int, gen, forget_loss, mask=None, forget_batch_size: int | None = None) -> None:
-    """Every step trains on a retain batch; while the forget set still looks seen, the
-    step also carries ``forget_loss`` on a forget batch. The retain half keeps the model
-    whole, the controller keeps the forget set where unseen data sits, not below it."""
+                         batch_size: int, gen, forget_loss, mask=None, forget_batch_size: int | None = None,
+                         retain_loss=None) -> None:
+    """Every step trains on a retain batch (``retain_loss(model, x, y)``, cross-entropy by
+    default); while the forget set still looks seen, the step also carries
+    ``forget_loss`` on a forget batch. The retain half keeps the model whole, the
+    controller keeps the forget set where unseen data sits, not below it."""
     forget_batches = forget.cycle(forget_batch_size or batch_size, gen)
     retain_batches = retain.cycle(batch_size, gen)
     model.train()
     for _ in range(steps):
         xr, yr = next(retain_batches)
-        loss = torch.nn.functional.cross_entropy(model(xr), yr)
+        loss = retain_loss(model, xr, yr) if retain_loss else torch.nn.functional.cross_entropy(model(xr), yr)
         if monitor.still_seen():
             xf, yf = next(forget_batches)
             # Weighted per row like the retain batch: a 3-row owner must not weigh as much

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 KINDS = ("linear",)  # the model kinds it runs on
+TRAINERS = ("solver",)  # and, on the linear kind, the trainers (it needs the exact minimiser)
 
 
 @dataclass(frozen=True)

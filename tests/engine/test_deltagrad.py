@@ -1,0 +1,138 @@
+"""DeltaGrad: replaying a gradient-descent training without some rows lands next to
+retraining by the same steps, for a fraction of the full gradients."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workers.engine import certified, deltagrad, nets, sources
+
+
+@pytest.fixture(scope="module")
+def digits():
+    raw = sources.load_digits(seed=0)
+    phi = nets.certified_features(torch.as_tensor(raw.x.astype(np.float64)))
+    return phi, certified.signs(torch.as_tensor(raw.y.astype(np.int64)), raw.num_classes)
+
+
+def _gone(n: int, r: int, seed: int) -> torch.Tensor:
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:r]] = True
+    return mask
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("r, seed", [(1, 0), (20, 1), (150, 2)])
+def test_the_replay_lands_next_to_retraining_with_a_fraction_of_the_full_gradients(digits, r, seed):
+    phi, ypm = digits
+    schedule = deltagrad.Schedule(iterations=200)
+    trained, trajectory = deltagrad.train(phi, ypm, schedule)
+    gone = _gone(len(phi), r, seed)
+    exact = deltagrad.retrain(phi[~gone], ypm[~gone], schedule)
+    replay = deltagrad.remove(trajectory, phi[~gone], ypm[~gone], phi[gone], ypm[gone], schedule)
+    assert _rel(replay.weights, exact) < 2e-3
+    assert _rel(replay.weights, exact) < 0.1 * _rel(trained, exact)  # it did move off the original
+    assert replay.exact_steps == schedule.j0 + math.ceil((schedule.iterations - schedule.j0) / schedule.t0)
+    assert replay.exact_steps + replay.approximate_steps == schedule.iterations
+
+
+def test_a_replay_with_every_step_exact_is_retraining(digits):
+    phi, ypm = digits
+    schedule = deltagrad.Schedule(iterations=60, t0=1)
+    _, trajectory = deltagrad.train(phi, ypm, schedule)
+    gone = _gone(len(phi), 40, 3)
+    replay = deltagrad.remove(trajectory, phi[~gone], ypm[~gone], phi[gone], ypm[gone], schedule)
+    assert replay.approximate_steps == 0
+    assert _rel(replay.weights, deltagrad.retrain(phi[~gone], ypm[~gone], schedule)) < 1e-12
+
+
+def test_bad_removals_and_schedules_are_refused(digits):
+    phi, ypm = digits
+    schedule = deltagrad.Schedule(iterations=5)
+    _, trajectory = deltagrad.train(phi, ypm, schedule)
+    with pytest.raises(ValueError, match="cannot remove 0"):
+        deltagrad.remove(trajectory, phi, ypm, phi[:0], ypm[:0], schedule)
+    with pytest.raises(ValueError, match="rows the trajectory was trained on"):
+        deltagrad.remove(trajectory, phi[2:], ypm[2:], phi[:1], ypm[:1], schedule)
+    with pytest.raises(ValueError, match="invalid DeltaGrad schedule"):
+        deltagrad.Schedule(t0=0)
+
+
+def test_removals_in_a_row_follow_retraining(digits):
+    """The replayed path is the next removal's trajectory: two removals in a row land
+    next to retraining without both sets of rows."""
+    phi, ypm = digits
+    schedule = deltagrad.Schedule(iterations=200)
+    _, trajectory = deltagrad.train(phi, ypm, schedule)
+    first, second = _gone(len(phi), 30, 4), _gone(len(phi), 60, 5)
+    second &= ~first
+    one = deltagrad.remove(trajectory, phi[~first], ypm[~first], phi[first], ypm[first], schedule)
+    keep = ~(first | second)
+    gone = second[~first]
+    two = deltagrad.remove(one.trajectory, phi[keep], ypm[keep], phi[~first][gone], ypm[~first][gone], schedule)
+    assert two.trajectory.n == int(keep.sum())
+    assert _rel(two.weights, deltagrad.retrain(phi[keep], ypm[keep], schedule)) < 4e-3
+
+
+# -- the linear kind's gd trainer and the deltagrad method, through the engine ----------
+
+def _train_gd(engine, name: str = "gd", iterations: int = 120):
+    from workers.engine.sisa import Strategy
+    from workers.engine.training import TrainConfig
+
+    return engine.train(name, dataset="digits", architecture="linear", config=TrainConfig(seed=0),
+                        strategy=Strategy("linear", trainer="gd", iterations=iterations))
+
+
+def _weights(engine, name: str, version: dict) -> torch.Tensor:
+    from workers.engine import checkpoints
+
+    blob = engine.store.get_blob(version["constituents"][0]["weights"])
+    return checkpoints.loads(blob).model_state["weight"].double()
+
+
+def test_a_gd_linear_model_forgets_owners_by_replay_next_to_an_exact_retrain(digits_engine):
+    v1 = _train_gd(digits_engine)
+    assert v1["strategy"]["trainer"] == "gd" and v1["metrics"]["test_accuracy"] > 0.7
+    assert v1["metrics"]["deltagrad"]["retrained"] is False and "certified" not in v1["metrics"]
+    owners = [o for o, _ in digits_engine.dataset("digits").owners(limit=3)]
+    v2 = digits_engine.unlearn("gd", owners[:1], mode="approximate", method="deltagrad")
+    report = v2["metrics"]["deltagrad"]
+    assert report["retrained"] is False and report["exact_steps"] + report["approximate_steps"] == 120
+    assert report["approximate_steps"] > report["exact_steps"]
+    assert v2["exact"] is False and v2["method"]["name"] == "deltagrad" and v2["metrics"]["ua"] is not None
+    v3 = digits_engine.unlearn("gd", owners[1:], mode="approximate", method="deltagrad")  # from v2's replayed path
+    reference = digits_engine.unlearn("gd", [], mode="full")  # the same steps on the rows held now
+    replayed, exact, original = (_weights(digits_engine, "gd", v) for v in (v3, reference, v1))
+    assert (replayed - exact).norm() < 1e-2 * exact.norm()
+    assert (replayed - exact).norm() < 0.1 * (original - exact).norm()
+
+
+def test_deltagrad_needs_a_gd_head_and_certified_a_solver_one(digits_engine):
+    from workers.engine.errors import MethodNotSupported
+    from workers.engine.sisa import Strategy
+    from workers.engine.training import TrainConfig
+
+    _train_gd(digits_engine, iterations=20)
+    digits_engine.train("solver", dataset="digits", architecture="linear", strategy=Strategy("linear"),
+                        config=TrainConfig(seed=0))
+    owner = digits_engine.dataset("digits").owners(limit=1)[0][0]
+    with pytest.raises(MethodNotSupported, match="trained with gd"):
+        digits_engine.unlearn("solver", [owner], mode="approximate", method="deltagrad")
+    with pytest.raises(MethodNotSupported, match="trained with solver"):
+        digits_engine.unlearn("gd", [owner], mode="approximate", method="certified")
+
+
+def test_deltagrad_after_another_method_retrains_by_gradient_descent(digits_engine):
+    _train_gd(digits_engine, iterations=30)
+    owners = [o for o, _ in digits_engine.dataset("digits").owners(limit=2)]
+    v2 = digits_engine.unlearn("gd", owners[:1], mode="approximate", method="ft")
+    assert "deltagrad" not in v2["metrics"]  # ft's weights carry no trajectory
+    v3 = digits_engine.unlearn("gd", owners[1:], mode="approximate", method="deltagrad")
+    assert v3["metrics"]["deltagrad"]["no_trajectory"] is True and v3["exact"] is True

@@ -1,0 +1,115 @@
+"""Clustered SISA (``strategy.partition``): owners stay whole, shards stay balanced, and
+similar owners share a shard; owners with a class mix of their own (``label_alpha``)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import FAST
+from workers.engine import placement, planning, sisa
+from workers.engine.errors import DatasetError
+from workers.engine.sisa import Strategy
+
+
+def _entropy(labels: np.ndarray) -> float:
+    p = np.bincount(labels) / len(labels)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def _cut(ds, partition: str, shards: int = 4, slices: int = 2):
+    ids, codes, names = ds.owner_codes()
+    order = planning.owner_order(ds, partition, ids, codes, names, shards)
+    return sisa.partition_owners(ids, codes, names, shards, slices, order), dict(zip(ids.tolist(), codes.tolist()))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_contiguous_groups_keep_the_order_fill_every_group_and_balance_it(seed):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 60, size=50)
+    order = rng.permutation(50)
+    groups = placement.contiguous_groups(order, sizes, 7)
+    assert len(groups) == 7 and all(len(g) for g in groups)
+    assert np.array_equal(np.concatenate(groups), order)
+    loads = np.array([sizes[g].sum() for g in groups])
+    assert np.abs(loads - sizes.sum() / 7).max() <= sizes.max()
+    with pytest.raises(ValueError):
+        placement.contiguous_groups(order[:3], sizes, 4)
+
+
+def test_kmeans_order_puts_each_blob_together():
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(-5, 1, (30, 4)), rng.normal(5, 1, (30, 4))])
+    order = placement.kmeans_order(points, np.ones(60), 2)
+    assert sorted(order.tolist()) == list(range(60))
+    first, second = set(order[:30].tolist()), set(order[30:].tolist())
+    assert first in (set(range(30)), set(range(30, 60))) and first | second == set(range(60))
+
+
+def test_label_order_groups_owners_by_their_dominant_label():
+    codes = np.repeat(np.arange(6), 10)
+    labels = np.array([[0] * 9 + [1], [2] * 10, [0] * 10, [2] * 8 + [1] * 2, [1] * 10, [0] * 6 + [2] * 4]).ravel()
+    order = placement.label_order(codes, labels, 6, 3).tolist()
+    assert order == [2, 0, 5, 4, 1, 3]  # label 0 purest first, then 1, then 2
+
+
+@pytest.mark.parametrize("partition", ["label", "kmeans"])
+def test_clustered_shards_hold_fewer_classes_and_every_owner_whole(engine, partition):
+    engine.import_dataset("digits", "digits", seed=0, label_alpha=0.1)
+    ds = engine.dataset("digits")
+    arrays = ds.load_arrays()
+    label = dict(zip(arrays.sample_ids.tolist(), arrays.y.tolist()))
+
+    def mean_entropy(shards):
+        return np.mean([_entropy(np.array([label[i] for i in np.concatenate(s)])) for s in shards])
+
+    balanced, owner_of = _cut(ds, "balanced")
+    clustered, _ = _cut(ds, partition)
+    assert mean_entropy(clustered) < mean_entropy(balanced) - 0.2
+    every = np.concatenate([np.concatenate(s) for s in clustered])
+    assert np.array_equal(np.sort(every), np.sort(arrays.sample_ids))  # each row once
+    shard_of_owner = {}
+    for shard, slices in enumerate(clustered):
+        for ids in slices:
+            for i in ids.tolist():
+                assert shard_of_owner.setdefault(owner_of[i], shard) == shard  # owners stay whole
+    sizes = np.array([sum(len(ids) for ids in s) for s in clustered])
+    assert sizes.min() > 0.6 * sizes.mean()  # still balanced, if less exactly
+
+
+def test_a_clustered_sisa_model_trains_and_unlearns_within_its_shards(engine):
+    engine.import_dataset("digits", "digits", seed=0, label_alpha=0.1)
+    v1 = engine.train("m", dataset="digits", architecture="mlp", strategy=Strategy("sisa", 4, 2, partition="kmeans"),
+                      config=FAST)
+    assert v1["strategy"]["partition"] == "kmeans" and v1["metrics"]["test_accuracy"] > 0.5
+    owner = engine.dataset("digits").owners(limit=1)[0][0]
+    v2 = engine.unlearn("m", [owner])
+    retrained = [c for c in v2["constituents"] if c["status"] == "retrained"]
+    assert len(retrained) == 1  # the owner lived in one shard
+
+
+def test_partition_is_checked_and_kept_out_of_records_that_do_not_use_it():
+    assert "partition" not in Strategy("sisa", 4, 2).to_dict()
+    assert Strategy("sisa", 4, 2, partition="label").to_dict()["partition"] == "label"
+    with pytest.raises(ValueError, match="partition must be one of"):
+        Strategy("sisa", 4, 2, partition="nope")
+    with pytest.raises(ValueError, match="sisa kind only"):
+        Strategy("monolithic", partition="kmeans")
+
+
+def test_label_skewed_owners_hold_few_classes_and_are_reproducible(engine):
+    from workers.engine.sources import assign_owners
+
+    labels = np.repeat(np.arange(10), 200)
+    mixed = assign_owners(2000, seed=3, n_owners=100, labels=labels)
+    skewed = assign_owners(2000, seed=3, n_owners=100, labels=labels, label_alpha=0.05)
+    assert np.array_equal(skewed, assign_owners(2000, seed=3, n_owners=100, labels=labels, label_alpha=0.05))
+
+    def mean_owner_entropy(owners):
+        return np.mean([_entropy(labels[owners == o]) for o in np.unique(owners)])
+
+    assert mean_owner_entropy(skewed) < 0.5 * mean_owner_entropy(mixed)
+    with pytest.raises(DatasetError, match="label_alpha must be > 0"):
+        assign_owners(2000, seed=3, labels=labels, label_alpha=0.0)
+    info = engine.import_dataset("d", "digits", seed=0, label_alpha=0.5)
+    assert info.source["owners"]["label_alpha"] == 0.5

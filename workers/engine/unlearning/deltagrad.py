@@ -1,0 +1,27 @@
+"""deltagrad: replay a gradient-descent training without the forget rows (Wu, Dobriban
+and Davidson, ICML 2020), approximating most steps' full gradients by L-BFGS. It needs
+the training trajectory, not only the weights, so it runs on ``linear`` models trained
+with ``trainer: gd``, in ``workers.engine.linear``; this module names it and its
+replay settings (``workers.engine.deltagrad.Schedule``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("linear",)  # the model kinds it runs on
+TRAINERS = ("gd",)  # and, on the linear kind, the trainers
+
+
+@dataclass(frozen=True)
+class Config:
+    j0: int = 10  # exact steps at the start (burn-in)
+    t0: int = 5  # then one exact step in t0
+    m: int = 2  # curvature pairs kept
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.j0 < 1 or self.t0 < 1 or self.m < 1:
+            raise ValueError(f"j0, t0 and m must be >= 1, got {self.j0}, {self.t0}, {self.m}")
+
+
+def unlearn(model, forget, retain, cfg: Config, *, heldout=None):
+    raise ValueError("deltagrad runs on linear models trained with trainer 'gd', through workers.engine.linear")
