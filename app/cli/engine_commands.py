@@ -343,6 +343,13 @@ def summary(v: dict) -> str:
         text += (f"\ncertified (epsilon {cert['epsilon']:g}, delta {cert['delta']:g}): residual bound "
                  f"{cert['residual_bound']:.4g} of {cert['budget']:.4g}, {cert['removals_since_training']} removals "
                  f"since training{_why_retrained(cert)}")
+    replay = m.get("deltagrad")
+    if replay is not None and "exact_steps" in replay:
+        text += (f"\ndeltagrad: {replay['exact_steps']} exact and {replay['approximate_steps']} approximated steps "
+                 "of the training replayed")
+    elif replay is not None and replay.get("retrained"):
+        text += "\ndeltagrad: retrained by gradient descent" + (
+            " (the parent's weights came from another method, with no trajectory)" if replay.get("no_trajectory") else "")
     return text
 
 

@@ -163,3 +163,20 @@ def test_a_linear_model_forgets_an_owner_with_a_certificate_from_the_command_lin
         capsys=capsys)
     code, _, err = run(tmp_path, "unlearn", "m", "--owner", owner, "--method", "certified", capsys=capsys)
     assert code == 2 and "[method_not_supported]" in err
+
+
+def test_a_gd_linear_model_and_a_clustered_sisa_model_from_the_command_line(tmp_path, capsys):
+    code, out, _ = run(tmp_path, "import", "digits", "--source", "digits", "--label-alpha", "0.1", capsys=capsys)
+    assert code == 0
+    code, out, _ = run(tmp_path, "train", "gd", "--dataset", "digits", "--arch", "linear", "--strategy", "linear",
+                       "--trainer", "gd", "--iterations", "40", capsys=capsys)
+    assert code == 0, out
+    owner = json.loads(run(tmp_path, "--json", "owners", "digits", "--limit", "1", capsys=capsys)[1])[0]["owner_id"]
+    code, out, _ = run(tmp_path, "unlearn", "gd", "--owner", owner, "--method", "deltagrad", capsys=capsys)
+    assert code == 0 and "approximated steps of the training replayed" in out
+    code, _, err = run(tmp_path, "train", "bad", "--dataset", "digits", "--arch", "linear", "--strategy", "linear",
+                       "--iterations", "40", capsys=capsys)
+    assert code == 2 and "settings of the gd trainer" in err
+    code, out, _ = run(tmp_path, "--json", "train", "km", "--dataset", "digits", "--shards", "2", "--slices", "1",
+                       "--epochs", "1", "--partition", "kmeans", capsys=capsys)
+    assert code == 0 and json.loads(out)["strategy"]["partition"] == "kmeans"
