@@ -287,3 +287,33 @@ def test_the_test_metrics_come_from_the_constituents_cached_outputs_unchanged(si
                  vault=sisa_engine.vault)
     for key in ("ta", "mia_efficacy", "mia_heldout", "loss_auc", "expected_ua", "ua", "ra"):
         assert record["metrics"][key] == fresh[key], key
+
+
+def test_an_approximate_method_stops_on_rows_its_shard_never_saw_not_on_the_test_split(sisa_engine, monkeypatch):
+    """The stopping rule's held-out rows are other shards' training rows (never trained on
+    by the constituent); the test split stands in only where there is one shard."""
+    from workers.engine import approximate, checkpoints, unlearning
+
+    seen = []
+    real = unlearning.run
+
+    def spy(name, model, forget, retain, *, heldout=None, overrides=None):
+        seen.append((heldout, retain))
+        return real(name, model, forget, retain, heldout=heldout, overrides=overrides)
+
+    monkeypatch.setattr(approximate.unlearning, "run", spy)
+    owners = [o for o, _ in sisa_engine.dataset("digits").owners(limit=2)]
+    v2 = sisa_engine.unlearn("m", owners[:1], mode="approximate", method="ga")
+    ((heldout, retain),) = seen
+    assert len(heldout) >= approximate.MIN_HELDOUT_ROWS
+    mine = {r.numpy().tobytes() for r in retain.x}
+    assert not any(r.numpy().tobytes() in mine for r in heldout.x)  # none of its own shard's rows
+
+    def heldout_from(version):
+        touched = next(c for c in version["constituents"] if c["status"] == "approximate")
+        return checkpoints.loads(sisa_engine.store.get_blob(touched["weights"])).info["heldout"]
+
+    assert heldout_from(v2) == "other_shards"
+    sisa_engine.train("mono", dataset="digits", architecture="mlp", strategy=Strategy("monolithic"), config=FAST)
+    v = sisa_engine.unlearn("mono", owners[1:], mode="approximate", method="ga")
+    assert heldout_from(v) == "test"  # one shard: every training row was seen

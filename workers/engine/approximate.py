@@ -14,7 +14,7 @@ from workers.engine.errors import DatasetError, ForgetSetUnavailable
 from workers.engine.ids import get_ids
 from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan, ShardPlan
-from workers.engine.training import scaled
+from workers.engine.training import DeviceData, derive_seed, scaled
 from workers.engine.vault import Vault
 
 
@@ -31,8 +31,12 @@ def unlearn_constituent(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: 
         retain = unlearning.Split(data.x[positions], data.labels(positions))
     except KeyError:
         raise DatasetError(f"dataset {spec['dataset']!r} changed while shard {shard} was planned") from None
-    test = test_tensors(ds, device)
-    heldout = unlearning.Split(*test) if test is not None else None
+    unseen = heldout_rows(data, kept, seed=derive_seed(spec["recipe"].get("seed", 0), "heldout", shard))
+    if unseen is not None:
+        heldout, heldout_from = unlearning.Split(*unseen), "other_shards"
+    else:  # one shard: no training row is unseen by it
+        test = test_tensors(ds, device)
+        heldout, heldout_from = (unlearning.Split(*test), "test") if test is not None else (None, None)
     model = sisa.load_constituent(store.get_blob(entry.parent_weights), device)
     method = plan.method
     progress(f"unlearning {len(forget_ids)} samples from shard {shard} with {method.name}")
@@ -48,9 +52,28 @@ def unlearn_constituent(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: 
         "unlearned_from": entry.parent_weights,
         "forgot_sample_ids_digest": ids_digest(forget_ids),
         "method": {"name": method.name, "config": method.config},
+        "heldout": heldout_from,  # what the method's stopping rule took as data never trained on
     }
     blob = checkpoints.dumps(result.model, torch.optim.SGD(result.model.parameters(), lr=0.0), info)
     return store.put_blob(blob)
+
+
+HELDOUT_ROWS = 4096  # at most this many unseen rows for a method's stopping rule
+MIN_HELDOUT_ROWS = 200  # fewer, and the test split stands in
+
+
+def heldout_rows(data: DeviceData, kept: np.ndarray, *, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rows the constituent never trained on, for a method's stopping rule: a seeded
+    sample of the dataset's rows held now outside its shard (the other shards' rows, on
+    a SISA model). Training rows, not the test split, so the test accuracy reported for
+    the version is not also what tuned the method. None on a single shard."""
+    unseen = data.sample_ids[~np.isin(data.sample_ids, kept, kind="table")]
+    if len(unseen) < MIN_HELDOUT_ROWS:
+        return None
+    if len(unseen) > HELDOUT_ROWS:
+        unseen = np.sort(np.random.default_rng(seed).choice(unseen, HELDOUT_ROWS, replace=False))
+    positions = data.rows(unseen)
+    return data.x[positions], data.labels(positions)
 
 
 def forget_inputs(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: Dataset, vault: Vault,
