@@ -136,3 +136,33 @@ def test_deltagrad_after_another_method_retrains_by_gradient_descent(digits_engi
     assert "deltagrad" not in v2["metrics"]  # ft's weights carry no trajectory
     v3 = digits_engine.unlearn("gd", owners[1:], mode="approximate", method="deltagrad")
     assert v3["metrics"]["deltagrad"]["no_trajectory"] is True and v3["exact"] is True
+
+
+@pytest.mark.parametrize("t0", [5, 7, 10])
+def test_a_second_removal_on_another_schedule_takes_pairs_only_where_gradients_are_exact(digits, t0):
+    """The replayed path stores approximated gradients at its approximate steps; a pair
+    against one of them is not curvature (with t0 = 7 after t0 = 5 the replay diverged)."""
+    phi, ypm = digits
+    first_schedule = deltagrad.Schedule(lr=4.0, iterations=150)
+    _, trajectory = deltagrad.train(phi, ypm, first_schedule)
+    first, second = _gone(len(phi), 30, 6), _gone(len(phi), 60, 7)
+    second &= ~first
+    one = deltagrad.remove(trajectory, phi[~first], ypm[~first], phi[first], ypm[first], first_schedule)
+    assert one.trajectory.exact is not None and int(one.trajectory.exact.sum()) == one.exact_steps
+    keep, gone = ~(first | second), second[~first]
+    other = deltagrad.Schedule(lr=4.0, iterations=150, t0=t0)
+    two = deltagrad.remove(one.trajectory, phi[keep], ypm[keep], phi[~first][gone], ypm[~first][gone], other)
+    assert two.trajectory.replays == 2
+    assert _rel(two.weights, deltagrad.retrain(phi[keep], ypm[keep], first_schedule)) < 1e-2  # was 95 at t0 = 7
+
+
+def test_after_max_replays_the_head_is_retrained(digits_engine):
+    _train_gd(digits_engine, iterations=30)
+    owners = [o for o, _ in digits_engine.dataset("digits").owners(limit=2)]
+    v2 = digits_engine.unlearn("gd", owners[:1], mode="approximate", method="deltagrad",
+                               method_config={"max_replays": 1})
+    assert v2["metrics"]["deltagrad"]["replays"] == 1 and v2["exact"] is False
+    v3 = digits_engine.unlearn("gd", owners[1:], mode="approximate", method="deltagrad",
+                               method_config={"max_replays": 1})
+    report = v3["metrics"]["deltagrad"]
+    assert report["replay_limit"] == 1 and report["retrained"] is True and v3["exact"] is True

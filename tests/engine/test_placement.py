@@ -113,3 +113,31 @@ def test_label_skewed_owners_hold_few_classes_and_are_reproducible(engine):
         assign_owners(2000, seed=3, labels=labels, label_alpha=0.0)
     info = engine.import_dataset("d", "digits", seed=0, label_alpha=0.5)
     assert info.source["owners"]["label_alpha"] == 0.5
+
+
+def test_every_shard_gets_an_owner_for_each_of_its_slices():
+    """Owners of sizes 10,10,10,10,30,30 in 2 shards x 3 slices: cut by sample count alone
+    the second shard would hold two owners, and one of its slices none."""
+    sizes = np.array([10, 10, 10, 10, 30, 30])
+    groups = placement.contiguous_groups(np.arange(6), sizes, 2, min_owners=3)
+    assert [len(g) for g in groups] == [3, 3]
+    ids = np.arange(100)
+    codes = np.repeat(np.arange(6), sizes).astype(np.int32)
+    cut = sisa.partition_owners(ids, codes, [f"o{i}" for i in range(6)], 2, 3, order=np.arange(6))
+    assert all(len(s) > 0 for shard in cut for s in shard)
+    with pytest.raises(ValueError, match="at least 3"):
+        placement.contiguous_groups(np.arange(5), sizes, 2, min_owners=3)
+
+
+def test_the_embedding_is_each_owners_mean_row_projected():
+    rng = np.random.default_rng(0)
+    x = rng.random((50, 6)).astype(np.float32)
+    codes = rng.integers(0, 7, 50)
+    counts = np.bincount(codes, minlength=8)  # owner 7 holds nothing
+    ids = np.arange(50)
+    blocks = [(ids[:20], x[:20]), (ids[20:], x[20:])]
+    got = placement.owner_embedding(blocks, lambda i: codes[i], counts, 6, dims=4, seed=1)
+    proj = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32) / 2
+    for o in range(7):
+        assert np.allclose(got[o], (x[codes == o] @ proj).mean(0), atol=1e-5)
+    assert np.all(got[7] == 0)

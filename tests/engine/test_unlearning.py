@@ -192,3 +192,21 @@ def test_distill_forgets_through_its_influence_weighted_term_and_can_start_fresh
     assert far > 5 * (_flat(plain.model) - _flat(original)).norm()  # none of the teacher's weights kept
     with pytest.raises(ValueError, match="init must be"):
         unlearning.config("distill", {"init": "teacher's"})
+
+
+def test_a_fresh_distilled_student_stops_where_the_teacher_says_unseen_data_sits(digits, original):
+    """With init="fresh" the stopping target still comes from the teacher (a random
+    student's held-out accuracy would be chance, and the ascent would run to it)."""
+    raw, x, y, test = digits
+    mask = np.random.default_rng(1).random(len(y)) < 0.1
+    forget, retain = _splits(y, mask, x)
+    fresh = unlearning.run("distill", original, forget, retain, heldout=test, overrides={"init": "fresh", "epochs": 15})
+    assert _acc(fresh.model, forget) > 0.7 and _acc(fresh.model, test) > 0.8
+
+
+def test_a_fresh_start_renews_parameters_no_layer_initialises():
+    from workers.engine.unlearning.distill import _reset
+
+    head = nets.build("certified_linear", [1, 8, 8], 10, seed=0)  # its weight sits on the root, zeros
+    _reset(head)
+    assert head.weight.abs().sum() > 0

@@ -55,6 +55,14 @@ class Trajectory:
     weights: torch.Tensor
     gradients: torch.Tensor
     n: int
+    # Which stored gradients are exact (all, after training; the exact steps, after a
+    # replay). Curvature pairs are taken only there: a pair against an approximated
+    # gradient is not curvature, and a later replay on another schedule would diverge.
+    exact: torch.Tensor | None = None  # bool, T; None: all
+    replays: int = 0  # removals replayed since the head was trained
+
+    def exact_at(self, t: int) -> bool:
+        return self.exact is None or bool(self.exact[t])
 
 
 @dataclass
@@ -122,23 +130,31 @@ def remove(trajectory: Trajectory, phi_keep: torch.Tensor, ypm_keep: torch.Tenso
     steps = len(trajectory.weights)
     v = trajectory.weights[0].clone()
     weights, gradients = torch.empty_like(trajectory.weights), torch.empty_like(trajectory.gradients)
+    was_exact = torch.zeros(steps, dtype=torch.bool)
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    exact = approximate = 0
     for t in range(steps):
         w_t, g_t = trajectory.weights[t], trajectory.gradients[t]
         removed = data_gradient(v, phi_gone, ypm_gone)
         if t < schedule.j0 or (t - schedule.j0) % schedule.t0 == 0 or not pairs:
             kept = data_gradient(v, phi_keep, ypm_keep)
-            full = (kept + removed) / n
-            s, y = v - w_t, full - g_t
-            if ((s * y).sum(0) > 1e-30 * (s * s).sum(0).clamp_min(1e-300)).all():  # positive curvature per class
-                pairs = (pairs + [(s, y)])[-schedule.m:]
+            if trajectory.exact_at(t):
+                s, y = v - w_t, (kept + removed) / n - g_t
+                if _curvature(s, y):
+                    pairs = (pairs + [(s, y)])[-schedule.m:]
             remaining = kept / (n - r)
-            exact += 1
+            was_exact[t] = True
         else:
             full = g_t + _lbfgs_product(pairs, v - w_t)
             remaining = (n * full - removed) / (n - r)
-            approximate += 1
         weights[t], gradients[t] = v, remaining
         v = v - schedule.lr * (remaining + schedule.l2 * v)
-    return Replay(v, Trajectory(weights, gradients, n - r), exact, approximate)
+    exact = int(was_exact.sum())
+    return Replay(v, Trajectory(weights, gradients, n - r, was_exact, trajectory.replays + 1), exact, steps - exact)
+
+
+def _curvature(s: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether ``(s, y)`` is a curvature pair of the data term for every class: ``0 <
+    s.y`` and ``y.y <= s.y / 4``, since its Hessian is at most 1/4 on unit-norm rows (a
+    pair outside that did not come from the loss, and would make B unstable)."""
+    sy, yy = (s * y).sum(0), (y * y).sum(0)
+    return bool(((sy > 0) & (yy <= 0.25 * (1 + 1e-6) * sy)).all())

@@ -27,6 +27,7 @@ from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan, ShardPlan
 from workers.engine.sisa import Strategy
 from workers.engine.training import DeviceData, derive_seed
+from workers.engine.unlearning.deltagrad import Config as DeltaGradConfig
 
 ARCHITECTURE = "certified_linear"
 
@@ -66,7 +67,7 @@ def _save(store: ModelStore, spec: dict, head: Head, ids: np.ndarray, *, noise_s
 
 def _schedule(strategy: Strategy, method_config: dict | None = None) -> deltagrad.Schedule:
     """The gd trainer's schedule: training from the strategy, replaying from the method."""
-    replay = {k: v for k, v in (method_config or {}).items() if k in ("j0", "t0", "m")}
+    replay = {k: v for k, v in (method_config or {}).items() if k in ("j0", "t0", "m")}  # not max_replays
     return deltagrad.Schedule(lr=strategy.lr, iterations=strategy.iterations, l2=strategy.l2, **replay)
 
 
@@ -76,12 +77,15 @@ def _save_gd(store: ModelStore, spec: dict, weights: torch.Tensor, trajectory: d
     blob of ``2 x iterations x d x K`` float64) for the next DeltaGrad removal."""
     model = nets.build(ARCHITECTURE, spec["input_shape"], spec["num_classes"], seed=0)
     model.weight.data = weights.T.to(model.weight.dtype).cpu().contiguous()
+    exact = trajectory.exact if trajectory.exact is not None else torch.ones(len(trajectory.weights), dtype=torch.bool)
     path = store.put_blob(st_save({"weights": trajectory.weights.cpu().contiguous(),
-                                   "gradients": trajectory.gradients.cpu().contiguous()}))
+                                   "gradients": trajectory.gradients.cpu().contiguous(),
+                                   "exact": exact.to(torch.uint8).cpu().contiguous()}))
     info = {
         "architecture": ARCHITECTURE, "input_shape": spec["input_shape"], "num_classes": spec["num_classes"],
         "shard": 0, "slice": 0, "samples_seen": int(len(ids)), "manifest_digest": ids_digest(ids),
-        "deltagrad": {"trajectory": path, "n": trajectory.n, "retrained": retrained, **(extra or {})},
+        "deltagrad": {"trajectory": path, "n": trajectory.n, "replays": trajectory.replays, "retrained": retrained,
+                      **(extra or {})},
     }
     return store.put_blob(checkpoints.dumps(model, torch.optim.SGD(model.parameters(), lr=0.0), info))
 
@@ -128,13 +132,19 @@ def _replay_head(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, torch
     parent = checkpoints.loads(store.get_blob(entry.parent_weights))
     state = parent.info.get("deltagrad")
     strategy = Strategy(**spec["strategy"])
-    if state is None or strategy.trainer != "gd" or state["n"] != len(ids) + len(forget[1]):
+    if strategy.trainer != "gd":
+        raise ModelError("deltagrad runs on linear models trained with trainer 'gd'")
+    trained_on = ids_digest(np.union1d(ids, get_ids(store, entry.forget_ids)))
+    if state is None or parent.info.get("manifest_digest") != trained_on:
         progress("nothing to replay: retraining the linear head by gradient descent")
-        if strategy.trainer != "gd":
-            raise ModelError("deltagrad runs on linear models trained with trainer 'gd'")
         return _train_gd(spec, phi, y, ids, store=store, retrained=True, extra={"no_trajectory": True})
+    limit = plan.method.config.get("max_replays", DeltaGradConfig.max_replays)
+    if state.get("replays", 0) >= limit:  # each replay's approximations add up: start again
+        progress(f"{limit} removals replayed since training: retraining the linear head by gradient descent")
+        return _train_gd(spec, phi, y, ids, store=store, retrained=True, extra={"replay_limit": limit})
     blob = st_load(store.get_blob(state["trajectory"]))
-    trajectory = deltagrad.Trajectory(blob["weights"].to(device), blob["gradients"].to(device), state["n"])
+    trajectory = deltagrad.Trajectory(blob["weights"].to(device), blob["gradients"].to(device), state["n"],
+                                      blob["exact"].bool() if "exact" in blob else None, state.get("replays", 0))
     k = spec["num_classes"]
     replay = deltagrad.remove(trajectory, phi, certified.signs(y, k), nets.certified_features(forget[0].double()),
                               certified.signs(forget[1], k), _schedule(strategy, plan.method.config))

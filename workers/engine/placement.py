@@ -24,20 +24,23 @@ EMBED_DIMS = 32
 BLOCK_ROWS = 8192
 
 
-def contiguous_groups(order: np.ndarray, sizes: np.ndarray, k: int) -> list[np.ndarray]:
-    """Cut ``order`` (owner codes) into ``k`` contiguous non-empty runs whose sample
-    counts (``sizes[code]``) are near ``total / k`` each."""
-    if len(order) < k:
-        raise ValueError(f"cannot place {len(order)} owners in {k} groups")
+def contiguous_groups(order: np.ndarray, sizes: np.ndarray, k: int, min_owners: int = 1) -> list[np.ndarray]:
+    """Cut ``order`` (owner codes) into ``k`` contiguous runs of at least ``min_owners``
+    owners each (a shard's slices need one owner each), whose sample counts
+    (``sizes[code]``) are near ``total / k``."""
+    if len(order) < k * min_owners:
+        raise ValueError(f"cannot place {len(order)} owners in {k} groups of at least {min_owners}")
     total = float(sizes[order].sum())
-    cut, group, load = np.empty(len(order), dtype=np.int32), 0, 0.0
+    cut, group, load, members = np.empty(len(order), dtype=np.int32), 0, 0.0, 0
     for pos, owner in enumerate(order):
         size = float(sizes[owner])
-        if group < k - 1 and pos > 0 and cut[pos - 1] == group and (
-                load + size / 2 > total * (group + 1) / k or len(order) - pos == k - 1 - group):
-            group += 1  # this owner's midpoint is past the boundary, or the rest must fill the groups left
+        left = len(order) - pos  # owners not placed yet, this one included
+        if group < k - 1 and members >= min_owners and (
+                load + size / 2 > total * (group + 1) / k or left == (k - 1 - group) * min_owners):
+            group, members = group + 1, 0  # past the boundary, or the rest must fill the groups left
         cut[pos] = group
         load += size
+        members += 1
     return [order[cut == g] for g in range(k)]
 
 
@@ -45,30 +48,32 @@ def label_order(codes: np.ndarray, labels: np.ndarray, n_owners: int, num_classe
     """Owner codes ordered by dominant label, then runner-up label, purest first."""
     hist = np.bincount(codes.astype(np.int64) * num_classes + labels, minlength=n_owners * num_classes)
     hist = hist.reshape(n_owners, num_classes).astype(np.float64)
-    ranked = np.argsort(-hist, axis=1, kind="stable")
-    dominant = ranked[:, 0]
-    runner_up = ranked[:, 1] if num_classes > 1 else np.zeros(n_owners, dtype=np.int64)
+    dominant = hist.argmax(1)
+    rest = hist.copy()
+    rest[np.arange(n_owners), dominant] = -1
+    runner_up = np.where(rest.max(1) > 0, rest.argmax(1), -1)  # -1: a pure owner, first in its label
     purity = hist.max(1) / np.maximum(hist.sum(1), 1)
     return np.lexsort((np.arange(n_owners), -purity, runner_up, dominant))
 
 
-def owner_embedding(blocks, codes_of, n_owners: int, width: int, *, dims: int = EMBED_DIMS,
+def owner_embedding(blocks, codes_of, counts: np.ndarray, width: int, *, dims: int = EMBED_DIMS,
                     seed: int = 0) -> np.ndarray:
-    """Each owner's mean row under a fixed random projection to ``dims`` dimensions.
+    """Each owner's mean row under a fixed random projection to ``dims`` dimensions
+    (float32, owners x dims); ``counts`` is each owner's number of rows.
 
     ``blocks`` yields ``(sample_ids, x)`` pieces of the data (any order, any size);
     ``codes_of(sample_ids)`` gives their owner codes. Only one block of
     :data:`BLOCK_ROWS` rows is in memory at a time."""
     proj = np.random.default_rng(seed).standard_normal((width, dims)).astype(np.float32) / np.sqrt(dims)
-    sums = np.zeros((n_owners, dims))
-    counts = np.zeros(n_owners)
+    sums = np.zeros((len(counts), dims), dtype=np.float32)
     for ids, x in blocks:
         for start in range(0, len(ids), BLOCK_ROWS):
             rows = np.asarray(x[start:start + BLOCK_ROWS], dtype=np.float32).reshape(-1, width)
             owner = codes_of(ids[start:start + BLOCK_ROWS])
-            np.add.at(sums, owner, rows @ proj)
-            counts += np.bincount(owner, minlength=n_owners)
-    return sums / np.maximum(counts, 1)[:, None]
+            order = np.argsort(owner, kind="stable")
+            starts = np.flatnonzero(np.r_[True, np.diff(owner[order]) != 0])
+            sums[owner[order][starts]] += np.add.reduceat((rows @ proj)[order], starts, axis=0)
+    return sums / np.maximum(counts, 1)[:, None].astype(np.float32)
 
 
 def kmeans_order(points: np.ndarray, weights: np.ndarray, k: int, *, seed: int = 0,
@@ -79,10 +84,11 @@ def kmeans_order(points: np.ndarray, weights: np.ndarray, k: int, *, seed: int =
     n = len(points)
     w = weights.astype(np.float64) / weights.sum()
     centres = [points[rng.choice(n, p=w)]]
+    d2 = _sq_dist(points, centres[0][None])[:, 0]
     for _ in range(1, min(k, n)):
-        d2 = _sq_dist(points, np.asarray(centres)).min(1)
         p = w * d2
         centres.append(points[rng.choice(n, p=p / p.sum()) if p.sum() > 0 else rng.choice(n)])
+        d2 = np.minimum(d2, _sq_dist(points, centres[-1][None])[:, 0])  # distance to the nearest centre so far
     centres = np.asarray(centres)
     for _ in range(iterations):
         assign = _sq_dist(points, centres).argmin(1)
@@ -102,5 +108,5 @@ def kmeans_order(points: np.ndarray, weights: np.ndarray, k: int, *, seed: int =
 
 def _sq_dist(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Squared distances, owners x centres, without an owners x centres x dims array."""
-    d = (points ** 2).sum(1)[:, None] - 2 * points @ centres.T + (centres ** 2).sum(1)[None]
+    d = (points * points).sum(1, dtype=np.float64)[:, None] - 2 * (points @ centres.T) + (centres * centres).sum(1)[None]
     return np.maximum(d, 0)

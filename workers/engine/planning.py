@@ -14,7 +14,7 @@ import numpy as np
 from models_store import ModelNotFound, ModelStore
 from workers.engine import linear, nets, placement, sisa, unlearning, weights
 from workers.engine.digests import ids_digest
-from workers.engine.errors import MethodNotSupported, ModelError
+from workers.engine.errors import DatasetError, MethodNotSupported, ModelError
 from workers.engine.ids import put_ids, slice_ids
 from workers.engine.ledger import ChunkedRows, Dataset, check_name
 from workers.engine.plans import MethodSpec, Plan, PlanKind, Removal, ShardPlan, ShardStatus
@@ -50,7 +50,10 @@ def owner_order(ds: Dataset, partition: str, ids: np.ndarray, codes: np.ndarray,
     sorted_ids = ids[by_id]
 
     def codes_of(sample_ids: np.ndarray) -> np.ndarray:
-        return codes[by_id[np.searchsorted(sorted_ids, sample_ids)]]
+        at = np.minimum(np.searchsorted(sorted_ids, sample_ids), len(sorted_ids) - 1)
+        if not np.array_equal(sorted_ids[at], sample_ids):  # the two reads saw different rows
+            raise DatasetError("the dataset changed while its shards were cut; train again")
+        return codes[by_id[at]]
 
     info = ds.info()
     arrays = ds.load_arrays(lazy=True)
@@ -59,8 +62,9 @@ def owner_order(ds: Dataset, partition: str, ids: np.ndarray, codes: np.ndarray,
     parts = arrays.x.parts if isinstance(arrays.x, ChunkedRows) else [arrays.x]
     starts = np.cumsum([0] + [len(p) for p in parts])
     blocks = ((arrays.sample_ids[a:a + len(p)], p) for p, a in zip(parts, starts))
-    embedding = placement.owner_embedding(blocks, codes_of, len(names), int(np.prod(info.input_shape)))
-    return placement.kmeans_order(embedding, np.bincount(codes, minlength=len(names)).astype(np.float64), shards)
+    counts = np.bincount(codes, minlength=len(names))
+    embedding = placement.owner_embedding(blocks, codes_of, counts, int(np.prod(info.input_shape)))
+    return placement.kmeans_order(embedding, counts.astype(np.float64), shards)
 
 
 def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, strategy: sisa.Strategy,

@@ -172,7 +172,7 @@ def partition_owners(sample_ids: np.ndarray, owner_codes: np.ndarray, owner_name
         shard_groups = _balanced_groups(sizes, shards)
     else:
         held = order[counts[order] > 0]
-        shard_groups = [[owner_names[c] for c in run] for run in placement.contiguous_groups(held, counts, shards)]
+        shard_groups = [[owner_names[c] for c in run] for run in placement.contiguous_groups(held, counts, shards, slices)]
     for shard_owners in shard_groups:
         groups = _balanced_groups({o: sizes[o] for o in shard_owners}, slices)
         group_of.fill(-1)

@@ -16,11 +16,15 @@ class Config:
     j0: int = 10  # exact steps at the start (burn-in)
     t0: int = 5  # then one exact step in t0
     m: int = 2  # curvature pairs kept
+    # Each replayed path carries its approximations into the next removal: after this
+    # many removals since training, the head is retrained by gradient descent instead.
+    max_replays: int = 25
     seed: int = 0
 
     def __post_init__(self):
-        if self.j0 < 1 or self.t0 < 1 or self.m < 1:
-            raise ValueError(f"j0, t0 and m must be >= 1, got {self.j0}, {self.t0}, {self.m}")
+        if self.j0 < 1 or self.t0 < 1 or self.m < 1 or self.max_replays < 1:
+            raise ValueError(f"j0, t0, m and max_replays must be >= 1, got {self.j0}, {self.t0}, {self.m}, "
+                             f"{self.max_replays}")
 
 
 def unlearn(model, forget, retain, cfg: Config, *, heldout=None):

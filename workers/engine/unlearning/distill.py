@@ -44,9 +44,18 @@ class Config:
 
 
 def _reset(model: torch.nn.Module) -> None:
+    """New weights for every parameter: each layer's own initialisation where it has one
+    (``reset_parameters``, the root's included), else Xavier for matrices and zeros for
+    vectors (bare parameters such as a ViT's class token)."""
+    covered = set()
     for module in model.modules():
-        if module is not model and hasattr(module, "reset_parameters"):
+        if hasattr(module, "reset_parameters"):
             module.reset_parameters()
+            covered.update(id(p) for p in module.parameters(recurse=False))
+    with torch.no_grad():
+        for p in model.parameters():
+            if id(p) not in covered:
+                torch.nn.init.xavier_uniform_(p) if p.dim() >= 2 else p.zero_()
 
 
 def unlearn(model, forget: Split, retain: Split, cfg: Config, *, heldout: Split | None = None):
@@ -54,10 +63,12 @@ def unlearn(model, forget: Split, retain: Split, cfg: Config, *, heldout: Split 
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    # The stopping target is what the teacher shows on held-out rows (set before a fresh
+    # start: a random student's accuracy there would be chance).
+    monitor = ForgetMonitor(model, forget, retain, heldout, gen, every=cfg.check_every)
     if cfg.init == "fresh":
         _reset(model)
     opt = optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-    monitor = ForgetMonitor(model, forget, retain, heldout, gen, every=cfg.check_every)
     t = cfg.temperature
 
     def retain_loss(m, x, y):
