@@ -141,3 +141,26 @@ def test_the_embedding_is_each_owners_mean_row_projected():
     for o in range(7):
         assert np.allclose(got[o], (x[codes == o] @ proj).mean(0), atol=1e-5)
     assert np.all(got[7] == 0)
+
+
+def _dense_label_order(codes, labels, n_owners, num_classes):
+    """The owners x classes table the sparse label_order avoids, as a reference."""
+    hist = np.bincount(codes.astype(np.int64) * num_classes + labels, minlength=n_owners * num_classes)
+    hist = hist.reshape(n_owners, num_classes).astype(np.float64)
+    dominant = hist.argmax(1)
+    rest = hist.copy()
+    rest[np.arange(n_owners), dominant] = -1
+    runner_up = np.where(rest.max(1) > 0, rest.argmax(1), -1)
+    purity = hist.max(1) / np.maximum(hist.sum(1), 1)
+    return np.lexsort((np.arange(n_owners), -purity, runner_up, dominant))
+
+
+def test_label_order_from_pairs_matches_the_full_table():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n_owners, classes = int(rng.integers(1, 40)), int(rng.integers(1, 12))
+        n = int(rng.integers(n_owners, 400))
+        codes = np.concatenate([np.arange(n_owners), rng.integers(0, n_owners, n - n_owners)]).astype(np.int32)
+        labels = rng.integers(0, classes, n).astype(np.int32)
+        assert np.array_equal(placement.label_order(codes, labels, n_owners, classes),
+                              _dense_label_order(codes, labels, n_owners, classes))

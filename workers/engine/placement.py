@@ -45,14 +45,25 @@ def contiguous_groups(order: np.ndarray, sizes: np.ndarray, k: int, min_owners: 
 
 
 def label_order(codes: np.ndarray, labels: np.ndarray, n_owners: int, num_classes: int) -> np.ndarray:
-    """Owner codes ordered by dominant label, then runner-up label, purest first."""
-    hist = np.bincount(codes.astype(np.int64) * num_classes + labels, minlength=n_owners * num_classes)
-    hist = hist.reshape(n_owners, num_classes).astype(np.float64)
-    dominant = hist.argmax(1)
-    rest = hist.copy()
-    rest[np.arange(n_owners), dominant] = -1
-    runner_up = np.where(rest.max(1) > 0, rest.argmax(1), -1)  # -1: a pure owner, first in its label
-    purity = hist.max(1) / np.maximum(hist.sum(1), 1)
+    """Owner codes ordered by dominant label, then runner-up label, purest first.
+
+    Works on the (owner, label) pairs that occur, not an owners x classes table (a
+    million owners of a thousand classes would be gigabytes); ties go to the lower label."""
+    keys, counts = np.unique(codes.astype(np.int64) * num_classes + labels, return_counts=True)
+    owner, label = keys // num_classes, keys % num_classes
+    ranked = np.lexsort((label, -counts, owner))  # per owner: the most frequent label first
+    owner, label, counts = owner[ranked], label[ranked], counts[ranked]
+    first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])  # each owner's top pair
+    dominant = np.zeros(n_owners, dtype=np.int64)
+    runner_up = np.full(n_owners, -1, dtype=np.int64)  # -1: a pure owner, first in its label
+    purity = np.zeros(n_owners)
+    totals = np.bincount(owner, weights=counts, minlength=n_owners)
+    dominant[owner[first]] = label[first]
+    purity[owner[first]] = counts[first] / totals[owner[first]]
+    second = first + 1
+    has_second = second < len(owner)
+    has_second[has_second] = owner[second[has_second]] == owner[first[has_second]]
+    runner_up[owner[first[has_second]]] = label[second[has_second]]
     return np.lexsort((np.arange(n_owners), -purity, runner_up, dominant))
 
 
