@@ -166,3 +166,19 @@ def test_after_max_replays_the_head_is_retrained(digits_engine):
                                method_config={"max_replays": 1})
     report = v3["metrics"]["deltagrad"]
     assert report["replay_limit"] == 1 and report["retrained"] is True and v3["exact"] is True
+
+
+@pytest.mark.parametrize("trainer", ["gd", "solver"])
+def test_removing_every_row_of_a_linear_head_is_a_clear_error(engine, trainer):
+    from workers.engine.errors import ModelError
+    from workers.engine.sisa import Strategy
+    from workers.engine.training import TrainConfig
+
+    engine.import_dataset("two", "digits", seed=0, owners=2)
+    engine.train("lin", dataset="two", architecture="linear", config=TrainConfig(seed=0),
+                 strategy=Strategy("linear", trainer=trainer, **({"iterations": 10} if trainer == "gd" else {})))
+    everyone = [o for o, _ in engine.dataset("two").owners(limit=2)]
+    method = "deltagrad" if trainer == "gd" else "certified"
+    for mode, kwargs in (("approximate", {"method": method}), ("sisa", {})):
+        with pytest.raises(ModelError, match="nothing left to train it on"):
+            engine.unlearn("lin", everyone, mode=mode, **kwargs)

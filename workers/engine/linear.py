@@ -33,6 +33,9 @@ ARCHITECTURE = "certified_linear"
 
 
 def _features(data: DeviceData, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    if not len(ids):
+        raise ModelError("every row the linear head learned from has been removed: there is nothing left to "
+                         "train it on")
     try:
         positions = data.rows(ids)
     except KeyError:
