@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +25,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from time_to_version import ROOT, free_port, wait_for  # noqa: E402
+from time_to_version import ROOT, lethe_serve, wait_for  # noqa: E402
 
 GAP_KEYS = ("ua", "ra", "ta", "mia_efficacy")
 
@@ -40,17 +37,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "auto_policy.json"))
     args = p.parse_args()
-    data = Path(tempfile.mkdtemp(prefix="lethe-auto-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
-    serve = subprocess.Popen([sys.executable, "-m", "app.cli", "--data-dir", str(data), "serve", "--port", str(port),
-                              "--no-demo"], env=env, cwd=ROOT, stdout=(data / "serve.log").open("w"),
-                             stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        keys = wait_for(lambda: (data / "api-keys.json").exists() and json.loads((data / "api-keys.json").read_text()), 60)
-        admin = {"Authorization": f"Bearer {keys['admin']}"}
-        client = {"Authorization": f"Bearer {keys['client']}"}
+    with lethe_serve("lethe-auto-", "--no-demo") as (url, admin, client, _):
         http = httpx.Client(base_url=url, timeout=600)
 
         def ready():
@@ -120,12 +107,6 @@ def main() -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"rows": rows, "args": vars(args), "cpus": os.cpu_count()}, indent=1))
         return 0
-    finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

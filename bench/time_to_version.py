@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -42,22 +43,35 @@ def wait_for(fn, timeout, every=0.05):
     raise TimeoutError("timed out")
 
 
+@contextmanager
+def lethe_serve(prefix: str, *options: str):
+    """``lethe serve`` on a fresh data directory and a free port, without the caller's
+    LETHE_* settings: yields (url, admin headers, client headers, data dir) once its keys
+    are written, and stops it (its whole process group) afterwards."""
+    data = Path(tempfile.mkdtemp(prefix=prefix))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
+    serve = subprocess.Popen([sys.executable, "-m", "app.cli", "--data-dir", str(data), "serve", "--port", str(port),
+                              *options], env=env, cwd=ROOT, stdout=(data / "serve.log").open("w"),
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        keys = wait_for(lambda: (data / "api-keys.json").exists() and json.loads((data / "api-keys.json").read_text()), 60)
+        yield (f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {keys['admin']}"},
+               {"Authorization": f"Bearer {keys['client']}"}, data)
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        try:
+            serve.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=15)
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "time_to_version.json"))
     args = p.parse_args()
-    data = Path(tempfile.mkdtemp(prefix="lethe-ttv-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
-    serve = subprocess.Popen([sys.executable, "-m", "app.cli", "--data-dir", str(data), "serve", "--port", str(port)],
-                             env=env, cwd=ROOT, stdout=(data / "serve.log").open("w"), stderr=subprocess.STDOUT,
-                             start_new_session=True)
-    try:
-        keys = wait_for(lambda: (data / "api-keys.json").exists() and json.loads((data / "api-keys.json").read_text()), 60)
-        admin = {"Authorization": f"Bearer {keys['admin']}"}
-        client = {"Authorization": f"Bearer {keys['client']}"}
+    with lethe_serve("lethe-ttv-") as (url, admin, client, _):
 
         def model_ready():
             try:
@@ -92,12 +106,6 @@ def main() -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
         return 0
-    finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

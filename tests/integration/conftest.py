@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -112,6 +113,20 @@ class Stack:
 
 def _admin_conn():
     return psycopg.connect(PG, autocommit=True)
+
+
+@contextmanager
+def scratch_database(prefix: str):
+    """A fresh, empty PostgreSQL database for one test; its URL (as the owner). Dropped
+    afterwards, connections and all."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with _admin_conn() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with _admin_conn() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def require_postgres(who: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 import warnings
 
 import pytest
@@ -19,7 +18,7 @@ from app.migrate import upgrade
 from app.settings import Settings
 from app.statuses import JobStatus, OutcomeStatus
 from app.tables import DeletionOutcomeRow, JobRow
-from tests.integration.conftest import PG, _admin_conn, require_postgres
+from tests.integration.conftest import require_postgres, scratch_database
 from tests.service_helpers import A, ADMIN, C, CLIENT, TINY_MODEL, an_owner, run_worker_inline
 
 warnings.filterwarnings("ignore", message=".*httpx.*")
@@ -32,11 +31,7 @@ pytestmark = pytest.mark.integration
 def pg_ready(tmp_path):
     """The API on a fresh PostgreSQL database, digits imported, a tiny model trained."""
     require_postgres("the job race tests")
-    name = f"lethe_race_{uuid.uuid4().hex[:10]}"
-    with _admin_conn() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG.rsplit("/", 1)[0] + "/" + name
-    try:
+    with scratch_database("lethe_race") as url:
         upgrade(url)
         settings = Settings(data_dir=tmp_path / "lethe", admin_keys=[ADMIN], client_keys=[CLIENT], device="cpu",
                             database_url=url, broker_url=None, result_backend=None)
@@ -50,9 +45,6 @@ def pg_ready(tmp_path):
             run_worker_inline(app)
             yield client
         app.state.sessionmaker.kw["bind"].dispose()
-    finally:
-        with _admin_conn() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_a_claim_waits_for_a_failing_job_and_never_attaches_requests_to_it(pg_ready):
