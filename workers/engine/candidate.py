@@ -34,7 +34,7 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
     rte = sum(seconds.values()) if seconds else None
     spec = plan.spec
     test = test_tensors(ds, device)
-    constituents, artifacts, probs, every_id, certificates, replays = [], {}, [], [], [], []
+    constituents, artifacts, probs, every_id, head_reports = [], {}, [], [], {}
     for entry in plan.shards:
         shard, weights = entry.shard, None
         if entry.status == ShardStatus.APPROXIMATE:
@@ -72,16 +72,10 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             constituent["tainted_from_slice"] = entry.tainted_from_slice
         if weights is not None:
             artifacts[f"shard{shard}.weights"] = weights
-        replayed = linear.replay_report(store, constituent["weights"], spec["strategy"])
-        if replayed is not None:
-            replays.append(replayed)
-            if replayed["retrained"]:  # retrained by gradient descent: exact
-                constituent.pop("tainted_from_slice", None)
-        certificate = linear.certificate(store, constituent["weights"], spec["strategy"])
-        if certificate is not None:
-            certificates.append(certificate)
-            if certificate["retrained"]:  # the budget ran out: the head was retrained, exactly
-                constituent.pop("tainted_from_slice", None)
+        head = linear.head_metrics(store, constituent["weights"], spec["strategy"])
+        if any(report["retrained"] for report in head.values()):  # retrained from scratch: exact
+            constituent.pop("tainted_from_slice", None)
+        head_reports.update(head)
         if test is not None and len(all_ids):
             cached = entry.test_probs
             if entry.status == ShardStatus.REUSED and cached:
@@ -93,9 +87,7 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             artifacts[f"shard{shard}.test_probs"] = constituent["test_probs"] = cached
             probs.append(torch.as_tensor(p))
         constituents.append(constituent)
-    metrics = {"certified": certificates[0]} if certificates else {}
-    if replays:
-        metrics["deltagrad"] = replays[0]
+    metrics = dict(head_reports)  # a linear model's one head: certified or deltagrad
     test_probs = None
     if probs:
         test_probs = sisa.aggregate(torch.stack(probs), spec["strategy"]["aggregation"]).numpy()

@@ -188,24 +188,24 @@ def _certified_step(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, to
     return _save(store, spec, head, ids, noise_seed=seed, retrained=True, extra=would)
 
 
-def replay_report(store: ModelStore, weights: str, strategy: dict) -> dict | None:
-    """What a gd head's version metrics say of how it was made: replayed by DeltaGrad
-    (exact and approximated steps) or retrained."""
-    if strategy.get("kind") != "linear" or strategy.get("trainer") != "gd":
-        return None
-    info = checkpoints.loads(store.get_blob(weights)).info.get("deltagrad")
-    return None if info is None else {k: v for k, v in info.items() if k != "trajectory"}
-
-
-def certificate(store: ModelStore, weights: str, strategy: dict) -> dict | None:
-    """What a linear version's metrics say of its certification: the accumulated residual
-    bound against the budget, and whether the head was retrained (the budget reset)."""
+def head_metrics(store: ModelStore, weights: str, strategy: dict) -> dict:
+    """What a linear version's metrics say of its head: ``certified`` (a solver head's
+    accumulated residual bound against its budget, and whether the head was retrained,
+    the budget reset) or ``deltagrad`` (a gd head replayed by DeltaGrad, with its exact
+    and approximated steps, or retrained). Empty for other kinds, and for weights
+    another method left."""
     if strategy.get("kind") != "linear":
-        return None
-    info = checkpoints.loads(store.get_blob(weights)).info.get("certified")
-    if info is None:
-        return None
-    budget = Strategy(**strategy).budget
+        return {}
+    info = checkpoints.loads(store.get_blob(weights)).info
+    out = {}
+    if info.get("certified") is not None:
+        out["certified"] = _certificate(info["certified"], Strategy(**strategy).budget)
+    if info.get("deltagrad") is not None:
+        out["deltagrad"] = {k: v for k, v in info["deltagrad"].items() if k != "trajectory"}
+    return out
+
+
+def _certificate(info: dict, budget: certified.Budget) -> dict:
     out = {
         "epsilon": budget.epsilon, "delta": budget.delta, "noise": budget.noise, "l2": budget.l2,
         "residual_bound": round(info["bound"], 8), "budget": round(budget.residual_budget, 8),
