@@ -67,7 +67,8 @@ def main() -> None:
     singles = []
     for owner in picked[: args.single_owners]:
         v, t = timed(engine.unlearn, "sisa", [owner])
-        singles.append({"owner": owner, "seconds": t, "samples": v["removed"]["sample_count"],
+        singles.append({"owner": owner, "seconds": t, "rte_seconds": v["metrics"]["rte_seconds"],
+                        "samples": v["removed"]["sample_count"],
                         "retrained": v["metrics"]["retrained_shards"],
                         "from_slice": [c["retrained_from_slice"] for c in v["constituents"] if c["status"] == "retrained"],
                         "test_accuracy": v["metrics"]["test_accuracy"]})
@@ -107,7 +108,9 @@ def main() -> None:
         print(f"| {label} | {t:.1f} | {t_full / t:.1f}x | {t_mono_re / t:.1f}x |")
     print("\nsingle owners:")
     for s in singles:
-        print(f"  {s['owner']}: {s['samples']} samples, shard {s['retrained']} from slice {s['from_slice']}, {s['seconds']:.1f}s")
+        print(f"  {s['owner']}: {s['samples']} samples, shard {s['retrained']} from slice {s['from_slice']}, "
+              f"{s['seconds']:.1f}s wall, {s['rte_seconds']:.1f}s shard retraining "
+              f"({s['seconds'] / s['rte_seconds']:.2f}x)")
     print(f"batch of 10: {result['batch']['samples']} samples, retrained shards {result['batch']['retrained']}")
 
 

@@ -64,7 +64,8 @@ def owners(c: Context, dataset, limit, after):
 @click.option("--dataset", required=True)
 @click.option("--arch", default="cnn", show_default=True, type=click.Choice(ARCHITECTURES.names()))
 @click.option("--strategy", default="sisa", show_default=True, type=click.Choice(["sisa", "monolithic", "linear"]),
-              help="linear: a logistic-regression head (--arch linear) that the certified method removes from")
+              help="linear: a logistic-regression head that the certified method removes from, on the raw rows "
+                   "(--arch linear) or on the frozen features of --arch with --init-weights (a backbone)")
 @click.option("--epsilon", type=float, default=None, help="linear: the certified removal budget's epsilon (1.0)")
 @click.option("--delta", type=float, default=None, help="linear: its delta (1e-4)")
 @click.option("--noise", type=float, default=None, help="linear: the loss perturbation's standard deviation (1.0)")

@@ -33,7 +33,10 @@ class MonolithicStrategy(Input):
 
 class LinearStrategy(Input):
     """A logistic-regression head trained with a perturbed loss: the ``certified`` method
-    removes owners from it with an (epsilon, delta) certificate (architecture ``linear``)."""
+    removes owners from it with an (epsilon, delta) certificate. Architecture ``linear``:
+    the head reads the raw rows; any other architecture with ``training.init`` (a
+    backbone pretrained elsewhere): the head reads that network's penultimate features,
+    frozen at the backbone's weights."""
 
     kind: Literal["linear"]
     epsilon: float = Field(1.0, gt=0, allow_inf_nan=False, description="the certificate's epsilon, in (0, inf)")

@@ -38,9 +38,12 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
         strategy = Strategy(**model_in.strategy.model_dump()).to_dict()
     except ValueError as exc:  # combinations the schema's fields cannot check one by one
         raise ApiError(422, "invalid_model", str(exc)) from None
-    if strategy["kind"] == "linear" and (model_in.architecture != "linear" or model_in.architecture_params):
-        raise ApiError(422, "invalid_model", "a linear model is a logistic-regression head: its architecture is "
-                       f"'linear' with no parameters, not {model_in.architecture!r}")
+    if strategy["kind"] == "linear" and model_in.architecture == "linear" and model_in.architecture_params:
+        raise ApiError(422, "invalid_model", "a linear model's head on raw rows takes no architecture parameters")
+    if strategy["kind"] == "linear" and model_in.architecture != "linear" and model_in.training.init is None:
+        raise ApiError(422, "invalid_model", f"a linear head over {model_in.architecture!r} features needs that "
+                       "network's pretrained weights: upload a backbone (POST /v1/backbones) and name it as "
+                       "training.init")
     if strategy["shards"] * strategy["slices"] > dataset.n_owners:
         raise ApiError(422, "invalid_model", f"{strategy['shards']} shards x {strategy['slices']} slices need at "
                        f"least that many owners; dataset {dataset.name!r} has {dataset.n_owners}")

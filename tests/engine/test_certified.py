@@ -10,7 +10,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from workers.engine import certified, gate, nets
-from workers.engine.errors import MethodNotSupported
+from workers.engine.errors import MethodNotSupported, ModelError
 from workers.engine.sisa import Strategy
 from workers.engine.training import TrainConfig
 
@@ -147,10 +147,52 @@ def test_certified_on_another_kind_is_method_not_supported(digits_engine):
         digits_engine.unlearn("mono", [owner], mode="approximate", method="certified")
 
 
-def test_the_linear_kind_takes_only_the_linear_architecture(digits_engine):
-    with pytest.raises(Exception, match="architecture must be 'linear'"):
+def test_a_linear_head_over_another_architecture_needs_its_pretrained_weights(digits_engine):
+    with pytest.raises(ModelError, match="needs that network's pretrained weights"):
         digits_engine.train("x", dataset="digits", architecture="cnn", strategy=Strategy("linear"),
                             config=TrainConfig(seed=0))
+
+
+def _backbone(engine) -> dict:
+    """A CNN's weights, standing in for a backbone a company pretrained elsewhere."""
+    engine.train("pre", dataset="digits", architecture="cnn", strategy=Strategy("monolithic"),
+                 config=TrainConfig(epochs=25, seed=0))
+    return {k: v.contiguous() for k, v in engine.load("pre").models[0].state_dict().items()}
+
+
+def test_a_linear_head_over_frozen_cnn_features_forgets_with_a_certificate(digits_engine):
+    from safetensors.torch import save
+
+    backbone = _backbone(digits_engine)
+    v1 = digits_engine.train("feat", dataset="digits", architecture="cnn", strategy=Strategy("linear", l2=0.01),
+                             config=TrainConfig(seed=0), init_weights=save(backbone))
+    assert v1["architecture"] == "certified_linear"
+    assert v1["architecture_params"] == {"features": {"architecture": "cnn", "params": {}}}
+    raw = _train_linear(digits_engine, "raw", l2=0.01)
+    assert v1["metrics"]["test_accuracy"] > 0.85  # chance is 0.1
+    owner = digits_engine.dataset("digits").owners(limit=1)[0][0]
+    v2 = digits_engine.unlearn("feat", [owner], mode="approximate", method="certified")
+    cert = v2["metrics"]["certified"]
+    assert cert["certified"] is True and cert["retrained"] is False and 0 < cert["residual_bound"] <= cert["budget"]
+    # The extractor stays frozen at the backbone's weights; only the head moved.
+    served = digits_engine.load("feat").models[0]
+    for key, value in served.extractor.state_dict().items():
+        assert torch.equal(value.cpu(), backbone[key]), key
+    assert served.weight.shape[1] == 128 + 1  # the CNN's penultimate width, and the bias
+    assert v2["metrics"]["test_accuracy"] >= raw["metrics"]["test_accuracy"] - 0.05
+    # The predictions served are the extractor's features through the head.
+    x = torch.as_tensor(digits_engine.dataset("digits").load_test()[0][:5], dtype=torch.float32) / 16
+    expected = nets.certified_features(served.extractor(x).double()) @ served.weight.T
+    assert torch.allclose(served(x).double(), expected, atol=1e-5)
+
+
+def test_a_backbone_that_lacks_the_extractors_weights_is_refused(digits_engine):
+    from safetensors.torch import save
+
+    partial = {k: v for k, v in _backbone(digits_engine).items() if not k.startswith("head.0")}
+    with pytest.raises(ModelError, match="lacks the feature extractor's 'head.0"):
+        digits_engine.train("feat", dataset="digits", architecture="cnn", strategy=Strategy("linear"),
+                            config=TrainConfig(seed=0), init_weights=save(partial))
 
 
 def test_a_certified_removal_after_another_method_retrains(digits_engine):

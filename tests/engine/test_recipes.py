@@ -57,7 +57,12 @@ def _state(model) -> list[torch.Tensor]:
 # -- defaults: an old recipe trains exactly as before ---------------------------------
 
 def _old_train_epochs(model, optimizer, data, rows, cfg, *, epochs, seed):
-    """The loop before recipes existed (its per-step loss.item() aside), for comparison."""
+    """The loop before recipes existed (its per-step loss.item() aside), for comparison;
+    images into convolutions in channels_last, as Lethe's loop now runs them on every
+    device (a memory layout, not a recipe setting)."""
+    images = data.x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if images:
+        model.to(memory_format=torch.channels_last)
     model.train()
     gen = torch.Generator().manual_seed(seed)
     n = len(rows)
@@ -66,7 +71,8 @@ def _old_train_epochs(model, optimizer, data, rows, cfg, *, epochs, seed):
         for start in range(0, n, cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(data.x[batch]), data.y[batch])
+            x = data.x[batch].contiguous(memory_format=torch.channels_last) if images else data.x[batch]
+            loss = nn.functional.cross_entropy(model(x), data.y[batch])
             loss.backward()
             optimizer.step()
 

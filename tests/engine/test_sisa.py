@@ -191,13 +191,19 @@ def test_bad_strategy_and_architecture_are_refused(digits_engine):
 def test_unchanged_constituents_are_stored_once(sisa_engine):
     objects = sisa_engine.data_dir / "models_store" / "objects"
     before = {p.name for p in objects.rglob("*") if p.is_file()}
+    v1 = sisa_engine.version("m")
     v2 = sisa_engine.unlearn("m", [_owner_in_last_slice(sisa_engine)])
     added = {p.name for p in objects.rglob("*") if p.is_file()} - before
-    # Only shard 1's retrained slice is new (checkpoint, shorter id list), its test outputs,
-    # and the list of removed sample ids.
+    # Only shard 1's retrained slice is new (checkpoint, shorter id list), its outputs, and
+    # the list of removed sample ids ...
     touched = v2["constituents"][1]
-    assert added == {touched["slices"][1]["checkpoint"], touched["slices"][1]["sample_ids"], touched["test_probs"],
-                     v2["removed"]["sample_ids"]}
+    expected = {touched["slices"][1]["checkpoint"], touched["slices"][1]["sample_ids"], touched["test_probs"],
+                touched["retain_probs"], v2["removed"]["sample_ids"]}
+    # ... and, where removed rows were in the retain sample, the new sample and every
+    # constituent's outputs on it (the reused ones' read from their stored outputs).
+    assert v2["artifacts"]["retain_sample_ids"] != v1["artifacts"]["retain_sample_ids"]  # digits: every row
+    expected |= {v2["artifacts"]["retain_sample_ids"]} | {c["retain_probs"] for c in v2["constituents"]}
+    assert added == expected
 
 
 def test_a_training_run_that_crashed_before_publishing_can_be_run_again(digits_engine, monkeypatch):

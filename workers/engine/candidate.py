@@ -14,10 +14,9 @@ from workers.engine import linear, sisa, verification
 from workers.engine.datasets import test_tensors
 from workers.engine.digests import ids_digest, sha256_bytes
 from workers.engine.errors import ModelError
-from workers.engine.ids import get_ids
+from workers.engine.ids import get_ids, put_ids
 from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan, ShardStatus
-from workers.engine.training import predict_proba
 from workers.engine.vault import Vault
 
 
@@ -26,14 +25,16 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
     """The version record for ``plan``, given each run shard's new checkpoints (or, for an
     approximate shard, its new weights) and the seconds each took.
 
-    Each constituent's test-set probabilities are stored too, so a reused constituent is
-    not evaluated again: its weights and the test set are unchanged.
+    Each constituent's probabilities on the test split and on the retain sample are
+    stored too, so a reused constituent is not evaluated again: its weights and the test
+    split are unchanged, and the retain sample changes only where rows were removed.
     """
     results = {int(k): v for k, v in results.items()}
     seconds = {int(k): v for k, v in (seconds or {}).items()}
     rte = sum(seconds.values()) if seconds else None
     spec = plan.spec
     test = test_tensors(ds, device)
+    outputs = verification.Outputs(store, device)
     constituents, artifacts, probs, every_id, head_reports = [], {}, [], [], {}
     for entry in plan.shards:
         shard, weights = entry.shard, None
@@ -65,6 +66,7 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             "weights": weights or slices_out[-1]["checkpoint"],
             "slices": slices_out,
             "test_probs": None,
+            "retain_probs": None,
         }
         if entry.tainted_from_slice is not None:
             # The checkpoints of slices from here on (and approximate weights) still carry
@@ -81,8 +83,7 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             if entry.status == ShardStatus.REUSED and cached:
                 p = np.frombuffer(store.get_blob(cached), dtype="<f4").reshape(len(test[1]), -1).copy()
             else:
-                model = sisa.load_constituent(store.get_blob(constituent["weights"]), device)
-                p = predict_proba(model, test[0]).cpu().numpy().astype("<f4")
+                p = outputs.run(constituent["weights"], test[0])
                 cached = store.put_blob(p.tobytes())
             artifacts[f"shard{shard}.test_probs"] = constituent["test_probs"] = cached
             probs.append(torch.as_tensor(p))
@@ -99,6 +100,9 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
         metrics["test_accuracy"] = None
     every_id = np.concatenate(every_id)
     every_id.sort()  # in place: the manifest digest then needs no sorted copy of millions of ids
+    parent = store.version(plan.model, plan.parent) if plan.parent is not None else None
+    retain = _retain_outputs(plan, constituents, artifacts, parent, every_id, outputs, store=store, ds=ds,
+                             device=device)
     record = {
         "kind": plan.kind.value,
         "exact": all(c.get("tainted_from_slice") is None for c in constituents),
@@ -126,8 +130,32 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
             "reused_shards": [c["shard"] for c in constituents if c["status"] == "reused"],
         },
     }
-    parent = store.version(plan.model, plan.parent) if plan.parent is not None else None
     record["metrics"].update(verification.measure(plan, record, every_id, store=store, ds=ds, device=device,
-                                                  vault=vault, test_probs=test_probs))
+                                                  vault=vault, test_probs=test_probs, retain=retain,
+                                                  outputs=outputs))
     record["metrics"]["l2_to_parent"] = verification.l2_to_parent(store, record, parent)
     return record
+
+
+def _retain_outputs(plan: Plan, constituents: list[dict], artifacts: dict, parent: dict | None,
+                    every_id: np.ndarray, outputs: verification.Outputs, *, store: ModelStore, ds: Dataset,
+                    device: torch.device) -> tuple[np.ndarray, np.ndarray] | None:
+    """The version's probabilities and the labels on its retain sample, aggregated from
+    each constituent's outputs (a reused one's from the parent's stored outputs, run
+    only on rows new to the sample); each constituent's are stored for the next pass."""
+    rows = verification.retain_rows(ds, every_id, device)
+    stored_ids = None
+    if parent is not None and "retain_sample_ids" in parent["artifacts"]:
+        stored_ids = get_ids(store, parent["artifacts"]["retain_sample_ids"])
+    artifacts["retain_sample_ids"] = put_ids(store, rows.ids)
+    probs = []
+    for entry, constituent in zip(plan.shards, constituents):
+        if not constituent["n_samples"]:
+            continue
+        stored = entry.retain_probs if entry.status == ShardStatus.REUSED else None
+        p = outputs.cached(constituent["weights"], rows.x, rows.ids, stored, stored_ids)
+        artifacts[f"shard{entry.shard}.retain_probs"] = constituent["retain_probs"] = store.put_blob(p.tobytes())
+        probs.append(torch.as_tensor(p))
+    if not probs:
+        return None
+    return sisa.aggregate(torch.stack(probs), plan.spec["strategy"]["aggregation"]).numpy(), rows.y

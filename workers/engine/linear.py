@@ -17,7 +17,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from models_store import ModelStore
-from workers.engine import certified, checkpoints, deltagrad, nets
+from workers.engine import certified, checkpoints, deltagrad, nets, weights
 from workers.engine.certified import Head
 from workers.engine.datasets import device_data
 from workers.engine.digests import ids_digest
@@ -32,7 +32,22 @@ from workers.engine.unlearning.deltagrad import Config as DeltaGradConfig
 ARCHITECTURE = "certified_linear"
 
 
-def _features(data: DeviceData, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def head_model(spec: dict, store: ModelStore, device: torch.device) -> nets.CertifiedLinear:
+    """The head as a module (zero weights): over the raw rows, or over a frozen feature
+    extractor holding the backbone's weights (the recipe's ``init``)."""
+    model = nets.build(ARCHITECTURE, spec["input_shape"], spec["num_classes"], seed=0,
+                       params=spec.get("architecture_params"))
+    if model.extractor is not None:
+        backbone = weights.read_weights(store.get_blob(spec["recipe"]["init"]))
+        missing = [k for k in model.extractor.state_dict() if k not in backbone]
+        if missing:
+            raise ModelError(f"the backbone lacks the feature extractor's {missing[0]!r}: a frozen extractor "
+                             f"would keep random weights there")
+        model.extractor.load_state_dict({k: backbone[k] for k in model.extractor.state_dict()})
+    return model.to(device)
+
+
+def _features(head: nets.CertifiedLinear, data: DeviceData, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     if not len(ids):
         raise ModelError("every row the linear head learned from has been removed: there is nothing left to "
                          "train it on")
@@ -40,7 +55,7 @@ def _features(data: DeviceData, ids: np.ndarray) -> tuple[torch.Tensor, torch.Te
         positions = data.rows(ids)
     except KeyError:
         raise DatasetError("the dataset changed while the linear head was planned") from None
-    return nets.certified_features(data.x[positions].double()), data.labels(positions)
+    return head.phi(data.x[positions]), data.labels(positions)
 
 
 def _noise_seed(spec: dict, parent: int | None) -> int:
@@ -49,23 +64,27 @@ def _noise_seed(spec: dict, parent: int | None) -> int:
     return derive_seed(spec["recipe"].get("seed", 0), "certified-noise", parent or 0)
 
 
-def _save(store: ModelStore, spec: dict, head: Head, ids: np.ndarray, *, noise_seed: int, retrained: bool,
-          extra: dict | None = None) -> str:
+def _info(spec: dict, ids: np.ndarray) -> dict:
+    return {"architecture": ARCHITECTURE, "input_shape": spec["input_shape"], "num_classes": spec["num_classes"],
+            **({"architecture_params": spec["architecture_params"]} if spec.get("architecture_params") else {}),
+            "shard": 0, "slice": 0, "samples_seen": int(len(ids)), "manifest_digest": ids_digest(ids)}
+
+
+def _dumps(model: nets.CertifiedLinear, weights: torch.Tensor, info: dict) -> bytes:
+    model.weight.data = weights.T.to(model.weight.dtype).contiguous()
+    return checkpoints.dumps(model, torch.optim.SGD([model.weight], lr=0.0), info)
+
+
+def _save(store: ModelStore, spec: dict, model: nets.CertifiedLinear, head: Head, ids: np.ndarray, *,
+          noise_seed: int, retrained: bool, extra: dict | None = None) -> str:
     budget = Strategy(**spec["strategy"]).budget
-    model = nets.build(ARCHITECTURE, spec["input_shape"], spec["num_classes"], seed=0)
-    model.weight.data = head.weights.T.to(model.weight.dtype).cpu().contiguous()
     state = store.put_blob(st_save({"anchor": head.anchor.cpu().contiguous(),
                                     "hessian": head.hessian.cpu().contiguous()}))
-    info = {
-        "architecture": ARCHITECTURE, "input_shape": spec["input_shape"], "num_classes": spec["num_classes"],
-        "shard": 0, "slice": 0, "samples_seen": int(len(ids)), "manifest_digest": ids_digest(ids),
-        "certified": {
-            "state": state, "n": head.n, "bound": head.bound, "removals": head.removals,
-            "noise_seed": noise_seed, "retrained": retrained, "budget": budget.residual_budget,
-            **(extra or {}),
-        },
-    }
-    return store.put_blob(checkpoints.dumps(model, torch.optim.SGD(model.parameters(), lr=0.0), info))
+    info = {**_info(spec, ids), "certified": {
+        "state": state, "n": head.n, "bound": head.bound, "removals": head.removals,
+        "noise_seed": noise_seed, "retrained": retrained, "budget": budget.residual_budget, **(extra or {}),
+    }}
+    return store.put_blob(_dumps(model, head.weights, info))
 
 
 def _schedule(strategy: Strategy, method_config: dict | None = None) -> deltagrad.Schedule:
@@ -74,30 +93,24 @@ def _schedule(strategy: Strategy, method_config: dict | None = None) -> deltagra
     return deltagrad.Schedule(lr=strategy.lr, iterations=strategy.iterations, l2=strategy.l2, **replay)
 
 
-def _save_gd(store: ModelStore, spec: dict, weights: torch.Tensor, trajectory: deltagrad.Trajectory,
-             ids: np.ndarray, *, retrained: bool, extra: dict | None = None) -> str:
+def _save_gd(store: ModelStore, spec: dict, model: nets.CertifiedLinear, weights: torch.Tensor,
+             trajectory: deltagrad.Trajectory, ids: np.ndarray, *, retrained: bool, extra: dict | None = None) -> str:
     """A gd head: its weights, and its trajectory (every step's weights and gradient, a
     blob of ``2 x iterations x d x K`` float64) for the next DeltaGrad removal."""
-    model = nets.build(ARCHITECTURE, spec["input_shape"], spec["num_classes"], seed=0)
-    model.weight.data = weights.T.to(model.weight.dtype).cpu().contiguous()
     exact = trajectory.exact if trajectory.exact is not None else torch.ones(len(trajectory.weights), dtype=torch.bool)
     path = store.put_blob(st_save({"weights": trajectory.weights.cpu().contiguous(),
                                    "gradients": trajectory.gradients.cpu().contiguous(),
                                    "exact": exact.to(torch.uint8).cpu().contiguous()}))
-    info = {
-        "architecture": ARCHITECTURE, "input_shape": spec["input_shape"], "num_classes": spec["num_classes"],
-        "shard": 0, "slice": 0, "samples_seen": int(len(ids)), "manifest_digest": ids_digest(ids),
-        "deltagrad": {"trajectory": path, "n": trajectory.n, "replays": trajectory.replays, "retrained": retrained,
-                      **(extra or {})},
-    }
-    return store.put_blob(checkpoints.dumps(model, torch.optim.SGD(model.parameters(), lr=0.0), info))
+    info = {**_info(spec, ids), "deltagrad": {"trajectory": path, "n": trajectory.n, "replays": trajectory.replays,
+                                              "retrained": retrained, **(extra or {})}}
+    return store.put_blob(_dumps(model, weights, info))
 
 
-def _train_gd(spec: dict, phi: torch.Tensor, y: torch.Tensor, ids: np.ndarray, *, store: ModelStore,
-              retrained: bool, extra: dict | None = None) -> str:
+def _train_gd(spec: dict, model: nets.CertifiedLinear, phi: torch.Tensor, y: torch.Tensor, ids: np.ndarray, *,
+              store: ModelStore, retrained: bool, extra: dict | None = None) -> str:
     schedule = _schedule(Strategy(**spec["strategy"]))
     weights, trajectory = deltagrad.train(phi, certified.signs(y, spec["num_classes"]), schedule)
-    return _save_gd(store, spec, weights, trajectory, ids, retrained=retrained, extra=extra)
+    return _save_gd(store, spec, model, weights, trajectory, ids, retrained=retrained, extra=extra)
 
 
 def train_head(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: Dataset, device: torch.device,
@@ -105,14 +118,15 @@ def train_head(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: Dataset, 
     """Train the head from scratch on the entry's rows (a new model, or an exact removal)."""
     spec = plan.spec
     ids = get_ids(store, entry.slices[0])
-    phi, y = _features(device_data(ds, device), ids)
+    model = head_model(spec, store, device)
+    phi, y = _features(model, device_data(ds, device), ids)
     if Strategy(**spec["strategy"]).trainer == "gd":
         progress(f"training the linear head by gradient descent on {len(ids)} samples")
-        return [_train_gd(spec, phi, y, ids, store=store, retrained=plan.parent is not None)]
+        return [_train_gd(spec, model, phi, y, ids, store=store, retrained=plan.parent is not None)]
     seed = _noise_seed(spec, plan.parent)
     progress(f"training the certified linear head on {len(ids)} samples")
     head = certified.fit(phi, y, spec["num_classes"], Strategy(**spec["strategy"]).budget, seed=seed)
-    return [_save(store, spec, head, ids, noise_seed=seed, retrained=plan.parent is not None)]
+    return [_save(store, spec, model, head, ids, noise_seed=seed, retrained=plan.parent is not None)]
 
 
 def unlearn_head(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, torch.Tensor], *, store: ModelStore,
@@ -131,7 +145,8 @@ def _replay_head(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, torch
     weights, or a solver head)."""
     spec = plan.spec
     ids = np.concatenate([get_ids(store, k) for k in entry.slices])
-    phi, y = _features(device_data(ds, device), ids)
+    model = head_model(spec, store, device)
+    phi, y = _features(model, device_data(ds, device), ids)
     parent = checkpoints.loads(store.get_blob(entry.parent_weights))
     state = parent.info.get("deltagrad")
     strategy = Strategy(**spec["strategy"])
@@ -140,20 +155,20 @@ def _replay_head(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, torch
     trained_on = ids_digest(np.union1d(ids, get_ids(store, entry.forget_ids)))
     if state is None or parent.info.get("manifest_digest") != trained_on:
         progress("nothing to replay: retraining the linear head by gradient descent")
-        return _train_gd(spec, phi, y, ids, store=store, retrained=True, extra={"no_trajectory": True})
+        return _train_gd(spec, model, phi, y, ids, store=store, retrained=True, extra={"no_trajectory": True})
     limit = plan.method.config.get("max_replays", DeltaGradConfig.max_replays)
     if state.get("replays", 0) >= limit:  # each replay's approximations add up: start again
         progress(f"{limit} removals replayed since training: retraining the linear head by gradient descent")
-        return _train_gd(spec, phi, y, ids, store=store, retrained=True, extra={"replay_limit": limit})
+        return _train_gd(spec, model, phi, y, ids, store=store, retrained=True, extra={"replay_limit": limit})
     blob = st_load(store.get_blob(state["trajectory"]))
     trajectory = deltagrad.Trajectory(blob["weights"].to(device), blob["gradients"].to(device), state["n"],
                                       blob["exact"].bool() if "exact" in blob else None, state.get("replays", 0))
     k = spec["num_classes"]
-    replay = deltagrad.remove(trajectory, phi, certified.signs(y, k), nets.certified_features(forget[0].double()),
+    replay = deltagrad.remove(trajectory, phi, certified.signs(y, k), model.phi(forget[0]),
                               certified.signs(forget[1], k), _schedule(strategy, plan.method.config))
     progress(f"DeltaGrad removal of {len(forget[1])} samples: {replay.exact_steps} exact and "
              f"{replay.approximate_steps} approximated steps of {len(trajectory.weights)}")
-    return _save_gd(store, spec, replay.weights, replay.trajectory, ids, retrained=False,
+    return _save_gd(store, spec, model, replay.weights, replay.trajectory, ids, retrained=False,
                     extra={"exact_steps": replay.exact_steps, "approximate_steps": replay.approximate_steps})
 
 
@@ -164,10 +179,11 @@ def _certified_step(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, to
     spec = plan.spec
     budget = Strategy(**spec["strategy"]).budget
     ids = np.concatenate([get_ids(store, k) for k in entry.slices])
-    phi, y = _features(device_data(ds, device), ids)
+    model = head_model(spec, store, device)
+    phi, y = _features(model, device_data(ds, device), ids)
     parent = checkpoints.loads(store.get_blob(entry.parent_weights))
     state = parent.info.get("certified")
-    phi_gone = nets.certified_features(forget[0].double())
+    phi_gone = model.phi(forget[0])
     seed = _noise_seed(spec, plan.parent)
     if state is not None:
         blob = st_load(store.get_blob(state["state"]))
@@ -178,14 +194,14 @@ def _certified_step(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, to
         progress(f"certified removal of {len(phi_gone)} samples: bound +{added:.4g}, "
                  f"{after.bound:.4g} of {budget.residual_budget:.4g}")
         if after.bound <= budget.residual_budget:
-            return _save(store, spec, after, ids, noise_seed=state["noise_seed"], retrained=False,
+            return _save(store, spec, model, after, ids, noise_seed=state["noise_seed"], retrained=False,
                          extra={"step_bound": added})
         would = {"exhausted_bound": after.bound}
     else:  # weights another method left: nothing to take a certified step from
         would = {"no_certified_state": True}
     progress("the removal would exceed the certified budget: retraining the head with fresh noise")
     head = certified.fit(phi, y, spec["num_classes"], budget, seed=seed)
-    return _save(store, spec, head, ids, noise_seed=seed, retrained=True, extra=would)
+    return _save(store, spec, model, head, ids, noise_seed=seed, retrained=True, extra=would)
 
 
 def head_metrics(store: ModelStore, weights: str, strategy: dict) -> dict:

@@ -109,25 +109,64 @@ def certified_features(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1) / 2**0.5
 
 
-class CertifiedLinear(nn.Module):
-    """Logistic regression over :func:`certified_features`: the ``linear`` model kind's head."""
+def without_classifier(net: nn.Module) -> nn.Module:
+    """``net`` with its last ``nn.Linear`` (the classifier) replaced by the identity: its
+    penultimate features. ValueError when it has no linear layer."""
+    names = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ValueError("a feature extractor needs a final nn.Linear classifier to drop; this model has none")
+    *path, last = names[-1].split(".")
+    parent = net.get_submodule(".".join(path)) if path else net
+    setattr(parent, last, nn.Identity())
+    return net
 
-    def __init__(self, input_shape: list[int], num_classes: int):
+
+class CertifiedLinear(nn.Module):
+    """Logistic regression over :func:`certified_features`: the ``linear`` model kind's head,
+    on the raw rows or, with ``features`` (``{"architecture", "params"}``), on the
+    penultimate features of that network, frozen (``extractor``; its weights come from a
+    backbone pretrained elsewhere and are never trained here)."""
+
+    def __init__(self, input_shape: list[int], num_classes: int, features: dict | None = None):
         super().__init__()
+        self.extractor = None
         n_in = 1
         for d in input_shape:
             n_in *= d
+        if features:
+            net = build(features["architecture"], input_shape, num_classes, seed=0, params=features.get("params"))
+            self.extractor = without_classifier(net).eval().requires_grad_(False)
+            with torch.no_grad():
+                n_in = self.extractor(torch.zeros(2, *input_shape)).reshape(2, -1).shape[1]
         # float64: the weights served are the ones the removal bound is computed for
         self.weight = nn.Parameter(torch.zeros(num_classes, n_in + 1, dtype=torch.float64))
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.extractor is not None:
+            self.extractor.eval()  # frozen: its batch norms keep their statistics
+        return self
+
+    @torch.no_grad()
+    def phi(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """The certified features of rows ``x`` (model inputs), float64."""
+        if self.extractor is None:
+            return certified_features(x.to(self.weight.dtype))
+        dtype = next(self.extractor.parameters(), torch.zeros(())).dtype
+        parts = [self.extractor(x[i:i + batch_size].to(dtype)).reshape(len(x[i:i + batch_size]), -1)
+                 for i in range(0, len(x), batch_size)]
+        feats = torch.cat(parts) if parts else torch.zeros(0, self.weight.shape[1] - 1, device=x.device)
+        return certified_features(feats.to(self.weight.dtype))
+
     def forward(self, x):
-        return (certified_features(x.to(self.weight.dtype)) @ self.weight.T).float()
+        return (self.phi(x) @ self.weight.T).float()
 
 
 @_builtin("certified_linear")
-def certified_linear(input_shape: list[int], num_classes: int) -> nn.Module:
-    """The ``linear`` model kind's head (trained by certified removal's solver, not by SGD)."""
-    return CertifiedLinear(input_shape, num_classes)
+def certified_linear(input_shape: list[int], num_classes: int, features: dict | None = None) -> nn.Module:
+    """The ``linear`` model kind's head (trained by certified removal's solver or by
+    full-batch gradient descent, not by SGD), optionally over a frozen extractor."""
+    return CertifiedLinear(input_shape, num_classes, features)
 
 
 @_builtin("cnn")

@@ -10,6 +10,7 @@ import dataclasses
 import time
 
 import numpy as np
+import torch
 
 from models_store import ModelNotFound, ModelStore
 from workers.engine import linear, nets, placement, sisa, unlearning, weights
@@ -67,6 +68,20 @@ def owner_order(ds: Dataset, partition: str, ids: np.ndarray, codes: np.ndarray,
     return placement.kmeans_order(embedding, counts.astype(np.float64), shards)
 
 
+def _linear_head(architecture: str, params: dict | None, config: TrainConfig) -> tuple[str, dict | None]:
+    """The linear kind's head: on the raw rows (architecture ``linear``), or on the
+    penultimate features of ``architecture`` frozen at the weights of a backbone
+    pretrained elsewhere (the recipe's ``init``, required)."""
+    if architecture in ("linear", linear.ARCHITECTURE):
+        if params:
+            raise ModelError("the linear kind's head on raw rows takes no architecture parameters")
+        return linear.ARCHITECTURE, None
+    if config.init is None:
+        raise ModelError(f"a linear head over {architecture!r} features needs that network's pretrained weights: "
+                         f"upload a backbone (POST /v1/backbones) and name it as training.init")
+    return linear.ARCHITECTURE, {"features": {"architecture": architecture, "params": dict(params or {})}}
+
+
 def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, strategy: sisa.Strategy,
                config: TrainConfig, job: str | None = None, architecture_params: dict | None = None) -> Plan:
     """Check the request, create the model in the store and cut its shards and slices.
@@ -75,10 +90,7 @@ def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, 
     check_name(name, "model")
     info = ds.info()
     if strategy.kind == "linear":
-        if architecture not in ("linear", linear.ARCHITECTURE) or architecture_params:
-            raise ModelError(f"the linear kind trains its own logistic-regression head: architecture must be "
-                             f"'linear' (with no parameters), got {architecture!r}")
-        architecture = linear.ARCHITECTURE
+        architecture, architecture_params = _linear_head(architecture, architecture_params, config)
     try:
         nets.build(architecture, info.input_shape, info.num_classes, seed=0, params=architecture_params)
         ids, codes, names = ds.owner_codes()
@@ -88,6 +100,10 @@ def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, 
         raise ModelError(str(exc)) from None
     if config.init is not None and not store.has_blob(config.init):
         raise ModelError(f"the recipe's init names no stored backbone ({config.init[:16]}...)")
+    if architecture_params and "features" in architecture_params and strategy.kind == "linear":
+        linear.head_model({"input_shape": info.input_shape, "num_classes": info.num_classes,
+                           "architecture_params": architecture_params, "recipe": config.to_dict()},
+                          store, torch.device("cpu"))  # ModelError now, not in a worker, if the backbone lacks keys
     spec = {
         "name": name,
         "dataset": ds.name,
@@ -147,7 +163,8 @@ def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa
             touched[shard] = min(touched.get(shard, tainted), tainted)
         if shard not in touched:
             shards.append(_shard(store, shard, slices, ShardStatus.REUSED, None, old,
-                                 test_probs=constituent.get("test_probs"), tainted_from_slice=tainted,
+                                 test_probs=constituent.get("test_probs"),
+                                 retain_probs=constituent.get("retain_probs"), tainted_from_slice=tainted,
                                  parent_weights=constituent["weights"]))
             continue
         r = touched[shard]

@@ -36,6 +36,7 @@ class ShardPlan:
     slice_sizes: list[int]
     checkpoints: list[str]  # kept checkpoints: of slices before from_slice (all, when reused)
     test_probs: str | None = None  # a reused constituent's stored test-set outputs
+    retain_probs: str | None = None  # ... and its outputs on the parent's retain sample
     tainted_from_slice: int | None = None  # see ``candidate``: approximate trace from this slice on
     parent_weights: str | None = None  # approximate: the weights to unlearn from
     forget_ids: str | None = None  # approximate: the sample ids this constituent forgets

@@ -1,7 +1,7 @@
 """Purge: deleting for good what revoked versions learned, by mark and sweep over the
 version records.
 
-Candidates are the learned artifacts (slice checkpoints, weights, test-set outputs) of
+Candidates are the learned artifacts (slice checkpoints, weights, outputs on test and retain rows) of
 revoked versions that are due and not purged yet. The mark is everything a live
 version or a running job needs, read *after* the candidates, so a version published
 meanwhile keeps its objects: its blobs are new (never a candidate) or come from its
@@ -15,7 +15,7 @@ from typing import Callable
 from models_store import ModelStore
 from workers.engine.plans import Plan
 
-LEARNED = (".checkpoint", ".weights", ".test_probs")  # artifact names whose bytes came from training
+LEARNED = (".checkpoint", ".weights", ".test_probs", ".retain_probs")  # artifact names whose bytes came from training
 
 
 @dataclass
@@ -41,7 +41,7 @@ def plan_blobs(plan: Plan) -> set[str]:
     blobs = set()
     for s in plan.shards:
         blobs |= set(s.slices) | set(s.checkpoints)
-        blobs |= {d for d in (s.test_probs, s.parent_weights, s.forget_ids) if d}
+        blobs |= {d for d in (s.test_probs, s.retain_probs, s.parent_weights, s.forget_ids) if d}
     if plan.removal is not None:
         blobs.add(plan.removal.sample_ids)
     return blobs

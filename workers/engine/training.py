@@ -56,8 +56,8 @@ class TrainConfig:
       many zero pixels, crop back at a random offset; 0: off) and
       ``random_horizontal_flip`` (half the samples, mirrored); both drawn per sample.
     - ``mixed_precision``: bf16 autocast of the forward pass on CUDA (off by default;
-      no effect on CPU). On CUDA, 4-D inputs to a model with 2-D convolutions also train
-      in channels_last memory format (not a recipe setting).
+      no effect on CPU). 4-D inputs to a model with 2-D convolutions train and predict in
+      channels_last memory format on every device (not a recipe setting).
     - ``init``: the digest of a pretrained backbone's weights in the model store; every
       constituent starts from them (the keys they lack keep their seeded values).
     """
@@ -312,7 +312,10 @@ def _augment_draws(cfg: TrainConfig, gen: torch.Generator, n: int, device) -> tu
 
 
 def _uses_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
-    return x.device.type == "cuda" and x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    """Images into 2-D convolutions run in channels_last memory format, on every device:
+    on the CPU it made the CNN's training steps 1.8x and its inference 2.3x faster
+    (torch 2.13, 2 cores; see docs/benchmarks.md)."""
+    return x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def train_epochs(
@@ -380,7 +383,16 @@ def train_epochs(
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Class probabilities in batches (512: on the CPU, 2,048 took 1.8x as long)."""
     model.eval()
-    out = [torch.softmax(model(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)]
+    channels_last = _uses_channels_last(model, x)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # in place, as in training
+
+    def batch(i: int) -> torch.Tensor:
+        b = x[i : i + batch_size]
+        return torch.softmax(model(b.contiguous(memory_format=torch.channels_last) if channels_last else b), dim=1)
+
+    out = [batch(i) for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0)

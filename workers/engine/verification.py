@@ -6,6 +6,8 @@ the dataset's test split; see ``metrics`` for what each number means.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -14,7 +16,7 @@ from workers.engine import checkpoints, metrics, sisa
 from workers.engine.ids import get_ids
 from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan
-from workers.engine.training import scaled
+from workers.engine.training import predict_proba, scaled
 from workers.engine.vault import Vault
 
 RETAIN_SAMPLE = 2000
@@ -40,19 +42,96 @@ def l2_to_parent(store: ModelStore, record: dict, parent: dict | None) -> float 
     return round(metrics.l2_distance([state(a) for a, _ in pairs], [state(b) for _, b in pairs]), 6)
 
 
+class Outputs:
+    """Each constituent's class probabilities on rows, its model loaded at most once.
+
+    ``cached`` reads a reused constituent's stored outputs (its weights are unchanged, so
+    they still hold) and runs the model only on the rows they lack, so a pass that
+    changed one shard of eight evaluates one shard, not eight."""
+
+    def __init__(self, store: ModelStore, device: torch.device):
+        self.store, self.device = store, device
+        self._models: dict[str, torch.nn.Module] = {}
+
+    def run(self, weights: str, x: torch.Tensor) -> np.ndarray:
+        if weights not in self._models:
+            self._models[weights] = sisa.load_constituent(self.store.get_blob(weights), self.device)
+        return predict_proba(self._models[weights], x).cpu().numpy().astype("<f4")
+
+    def cached(self, weights: str, x: torch.Tensor, ids: np.ndarray, stored: str | None,
+               stored_ids: np.ndarray | None) -> np.ndarray:
+        """Outputs on rows ``ids`` (sorted; ``x`` their inputs), from ``stored`` (outputs on
+        ``stored_ids``, sorted) where it has the row."""
+        if stored is None or stored_ids is None or not len(stored_ids):
+            return self.run(weights, x)
+        old = np.frombuffer(self.store.get_blob(stored), dtype="<f4").reshape(len(stored_ids), -1)
+        at = np.minimum(np.searchsorted(stored_ids, ids), len(stored_ids) - 1)
+        have = stored_ids[at] == ids
+        out = np.empty((len(ids), old.shape[1]), "<f4")
+        out[have] = old[at[have]]
+        if not have.all():
+            out[~have] = self.run(weights, x[torch.as_tensor(np.flatnonzero(~have))])
+        return out
+
+    def predictor(self, record: dict, info):
+        """A function from rows (raw, or model inputs on the device) to the version's
+        probabilities (None: no constituent). ``info``: the dataset's (scale, classes)."""
+        weights = [c["weights"] for c in record["constituents"] if c["n_samples"] > 0]
+        if not weights:
+            return None
+
+        def probs(x: np.ndarray | torch.Tensor) -> np.ndarray:
+            if not len(x):
+                return np.zeros((0, info.num_classes), np.float32)
+            inputs = x if isinstance(x, torch.Tensor) else scaled(x, info.x_scale, self.device)
+            return sisa.aggregate(torch.stack([torch.as_tensor(self.run(w, inputs)) for w in weights]),
+                                  record["strategy"]["aggregation"]).numpy()
+
+        return probs
+
+
 def _predictor(store: ModelStore, ds: Dataset, record: dict, device: torch.device):
-    """A function from raw rows to the version's class probabilities (None: no constituent)."""
-    ensemble = load_ensemble(store, record, device)
-    if ensemble is None:
-        return None
-    x_scale = ds.info().x_scale
+    return Outputs(store, device).predictor(record, ds.info())
 
-    def probs(x: np.ndarray) -> np.ndarray:
-        if not len(x):
-            return np.zeros((0, ds.info().num_classes), np.float32)
-        return ensemble.predict_proba(scaled(x, x_scale, device)).cpu().numpy()
 
-    return probs
+def _mix(ids: np.ndarray) -> np.ndarray:
+    """splitmix64 of each id: a fixed pseudo-random order of the ids."""
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def retain_sample(every_id: np.ndarray, k: int = RETAIN_SAMPLE, block: int = 1 << 20) -> np.ndarray:
+    """The ids (ascending) of the trained rows the retain metrics are measured on: the
+    ``k`` whose hash is smallest. The same rows from version to version, but for the ones
+    removed (replaced by the next in hash order), so each constituent's stored outputs
+    on them stay valid. Read in blocks: memory stays flat on millions of ids."""
+    best = np.empty(0, np.int64)
+    for i in range(0, len(every_id), block):
+        pool = np.concatenate([best, np.asarray(every_id[i:i + block], dtype=np.int64)])
+        if len(pool) > k:
+            pool = pool[np.argpartition(_mix(pool), k - 1)[:k]]
+        best = pool
+    return np.sort(best)
+
+
+class Retain(NamedTuple):
+    ids: np.ndarray  # ascending
+    x: torch.Tensor  # model inputs on the device
+    y: np.ndarray
+
+
+def retain_rows(ds: Dataset, every_id: np.ndarray, device: torch.device) -> Retain:
+    """The retain sample's rows still held (an erasure may race a pass; its rows drop out)."""
+    arrays = ds.load_arrays(lazy=True)  # only the sample's rows are read
+    ids = retain_sample(every_id)
+    at = np.minimum(np.searchsorted(arrays.sample_ids, ids), max(len(arrays.sample_ids) - 1, 0))
+    held = arrays.sample_ids[at] == ids if len(arrays.sample_ids) else np.zeros(len(ids), bool)
+    ids, at = ids[held], at[held]
+    return Retain(ids, scaled(arrays.x[at], ds.info().x_scale, device), arrays.y[at].astype(np.int64))
+
 
 FORGET_METRICS = ("ua", "mia_efficacy", "loss_auc", "expected_ua")
 
@@ -75,32 +154,23 @@ def forget_kl(plan: Plan, reference: dict, record: dict, *, store: ModelStore, d
     return metrics.kl_divergence(ref(rows[0]), mine(rows[0]))
 
 
-def _positions(mask: np.ndarray) -> np.ndarray:
-    """``np.flatnonzero(mask)``, as int32 where that holds every position (half the
-    memory on millions of rows)."""
-    if len(mask) >= 2**31:
-        return np.flatnonzero(mask)
-    block = 1 << 20
-    return np.concatenate([np.flatnonzero(mask[i:i + block]).astype(np.int32) + np.int32(i)
-                           for i in range(0, len(mask), block)] or [np.empty(0, np.int32)])
-
-
 def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore, ds: Dataset,
-            device: torch.device, vault: Vault, test_probs: np.ndarray | None = None) -> dict:
+            device: torch.device, vault: Vault, test_probs: np.ndarray | None = None,
+            retain: tuple[np.ndarray, np.ndarray] | None = None, outputs: Outputs | None = None) -> dict:
     """UA, RA, TA, MIA-efficacy (and on held-out rows), loss AUC and the UA a model that
     never saw the forget set is expected to show, for the version ``record`` describes.
 
-    ``test_probs``: the version's outputs on the test split when the caller has them (the
-    candidate aggregates its constituents' cached test outputs), so the ensemble is not
-    run over the test split a second time."""
-    probs = _predictor(store, ds, record, device)
+    ``test_probs`` and ``retain`` (probabilities and labels on the retain sample): the
+    version's outputs when the caller has them (the candidate aggregates its
+    constituents' stored outputs), so the ensemble is not run over those rows again;
+    without them every constituent is evaluated afresh (what a check of the cache runs)."""
+    outputs = outputs or Outputs(store, device)
+    probs = outputs.predictor(record, ds.info())
     if probs is None:
         return {}
-    arrays = ds.load_arrays(lazy=True)  # only a sample of the rows is read
-    trained = np.isin(arrays.sample_ids, every_id, kind="table")  # no sorts of millions of ids
-    rows = np.sort(np.random.default_rng(0).choice(_positions(trained), min(RETAIN_SAMPLE, int(trained.sum())),
-                                                   replace=False))
-    retain = (probs(arrays.x[rows]), arrays.y[rows].astype(np.int64))
+    if retain is None:
+        rows = retain_rows(ds, every_id, device)
+        retain = (probs(rows.x), rows.y)
     test = ds.load_test()
     if test is not None:
         test = (test_probs if test_probs is not None else probs(test[0]), test[1].astype(np.int64))
@@ -108,7 +178,8 @@ def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore
     forget = (probs(rows[0]), rows[1]) if rows is not None else None
     out = metrics.evaluate(forget=forget, retain=retain, test=test)
     if forget is not None and test is not None:
-        present = np.flatnonzero(np.bincount(arrays.y[trained]))
+        arrays = ds.load_arrays(lazy=True)  # ids and labels: the classes the version trained on
+        present = np.flatnonzero(np.bincount(arrays.y[np.isin(arrays.sample_ids, every_id, kind="table")]))
         out["expected_ua"] = metrics.expected_ua(forget[1], test, present)
     missing = plan.removal.sample_count - len(rows[1]) if rows is not None else 0
     if missing > 0:

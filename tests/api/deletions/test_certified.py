@@ -47,9 +47,36 @@ def test_a_budget_outside_its_range_is_422(digits, strategy):
     assert r.status_code == 422 and r.json()["code"] == "invalid_request", r.text
 
 
-def test_a_linear_model_takes_only_the_linear_architecture(digits):
+def test_a_linear_head_over_another_architecture_needs_a_backbone(digits):
     r = digits.post("/v1/models", json={**LINEAR, "architecture": "cnn"}, headers=A)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_model" and "training.init" in r.json()["detail"]
+    r = digits.post("/v1/models", json={**LINEAR, "architecture_params": {"hidden": 3}}, headers=A)
     assert r.status_code == 422 and r.json()["code"] == "invalid_model"
+
+
+def test_a_linear_head_over_a_frozen_backbone_forgets_with_a_certificate(digits):
+    from safetensors.torch import save
+
+    from workers.engine import nets
+
+    donor = nets.build("mlp", [1, 8, 8], 10, seed=5)  # pretrained elsewhere (here: untrained, seeded)
+    r = digits.post("/v1/backbones", data={"dataset": "digits", "architecture": "mlp"},
+                    files={"weights": ("b.safetensors", save(dict(donor.state_dict())))}, headers=A)
+    assert r.status_code == 201, r.text
+    body = {**LINEAR, "name": "feat", "architecture": "mlp", "training": {"init": r.json()["digest"]}}
+    assert digits.post("/v1/models", json=body, headers=A).status_code == 202
+    run_worker_inline(digits.app_)
+    v1 = digits.get("/v1/models/feat/versions/1", headers=C).json()
+    assert v1["architecture"] == "certified_linear"
+    assert v1["architecture_params"]["features"]["architecture"] == "mlp"
+    r = digits.post("/v1/deletion-requests", json={"owner_id": an_owner(digits), "method": "certified"}, headers=C)
+    run_worker_inline(digits.app_)
+    req = digits.get(f"/v1/deletion-requests/{r.json()['id']}", headers=C).json()
+    assert req["status"] == "completed" and req["outcomes"][0]["published_method"] == "certified"
+    v2 = digits.get("/v1/models/feat/versions/2", headers=C).json()
+    assert v2["metrics"]["certified"]["certified"] is True
+    r = digits.post("/v1/models/feat/versions/2/predict", json={"inputs": [[0.0] * 64]}, headers=C)
+    assert r.status_code == 200, r.text
 
 
 GD = {**LINEAR, "name": "gd", "strategy": {"kind": "linear", "l2": 0.01, "trainer": "gd", "iterations": 60}}
