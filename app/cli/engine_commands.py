@@ -63,7 +63,8 @@ def owners(c: Context, dataset, limit, after):
 @click.argument("name")
 @click.option("--dataset", required=True)
 @click.option("--arch", default="cnn", show_default=True, type=click.Choice(ARCHITECTURES.names()))
-@click.option("--strategy", default="sisa", show_default=True, type=click.Choice(["sisa", "monolithic", "linear"]),
+@click.option("--strategy", default="sisa", show_default=True,
+              type=click.Choice(["sisa", "monolithic", "linear", "gd"]),
               help="linear: a logistic-regression head that the certified method removes from, on the raw rows "
                    "(--arch linear) or on the frozen features of --arch with --init-weights (a backbone)")
 @click.option("--epsilon", type=float, default=None, help="linear: the certified removal budget's epsilon (1.0)")
@@ -72,8 +73,8 @@ def owners(c: Context, dataset, limit, after):
 @click.option("--l2", type=float, default=None, help="linear: the L2 penalty (1e-3)")
 @click.option("--trainer", type=click.Choice(["solver", "gd"]), default=None,
               help="linear: solver (default; certified removal) or gd (gradient descent; deltagrad removal)")
-@click.option("--iterations", type=int, default=None, help="linear gd: steps (300)")
-@click.option("--gd-lr", type=float, default=None, help="linear gd: step size (4.0)")
+@click.option("--iterations", type=int, default=None, help="linear gd and the gd kind: steps (300)")
+@click.option("--gd-lr", type=float, default=None, help="linear gd: step size (4.0); the gd kind: (0.1)")
 @click.option("--shards", type=int, default=4, show_default=True)
 @click.option("--slices", type=int, default=2, show_default=True)
 @click.option("--aggregation", default="mean_softmax", show_default=True, type=click.Choice(AGGREGATIONS.names()))
@@ -105,6 +106,8 @@ def train(c: Context, name, dataset, arch, strategy, epsilon, delta, noise, l2, 
         if strategy == "linear":
             strat = Strategy("linear", epsilon=epsilon, delta=delta, noise=noise, l2=l2, trainer=trainer,
                              iterations=iterations, lr=gd_lr)
+        elif strategy == "gd":
+            strat = Strategy("gd", l2=l2, iterations=iterations, lr=gd_lr)
         elif strategy == "monolithic":
             strat = Strategy("monolithic", aggregation=aggregation)
         else:

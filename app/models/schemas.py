@@ -53,6 +53,18 @@ class LinearStrategy(Input):
     lr: float | None = Field(None, gt=0, lt=8, description="gd: step size (default 4.0)")
 
 
+class GdStrategy(Input):
+    """A network (``architecture``: an MLP over a table, say) trained by full-batch
+    gradient descent on the mean cross-entropy, every step kept so the ``deltagrad``
+    method can replay the training without removed rows. Its trajectory (2 x iterations
+    x parameters float64 numbers) must fit in 512 MiB."""
+
+    kind: Literal["gd"]
+    iterations: int = Field(300, ge=1, le=100_000, description="steps")
+    lr: float = Field(0.1, gt=0, le=10, description="step size")
+    l2: float = Field(1e-4, ge=0, allow_inf_nan=False, description="the L2 penalty")
+
+
 class TrainingSettings(Input):
     """The training recipe (``workers.engine.training.TrainConfig``, which also checks
     the combinations: a bad one is 422 ``invalid_request`` with error type
@@ -96,7 +108,7 @@ class ModelCreate(Input):
     architecture: str = Field("cnn", max_length=64, description="a name from GET /v1/architectures: built in, "
                               "any torchvision classification model, or an installed plugin")
     architecture_params: dict = Field(default_factory=dict, description="the architecture's own keyword arguments")
-    strategy: Annotated[SisaStrategy | MonolithicStrategy | LinearStrategy, Field(discriminator="kind")]
+    strategy: Annotated[SisaStrategy | MonolithicStrategy | LinearStrategy | GdStrategy, Field(discriminator="kind")]
     training: TrainingSettings = TrainingSettings()
     seed: int = Field(0, ge=0, le=2**31 - 1)
 

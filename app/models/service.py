@@ -28,6 +28,23 @@ from workers.engine.sisa import Ensemble, Strategy
 from workers.engine.training import TrainConfig, scaled
 
 
+def _check_trajectory(model_in: ModelCreate, strategy: dict, dataset: DatasetRow) -> None:
+    """422 ``invalid_model`` when a gd model's trajectory would not fit (see ``gdnet``)."""
+    from workers.engine import gdnet
+    from workers.engine.errors import ModelError
+
+    info = dataset.info or {}
+    if "input_shape" not in info or "num_classes" not in info:
+        return  # the training job checks it against the data
+    spec = {"architecture": model_in.architecture, "architecture_params": model_in.architecture_params or None,
+            "input_shape": info["input_shape"], "num_classes": info["num_classes"], "strategy": strategy,
+            "recipe": {"seed": model_in.seed}}
+    try:
+        gdnet.check(spec)
+    except (ModelError, ValueError) as exc:
+        raise ApiError(422, "invalid_model", str(exc)) from None
+
+
 def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[ModelRow, JobRow]:
     """Record the model and its training job; the job reaches a worker through the outbox."""
     if session.get(ModelRow, model_in.name) is not None:
@@ -44,6 +61,8 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
         raise ApiError(422, "invalid_model", f"a linear head over {model_in.architecture!r} features needs that "
                        "network's pretrained weights: upload a backbone (POST /v1/backbones) and name it as "
                        "training.init")
+    if strategy["kind"] == "gd":
+        _check_trajectory(model_in, strategy, dataset)
     if strategy["shards"] * strategy["slices"] > dataset.n_owners:
         raise ApiError(422, "invalid_model", f"{strategy['shards']} shards x {strategy['slices']} slices need at "
                        f"least that many owners; dataset {dataset.name!r} has {dataset.n_owners}")

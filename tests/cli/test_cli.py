@@ -177,6 +177,13 @@ def test_a_gd_linear_model_and_a_clustered_sisa_model_from_the_command_line(tmp_
     code, _, err = run(tmp_path, "train", "bad", "--dataset", "digits", "--arch", "linear", "--strategy", "linear",
                        "--iterations", "40", capsys=capsys)
     assert code == 2 and "settings of the gd trainer" in err
+    code, out, _ = run(tmp_path, "train", "net", "--dataset", "digits", "--arch", "mlp", "--arch-param", "hidden=16",
+                       "--strategy", "gd", "--iterations", "30", capsys=capsys)
+    assert code == 0, out
+    other = json.loads(run(tmp_path, "--json", "owners", "digits", "--limit", "1", capsys=capsys)[1])[0]["owner_id"]
+    assert other != owner  # the first was erased
+    code, out, _ = run(tmp_path, "unlearn", "net", "--owner", other, "--method", "deltagrad", capsys=capsys)
+    assert code == 0 and "approximated steps of the training replayed" in out
     code, out, _ = run(tmp_path, "--json", "train", "km", "--dataset", "digits", "--shards", "2", "--slices", "1",
                        "--epochs", "1", "--partition", "kmeans", capsys=capsys)
     assert code == 0 and json.loads(out)["strategy"]["partition"] == "kmeans"

@@ -85,7 +85,7 @@ def test_a_budget_outside_its_range_is_refused(settings):
 def test_budget_follows_theorem_3():
     b = certified.Budget(epsilon=2.0, delta=1e-5, noise=3.0)
     assert math.isclose(b.residual_budget, 2.0 * 3.0 / math.sqrt(2 * math.log(1.5e5)))
-    with pytest.raises(ValueError, match="linear kind only"):
+    with pytest.raises(ValueError, match="settings of the linear and gd kinds only"):
         Strategy("sisa", 2, 1, epsilon=1.0)
 
 

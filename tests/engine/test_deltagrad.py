@@ -182,3 +182,81 @@ def test_removing_every_row_of_a_linear_head_is_a_clear_error(engine, trainer):
     for mode, kwargs in (("approximate", {"method": method}), ("sisa", {})):
         with pytest.raises(ModelError, match="nothing left to train it on"):
             engine.unlearn("lin", everyone, mode=mode, **kwargs)
+
+
+# -- the gd kind: a network trained by full-batch gradient descent -------------------------
+
+MLP = {"architecture": "mlp", "architecture_params": {"hidden": 32}}
+
+
+def _train_net(engine, name: str = "net", **strategy) -> dict:
+    from workers.engine.sisa import Strategy
+    from workers.engine.training import TrainConfig
+
+    return engine.train(name, dataset="digits", **MLP, strategy=Strategy("gd", **{"iterations": 150, **strategy}),
+                        config=TrainConfig(seed=0))
+
+
+def _flat(engine, version: dict) -> torch.Tensor:
+    from workers.engine import checkpoints
+
+    state = checkpoints.loads(engine.store.get_blob(version["constituents"][0]["weights"])).model_state
+    return torch.cat([state[k].double().flatten() for k in sorted(state)])
+
+
+def test_a_network_replay_lands_closer_to_retraining_than_the_network_it_started_from():
+    """The algorithm on an MLP (not convex): DeltaGrad's replay against the same steps
+    on the remaining rows, with most full gradients approximated."""
+    from torch.nn.utils import parameters_to_vector
+
+    from workers.engine import gdnet
+
+    raw = sources.load_digits(seed=0)
+    x = torch.as_tensor(raw.x.astype(np.float64) * raw.x_scale)
+    y = torch.as_tensor(raw.y.astype(np.int64))
+    gone = _gone(len(y), 20, 0)
+    spec = {**MLP, "input_shape": [1, 8, 8], "num_classes": 10, "recipe": {"seed": 0}}
+    schedule = deltagrad.Schedule(lr=0.1, iterations=150, l2=1e-4)
+    model = gdnet.network(spec)
+    v0 = parameters_to_vector(model.parameters()).detach()[:, None]
+    original, trajectory = deltagrad.descend(v0, gdnet.Objective(model, x, y), len(y), schedule)
+    keep = gdnet.Objective(model, x[~gone], y[~gone])
+    exact, _ = deltagrad.descend(v0, keep, int((~gone).sum()), schedule)
+    replay = deltagrad.replay(trajectory, int((~gone).sum()), keep, 20, gdnet.Objective(model, x[gone], y[gone]),
+                              schedule, curvature=2 / schedule.lr)
+    assert replay.approximate_steps > replay.exact_steps
+    assert (replay.weights - exact).norm() < 0.6 * (original - exact).norm()
+
+
+def test_a_gd_network_forgets_an_owner_by_replay_and_retrains_for_an_exact_removal(digits_engine):
+    v1 = _train_net(digits_engine)
+    assert v1["strategy"] == {"kind": "gd", "shards": 1, "slices": 1, "aggregation": "mean_softmax",
+                              "iterations": 150, "lr": 0.1, "l2": 1e-4}
+    assert v1["metrics"]["test_accuracy"] > 0.6 and v1["metrics"]["deltagrad"]["retrained"] is False  # chance: 0.1
+    owners = [o for o, _ in digits_engine.dataset("digits").owners(limit=2)]
+    v2 = digits_engine.unlearn("net", owners[:1], mode="approximate", method="deltagrad")
+    report = v2["metrics"]["deltagrad"]
+    assert report["retrained"] is False and report["approximate_steps"] > report["exact_steps"]
+    assert v2["exact"] is False and v2["method"]["name"] == "deltagrad"
+    assert v2["metrics"]["test_accuracy"] > 0.6
+    assert not torch.equal(_flat(digits_engine, v2), _flat(digits_engine, v1))
+    v3 = digits_engine.unlearn("net", owners[1:])  # exact: the same steps from scratch on what is left
+    assert v3["exact"] is True and v3["metrics"]["deltagrad"]["retrained"] is True
+    served = digits_engine.load("net").models[0]  # a plain MLP, served like any other
+    assert isinstance(served, nets.MLP)
+
+
+def test_the_gd_kind_refuses_what_does_not_fit(digits_engine):
+    from workers.engine.errors import MethodNotSupported, ModelError
+    from workers.engine.sisa import Strategy
+
+    with pytest.raises(ValueError, match="linear kind only"):
+        Strategy("gd", epsilon=1.0)
+    with pytest.raises(ValueError, match="iterations >= 1"):
+        Strategy("gd", lr=0.0)
+    with pytest.raises(ModelError, match="MiB limit"):
+        _train_net(digits_engine, "huge", iterations=100_000)
+    _train_net(digits_engine, iterations=10)
+    owner = digits_engine.dataset("digits").owners(limit=1)[0][0]
+    with pytest.raises(MethodNotSupported, match="linear"):
+        digits_engine.unlearn("net", [owner], mode="approximate", method="certified")

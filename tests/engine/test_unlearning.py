@@ -156,6 +156,19 @@ def test_mia_calls_confident_rows_members_and_unsure_rows_non_members():
     assert m["mia_efficacy"] == pytest.approx(0.0)  # the forget set looks memorised
 
 
+def test_the_vectorised_svc_predicts_what_libsvm_predicts():
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.beta(8, 1, 2000), rng.beta(6, 1, 2000)]).reshape(-1, 1)
+    labels = np.concatenate([np.ones(2000), np.zeros(2000)])
+    clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, labels)
+    queries = np.concatenate([rng.beta(7, 1, 5000), np.linspace(0, 1, 3001)]).reshape(-1, 1)
+    expected = clf.predict(queries)
+    assert 0 < expected.mean() < 1  # both classes occur: the comparison means something
+    assert np.array_equal(metrics.svc_predict(clf, queries), expected)
+
+
 def test_kl_is_zero_for_equal_outputs_and_positive_otherwise():
     p = _onehot(np.array([0, 1]), p=0.7)
     assert metrics.kl_divergence(p, p) == pytest.approx(0.0)

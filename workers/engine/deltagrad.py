@@ -25,6 +25,7 @@ distance of about 1e-3). The L2 term's gradient is always exact. Everything is f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -80,12 +81,21 @@ def data_gradient(w: torch.Tensor, phi: torch.Tensor, ypm: torch.Tensor) -> torc
 
 def train(phi: torch.Tensor, ypm: torch.Tensor, schedule: Schedule) -> tuple[torch.Tensor, Trajectory]:
     """Full-batch gradient descent from zero; the final weights and the trajectory."""
-    n, (d, k) = len(phi), (phi.shape[1], ypm.shape[1])
-    w = torch.zeros(d, k, dtype=torch.float64, device=phi.device)
-    weights = torch.empty(schedule.iterations, d, k, dtype=torch.float64, device=phi.device)
+    w0 = torch.zeros(phi.shape[1], ypm.shape[1], dtype=torch.float64, device=phi.device)
+    return descend(w0, lambda w: data_gradient(w, phi, ypm), len(phi), schedule)
+
+
+def descend(w0: torch.Tensor, gradient: Callable[[torch.Tensor], torch.Tensor], n: int,
+            schedule: Schedule) -> tuple[torch.Tensor, Trajectory]:
+    """``schedule.iterations`` steps of full-batch gradient descent from ``w0`` on the mean
+    of ``gradient`` (the data term's gradient summed over the ``n`` rows) plus the L2
+    term; the final weights and the trajectory. ``w0`` is ``d x K`` (a flat parameter
+    vector is ``d x 1``)."""
+    w = w0.clone()
+    weights = torch.empty(schedule.iterations, *w.shape, dtype=w.dtype, device=w.device)
     gradients = torch.empty_like(weights)
     for t in range(schedule.iterations):
-        g = data_gradient(w, phi, ypm) / n
+        g = gradient(w) / n
         weights[t], gradients[t] = w, g
         w = w - schedule.lr * (g + schedule.l2 * w)
     return w, Trajectory(weights, gradients, n)
@@ -121,10 +131,24 @@ def remove(trajectory: Trajectory, phi_keep: torch.Tensor, ypm_keep: torch.Tenso
            ypm_gone: torch.Tensor, schedule: Schedule) -> Replay:
     """Replay the training without the rows ``phi_gone``: ``phi_keep`` and ``phi_gone``
     together must be the rows the trajectory was trained on (in any order)."""
-    n, r = trajectory.n, len(phi_gone)
-    if len(phi_keep) + r != n:
+    return replay(trajectory, len(phi_keep), lambda v: data_gradient(v, phi_keep, ypm_keep),
+                  len(phi_gone), lambda v: data_gradient(v, phi_gone, ypm_gone), schedule, LOGISTIC_CURVATURE)
+
+
+LOGISTIC_CURVATURE = 0.25  # the logistic loss's Hessian on unit-norm rows is at most 1/4
+
+
+def replay(trajectory: Trajectory, n_keep: int, keep_gradient: Callable[[torch.Tensor], torch.Tensor], r: int,
+           gone_gradient: Callable[[torch.Tensor], torch.Tensor], schedule: Schedule,
+           curvature: float) -> Replay:
+    """Replay the trajectory without ``r`` removed rows, given the summed data-term
+    gradients of the ``n_keep`` kept rows and of the removed ones. ``curvature`` bounds
+    the data term's Hessian: a pair with ``y.y > curvature * s.y`` is not kept (see
+    :func:`_curvature`)."""
+    n = trajectory.n
+    if n_keep + r != n:
         raise ValueError(f"DeltaGrad replays the {n} rows the trajectory was trained on; "
-                         f"got {len(phi_keep)} kept and {r} removed")
+                         f"got {n_keep} kept and {r} removed")
     if r == 0 or r >= n:
         raise ValueError(f"cannot remove {r} of {n} rows")
     steps = len(trajectory.weights)
@@ -134,12 +158,12 @@ def remove(trajectory: Trajectory, phi_keep: torch.Tensor, ypm_keep: torch.Tenso
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     for t in range(steps):
         w_t, g_t = trajectory.weights[t], trajectory.gradients[t]
-        removed = data_gradient(v, phi_gone, ypm_gone)
+        removed = gone_gradient(v)
         if t < schedule.j0 or (t - schedule.j0) % schedule.t0 == 0 or not pairs:
-            kept = data_gradient(v, phi_keep, ypm_keep)
+            kept = keep_gradient(v)
             if trajectory.exact_at(t):
                 s, y = v - w_t, (kept + removed) / n - g_t
-                if _curvature(s, y):
+                if _curvature(s, y, curvature):
                     pairs = (pairs + [(s, y)])[-schedule.m:]
             remaining = kept / (n - r)
             was_exact[t] = True
@@ -152,9 +176,11 @@ def remove(trajectory: Trajectory, phi_keep: torch.Tensor, ypm_keep: torch.Tenso
     return Replay(v, Trajectory(weights, gradients, n - r, was_exact, trajectory.replays + 1), exact, steps - exact)
 
 
-def _curvature(s: torch.Tensor, y: torch.Tensor) -> bool:
-    """Whether ``(s, y)`` is a curvature pair of the data term for every class: ``0 <
-    s.y`` and ``y.y <= s.y / 4``, since its Hessian is at most 1/4 on unit-norm rows (a
-    pair outside that did not come from the loss, and would make B unstable)."""
+def _curvature(s: torch.Tensor, y: torch.Tensor, bound: float) -> bool:
+    """Whether ``(s, y)`` is a curvature pair of the data term for every column: ``0 <
+    s.y`` and ``y.y <= bound * s.y``, ``bound`` the Hessian's largest eigenvalue (for
+    the logistic head 1/4 on unit-norm rows; a pair outside that did not come from the
+    loss, and would make B unstable). A pair of negative curvature (a non-convex
+    network) is not kept either."""
     sy, yy = (s * y).sum(0), (y * y).sum(0)
-    return bool(((sy > 0) & (yy <= 0.25 * (1 + 1e-6) * sy)).all())
+    return bool(((sy > 0) & (yy <= bound * (1 + 1e-6) * sy)).all())

@@ -207,10 +207,10 @@ def _certified_step(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, to
 def head_metrics(store: ModelStore, weights: str, strategy: dict) -> dict:
     """What a linear version's metrics say of its head: ``certified`` (a solver head's
     accumulated residual bound against its budget, and whether the head was retrained,
-    the budget reset) or ``deltagrad`` (a gd head replayed by DeltaGrad, with its exact
-    and approximated steps, or retrained). Empty for other kinds, and for weights
-    another method left."""
-    if strategy.get("kind") != "linear":
+    the budget reset) or ``deltagrad`` (a gd head, or a network of the gd kind, replayed
+    by DeltaGrad, with its exact and approximated steps, or retrained). Empty for other
+    kinds, and for weights another method left."""
+    if strategy.get("kind") not in ("linear", "gd"):
         return {}
     info = checkpoints.loads(store.get_blob(weights)).info
     out = {}

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from models_store import ModelNotFound, ModelStore
-from workers.engine import linear, nets, placement, sisa, unlearning, weights
+from workers.engine import gdnet, linear, nets, placement, sisa, unlearning, weights
 from workers.engine.digests import ids_digest
 from workers.engine.errors import DatasetError, MethodNotSupported, ModelError
 from workers.engine.ids import put_ids, slice_ids
@@ -114,6 +114,8 @@ def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, 
         "input_shape": info.input_shape,
         "num_classes": info.num_classes,
     }
+    if strategy.kind == "gd":
+        gdnet.check(spec)  # its trajectory must fit
     _create_or_resume(store, name, spec)
     shards = [_shard(store, shard, ids, ShardStatus.TRAINED, 0, []) for shard, ids in enumerate(slices)]
     return Plan(name, PlanKind.TRAIN, None, job, spec, started, shards)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from models_store import ModelStore
-from workers.engine import approximate, linear, sisa
+from workers.engine import approximate, gdnet, linear, sisa
 from workers.engine.datasets import device_data
 from workers.engine.errors import DatasetError
 from workers.engine.ids import get_ids
@@ -34,15 +34,18 @@ def run_shard(plan: Plan, shard: int, *, store: ModelStore, ds: Dataset, device:
     if entry.status == ShardStatus.REUSED:
         return []
     spec = plan.spec
-    linear_kind = spec["strategy"]["kind"] == "linear"
+    kind = spec["strategy"]["kind"]
     if entry.status == ShardStatus.APPROXIMATE:
-        if linear_kind and plan.method.name in ("certified", "deltagrad"):
+        if kind in ("linear", "gd") and plan.method.name in ("certified", "deltagrad"):
             forget = approximate.forget_inputs(plan, entry, store=store, ds=ds, vault=vault, device=device)
-            return [linear.unlearn_head(plan, entry, forget, store=store, ds=ds, device=device, progress=progress)]
+            unlearn = linear.unlearn_head if kind == "linear" else gdnet.unlearn_net
+            return [unlearn(plan, entry, forget, store=store, ds=ds, device=device, progress=progress)]
         return [approximate.unlearn_constituent(plan, entry, store=store, ds=ds, device=device, vault=vault,
                                                 progress=progress)]
-    if linear_kind:  # trained (or exactly retrained) from scratch, by the solver or gradient descent
+    if kind == "linear":  # trained (or exactly retrained) from scratch, by the solver or gradient descent
         return linear.train_head(plan, entry, store=store, ds=ds, device=device, progress=progress)
+    if kind == "gd":  # trained (or exactly retrained) from scratch by full-batch gradient descent
+        return gdnet.train_net(plan, entry, store=store, ds=ds, device=device, progress=progress)
     slice_ids: list[np.ndarray] = [get_ids(store, k) for k in entry.slices]
     r = entry.from_slice
     start = store.get_blob(entry.checkpoints[r - 1]) if r > 0 else None

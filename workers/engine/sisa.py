@@ -51,13 +51,13 @@ def vote(probs: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.one_hot(probs.argmax(2), probs.shape[2]).float().mean(0)
 
 
-KINDS = ("sisa", "monolithic", "linear")
+KINDS = ("sisa", "monolithic", "linear", "gd")
 TRAINERS = ("solver", "gd")  # how a linear head is trained
 
 
 @dataclass(frozen=True)
 class Strategy:
-    kind: str = "sisa"  # "sisa" | "monolithic" | "linear"
+    kind: str = "sisa"  # "sisa" | "monolithic" | "linear" | "gd" (a network trained by full-batch gradient descent)
     shards: int = 1
     slices: int = 1
     aggregation: str = "mean_softmax"
@@ -70,7 +70,7 @@ class Strategy:
     # linear: "solver" (the exact minimiser, what certified removal needs) or "gd"
     # (full-batch gradient descent whose trajectory DeltaGrad replays; no noise, no certificate)
     trainer: str | None = None
-    iterations: int | None = None  # gd: steps
+    iterations: int | None = None  # gd (the trainer, or the kind): steps
     lr: float | None = None  # gd: step size
 
     def __post_init__(self):
@@ -94,8 +94,19 @@ class Strategy:
             if trainer == "gd" and not (self.iterations >= 1 and 0 < self.lr < 8):
                 raise ValueError("gd needs iterations >= 1 and 0 < lr < 8 (the rows have unit norm)")
             object.__setattr__(self, "trainer", trainer)
+        elif self.kind == "gd":
+            if any(v is not None for v in (self.epsilon, self.delta, self.noise, self.trainer)):
+                raise ValueError("epsilon, delta, noise and trainer are settings of the linear kind only")
+            # lr 0.1: at 0.5 full-batch descent on an MLP was chaotic (removing 20 of 1,437
+            # digits rows moved the weights 33%) and DeltaGrad's replay diverged
+            for key, default in {"iterations": 300, "lr": 0.1, "l2": 1e-4}.items():
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, default)
+            if not (self.iterations >= 1 and self.lr > 0 and self.l2 >= 0):
+                raise ValueError("the gd kind needs iterations >= 1, lr > 0 and l2 >= 0")
         elif any(v is not None for v in (*self._budget_fields().values(), self.trainer, self.iterations, self.lr)):
-            raise ValueError("epsilon, delta, noise, l2, trainer, iterations and lr are settings of the linear kind only")
+            raise ValueError("epsilon, delta, noise, l2, trainer, iterations and lr are settings of the linear and "
+                             "gd kinds only")
         if self.shards < 1 or self.slices < 1:
             raise ValueError("shards and slices must be >= 1")
         if self.partition not in PARTITIONS:
@@ -116,6 +127,8 @@ class Strategy:
         out = {"kind": self.kind, "shards": self.shards, "slices": self.slices, "aggregation": self.aggregation}
         if self.partition != "balanced":  # records written before partitions existed stay as they were
             out["partition"] = self.partition
+        if self.kind == "gd":
+            return {**out, "iterations": self.iterations, "lr": self.lr, "l2": self.l2}
         if self.kind != "linear":
             return out
         out = {**out, **self._budget_fields()}

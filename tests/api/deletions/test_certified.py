@@ -82,19 +82,27 @@ def test_a_linear_head_over_a_frozen_backbone_forgets_with_a_certificate(digits)
 GD = {**LINEAR, "name": "gd", "strategy": {"kind": "linear", "l2": 0.01, "trainer": "gd", "iterations": 60}}
 
 
-def test_a_deltagrad_deletion_on_a_gd_linear_model_goes_through_the_gate(digits):
+def _train_and_delete_by_deltagrad(client, body: dict) -> dict:
+    """Train ``body``'s model, delete an owner from it by deltagrad (the gate opened: its
+    raw output is published), check the request completed that way; the model."""
     from tests.service_helpers import change_settings
 
-    assert digits.post("/v1/models", json=GD, headers=A).status_code == 202
-    run_worker_inline(digits.app_)
-    m = digits.get("/v1/models/gd", headers=A).json()
-    assert m["status"] == "ready" and m["strategy"]["trainer"] == "gd" and m["strategy"]["iterations"] == 60
-    change_settings(digits, gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0)
-    r = digits.post("/v1/deletion-requests", json={"owner_id": an_owner(digits), "method": "deltagrad"}, headers=C)
+    assert client.post("/v1/models", json=body, headers=A).status_code == 202
+    run_worker_inline(client.app_)
+    m = client.get(f"/v1/models/{body['name']}", headers=A).json()
+    assert m["status"] == "ready"
+    change_settings(client, gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0)
+    r = client.post("/v1/deletion-requests", json={"owner_id": an_owner(client), "method": "deltagrad"}, headers=C)
     assert r.status_code == 202, r.text
-    run_worker_inline(digits.app_)
-    req = digits.get(f"/v1/deletion-requests/{r.json()['id']}", headers=C).json()
+    run_worker_inline(client.app_)
+    req = client.get(f"/v1/deletion-requests/{r.json()['id']}", headers=C).json()
     assert req["status"] == "completed" and req["outcomes"][0]["published_method"] == "deltagrad"
+    return m
+
+
+def test_a_deltagrad_deletion_on_a_gd_linear_model_goes_through_the_gate(digits):
+    m = _train_and_delete_by_deltagrad(digits, GD)
+    assert m["strategy"]["trainer"] == "gd" and m["strategy"]["iterations"] == 60
     v2 = digits.get("/v1/models/gd/versions/2", headers=C).json()
     assert v2["metrics"]["deltagrad"]["approximate_steps"] > 0 and v2["metrics"]["gate"]["passed"] is True
     # the certified step needs the solver's exact minimiser
@@ -115,3 +123,26 @@ def test_deltagrad_on_a_solver_linear_model_is_method_not_supported(digits):
     run_worker_inline(digits.app_)
     r = digits.post("/v1/deletion-requests", json={"owner_id": an_owner(digits), "method": "deltagrad"}, headers=C)
     assert r.status_code == 422 and r.json()["code"] == "method_not_supported" and "gd" in r.json()["detail"]
+
+
+NET = {"name": "net", "dataset": "digits", "architecture": "mlp", "architecture_params": {"hidden": 32},
+       "strategy": {"kind": "gd", "iterations": 60, "lr": 0.1}}
+
+
+def test_a_deltagrad_deletion_on_a_gd_network_goes_through_the_gate(digits):
+    m = _train_and_delete_by_deltagrad(digits, NET)
+    assert m["strategy"]["kind"] == "gd" and m["strategy"]["l2"] == 1e-4
+    v2 = digits.get("/v1/models/net/versions/2", headers=C).json()
+    assert v2["metrics"]["deltagrad"]["approximate_steps"] > 0
+    r = digits.post("/v1/deletion-requests", json={"owner_id": an_owner(digits), "method": "certified"}, headers=C)
+    assert r.status_code == 422 and r.json()["code"] == "method_not_supported"
+
+
+@pytest.mark.parametrize("strategy", [{"iterations": 0}, {"lr": 0}, {"l2": -1},
+                                      {"iterations": 100_000}])
+def test_a_gd_strategy_that_does_not_fit_is_422(digits, strategy):
+    body = {**NET, "strategy": {**NET["strategy"], **strategy}}
+    r = digits.post("/v1/models", json=body, headers=A)
+    assert r.status_code == 422 and r.json()["code"] in ("invalid_request", "invalid_model"), r.text
+    if "iterations" in strategy and strategy["iterations"] > 1:
+        assert "MiB" in r.json()["detail"]

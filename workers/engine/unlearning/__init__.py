@@ -57,7 +57,7 @@ def unsupported(name: str | None, strategy: dict) -> str | None:
     kind = strategy["kind"]
     if kind not in kinds:
         return f"method {name!r} runs on model kinds {', '.join(kinds)} only; this model is {kind}"
-    trainers = getattr(METHODS.get(name), "TRAINERS", None)
+    trainers = getattr(METHODS.get(name), "TRAINERS", None) if kind == "linear" else None
     trainer = strategy.get("trainer") or "solver"
     if trainers is not None and trainer not in trainers:
         return f"method {name!r} runs on linear models trained with {' or '.join(trainers)}; this one uses {trainer}"

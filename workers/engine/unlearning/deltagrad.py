@@ -1,13 +1,14 @@
 """deltagrad: replay a gradient-descent training without the forget rows (Wu, Dobriban
 and Davidson, ICML 2020), approximating most steps' full gradients by L-BFGS. It needs
 the training trajectory, not only the weights, so it runs on ``linear`` models trained
-with ``trainer: gd``, in ``workers.engine.linear``; this module names it and its
-replay settings (``workers.engine.deltagrad.Schedule``)."""
+with ``trainer: gd`` (``workers.engine.linear``) and on networks of the ``gd`` kind
+(``workers.engine.gdnet``); this module names it and its replay settings
+(``workers.engine.deltagrad.Schedule``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("linear",)  # the model kinds it runs on
+KINDS = ("linear", "gd")  # the model kinds it runs on
 TRAINERS = ("gd",)  # and, on the linear kind, the trainers
 
 
@@ -28,4 +29,5 @@ class Config:
 
 
 def unlearn(model, forget, retain, cfg: Config, *, heldout=None):
-    raise ValueError("deltagrad runs on linear models trained with trainer 'gd', through workers.engine.linear")
+    raise ValueError("deltagrad runs on linear models trained with trainer 'gd' and on gd models, through "
+                     "workers.engine.linear and workers.engine.gdnet")
