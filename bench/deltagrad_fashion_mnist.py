@@ -85,7 +85,8 @@ class Network:
 
     def remove(self, trajectory, keep):
         return deltagrad.replay(trajectory, int(keep.sum()), self.objective(keep), int((~keep).sum()),
-                                self.objective(~keep), self.schedule, curvature=2 / self.schedule.lr)
+                                self.objective(~keep), self.schedule,
+                                curvature=self.gdnet.curvature_bound(self.schedule.lr))
 
     @torch.no_grad()
     def test_predictions(self, v):

@@ -24,8 +24,9 @@ more settings); ``full`` (SGD with Nesterov momentum, weight decay, cosine sched
 after a linear warm-up, label smoothing 0.1, gradient clipping at norm 5); ``full+aug``
 (Lethe only: ``full`` plus random crop (padding 2) and horizontal flip, compared with
 the plain ``full`` loop, which does not augment: the cost of augmentation);
-``default+amp`` (CUDA: bf16 autocast and channels_last in both loops; on the CPU the
-same as ``default``).
+``default+amp`` (CUDA: bf16 autocast in both loops; on the CPU the same as
+``default``). Images into convolutions run in channels_last in both loops, on every
+device, as Lethe's loop runs them.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ RECIPES = {
     "full+aug": dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine",
                      warmup_steps=100, label_smoothing=0.1, max_grad_norm=5.0, random_crop_padding=2,
                      random_horizontal_flip=True),
-    # CUDA only (no effect on the CPU): bf16 autocast and channels_last, in both loops.
+    # CUDA only (no effect on the CPU): bf16 autocast, in both loops.
     "default+amp": dict(mixed_precision=True),
 }
 
@@ -89,7 +90,9 @@ def plain_loop(model: nn.Module, cfg: TrainConfig, x: torch.Tensor, y: torch.Ten
             torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps * epochs - cfg.warmup_steps)],
             milestones=[cfg.warmup_steps])
     amp = cfg.mixed_precision and x.device.type == "cuda"
-    channels_last = amp and x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    # The memory layout Lethe's loop uses (channels_last for images into convolutions, on
+    # every device): a layout, not a recipe setting, so both loops run it.
+    channels_last = x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
     if channels_last:
         model.to(memory_format=torch.channels_last)
     torch.manual_seed(seed)

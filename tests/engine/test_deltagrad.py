@@ -223,7 +223,7 @@ def test_a_network_replay_lands_closer_to_retraining_than_the_network_it_started
     keep = gdnet.Objective(model, x[~gone], y[~gone])
     exact, _ = deltagrad.descend(v0, keep, int((~gone).sum()), schedule)
     replay = deltagrad.replay(trajectory, int((~gone).sum()), keep, 20, gdnet.Objective(model, x[gone], y[gone]),
-                              schedule, curvature=2 / schedule.lr)
+                              schedule, curvature=gdnet.curvature_bound(schedule.lr))
     assert replay.approximate_steps > replay.exact_steps
     assert (replay.weights - exact).norm() < 0.6 * (original - exact).norm()
 
@@ -260,3 +260,21 @@ def test_the_gd_kind_refuses_what_does_not_fit(digits_engine):
     owner = digits_engine.dataset("digits").owners(limit=1)[0][0]
     with pytest.raises(MethodNotSupported, match="linear"):
         digits_engine.unlearn("net", [owner], mode="approximate", method="certified")
+
+
+def test_a_replay_that_diverges_is_retrained_not_published(digits_engine, monkeypatch):
+    from workers.engine import deltagrad as math
+
+    _train_net(digits_engine, iterations=20)
+    real = math.replay
+
+    def runaway(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return math.Replay(result.weights * float("nan"), result.trajectory, result.exact_steps,
+                           result.approximate_steps)
+
+    monkeypatch.setattr(math, "replay", runaway)
+    owner = digits_engine.dataset("digits").owners(limit=1)[0][0]
+    v2 = digits_engine.unlearn("net", [owner], mode="approximate", method="deltagrad")
+    assert v2["metrics"]["deltagrad"]["diverged"] is True and v2["metrics"]["deltagrad"]["retrained"] is True
+    assert v2["exact"] is True and torch.isfinite(_flat(digits_engine, v2)).all()
