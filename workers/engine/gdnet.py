@@ -19,13 +19,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from models_store import ModelStore
-from workers.engine import checkpoints, deltagrad, nets
+from workers.engine import checkpoints, deltagrad, nets, trajectories
 from workers.engine.datasets import device_data
 from workers.engine.digests import ids_digest
 from workers.engine.errors import DatasetError, ModelError
@@ -34,7 +32,6 @@ from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan, ShardPlan
 from workers.engine.sisa import Strategy
 from workers.engine.training import derive_seed
-from workers.engine.unlearning.deltagrad import Config as DeltaGradConfig
 
 MAX_TRAJECTORY_BYTES = 512 << 20
 BATCH = 4096  # rows per forward pass of a full gradient
@@ -97,18 +94,10 @@ def curvature_bound(lr: float) -> float:
     return 1.0 / lr
 
 
-def _schedule(strategy: Strategy, method_config: dict | None = None) -> deltagrad.Schedule:
-    replay = {k: v for k, v in (method_config or {}).items() if k in ("j0", "t0", "m")}
-    return deltagrad.Schedule(lr=strategy.lr, iterations=strategy.iterations, l2=strategy.l2, **replay)
-
-
 def _save(store: ModelStore, spec: dict, model: nn.Module, v: torch.Tensor, trajectory: deltagrad.Trajectory,
           ids: np.ndarray, *, retrained: bool, extra: dict | None = None) -> str:
     vector_to_parameters(v[:, 0].detach(), list(model.parameters()))
-    exact = trajectory.exact if trajectory.exact is not None else torch.ones(len(trajectory.weights), dtype=torch.bool)
-    path = store.put_blob(st_save({"weights": trajectory.weights.cpu().contiguous(),
-                                   "gradients": trajectory.gradients.cpu().contiguous(),
-                                   "exact": exact.to(torch.uint8).cpu().contiguous()}))
+    path = trajectories.save(store, trajectory)
     info = {
         "architecture": spec["architecture"], "input_shape": spec["input_shape"], "num_classes": spec["num_classes"],
         **({"architecture_params": spec["architecture_params"]} if spec.get("architecture_params") else {}),
@@ -123,7 +112,8 @@ def _train(spec: dict, x: torch.Tensor, y: torch.Tensor, ids: np.ndarray, *, sto
            device: torch.device, retrained: bool, extra: dict | None = None) -> str:
     model = network(spec).to(device)
     v0 = parameters_to_vector(model.parameters()).detach()[:, None]
-    v, trajectory = deltagrad.descend(v0, Objective(model, x, y), len(y), _schedule(Strategy(**spec["strategy"])))
+    v, trajectory = deltagrad.descend(v0, Objective(model, x, y), len(y),
+                                        trajectories.schedule(Strategy(**spec["strategy"])))
     return _save(store, spec, model, v, trajectory, ids, retrained=retrained, extra=extra)
 
 
@@ -145,21 +135,15 @@ def unlearn_net(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, torch.
     ids = np.concatenate([get_ids(store, k) for k in entry.slices])
     x, y = _rows(ds, device, ids)
     parent = checkpoints.loads(store.get_blob(entry.parent_weights))
-    state = parent.info.get("deltagrad")
-    trained_on = ids_digest(np.union1d(ids, get_ids(store, entry.forget_ids)))
-    if state is None or parent.info.get("manifest_digest") != trained_on:
-        progress("nothing to replay: retraining the network by gradient descent")
-        return _train(spec, x, y, ids, store=store, device=device, retrained=True, extra={"no_trajectory": True})
-    limit = plan.method.config.get("max_replays", DeltaGradConfig.max_replays)
-    if state.get("replays", 0) >= limit:
-        progress(f"{limit} removals replayed since training: retraining the network by gradient descent")
-        return _train(spec, x, y, ids, store=store, device=device, retrained=True, extra={"replay_limit": limit})
-    blob = st_load(store.get_blob(state["trajectory"]))
-    trajectory = deltagrad.Trajectory(blob["weights"].to(device), blob["gradients"].to(device), state["n"],
-                                      blob["exact"].bool(), state.get("replays", 0))
+    why = trajectories.must_retrain(plan, entry, parent.info, ids, store=store)
+    if why is not None:
+        progress(f"{why[0]}: retraining the network by gradient descent")
+        return _train(spec, x, y, ids, store=store, device=device, retrained=True, extra=why[1])
+    trajectory = trajectories.load(store, parent.info["deltagrad"], device)
     model = network(spec).to(device)
     keep, gone = Objective(model, x, y), Objective(model, forget[0], forget[1])
-    result = deltagrad.replay(trajectory, len(y), keep, len(forget[1]), gone, _schedule(strategy, plan.method.config),
+    result = deltagrad.replay(trajectory, len(y), keep, len(forget[1]), gone,
+                              trajectories.schedule(strategy, plan.method.config),
                               curvature=curvature_bound(strategy.lr))
     if not torch.isfinite(result.weights).all():  # the approximations ran away: never publish that
         progress("the DeltaGrad replay diverged: retraining the network by gradient descent")

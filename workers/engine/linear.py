@@ -17,7 +17,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from models_store import ModelStore
-from workers.engine import certified, checkpoints, deltagrad, nets, weights
+from workers.engine import certified, checkpoints, deltagrad, nets, trajectories, weights
 from workers.engine.certified import Head
 from workers.engine.datasets import device_data
 from workers.engine.digests import ids_digest
@@ -27,7 +27,6 @@ from workers.engine.ledger import Dataset
 from workers.engine.plans import Plan, ShardPlan
 from workers.engine.sisa import Strategy
 from workers.engine.training import DeviceData, derive_seed
-from workers.engine.unlearning.deltagrad import Config as DeltaGradConfig
 
 ARCHITECTURE = "certified_linear"
 
@@ -87,28 +86,18 @@ def _save(store: ModelStore, spec: dict, model: nets.CertifiedLinear, head: Head
     return store.put_blob(_dumps(model, head.weights, info))
 
 
-def _schedule(strategy: Strategy, method_config: dict | None = None) -> deltagrad.Schedule:
-    """The gd trainer's schedule: training from the strategy, replaying from the method."""
-    replay = {k: v for k, v in (method_config or {}).items() if k in ("j0", "t0", "m")}  # not max_replays
-    return deltagrad.Schedule(lr=strategy.lr, iterations=strategy.iterations, l2=strategy.l2, **replay)
-
-
 def _save_gd(store: ModelStore, spec: dict, model: nets.CertifiedLinear, weights: torch.Tensor,
              trajectory: deltagrad.Trajectory, ids: np.ndarray, *, retrained: bool, extra: dict | None = None) -> str:
     """A gd head: its weights, and its trajectory (every step's weights and gradient, a
     blob of ``2 x iterations x d x K`` float64) for the next DeltaGrad removal."""
-    exact = trajectory.exact if trajectory.exact is not None else torch.ones(len(trajectory.weights), dtype=torch.bool)
-    path = store.put_blob(st_save({"weights": trajectory.weights.cpu().contiguous(),
-                                   "gradients": trajectory.gradients.cpu().contiguous(),
-                                   "exact": exact.to(torch.uint8).cpu().contiguous()}))
-    info = {**_info(spec, ids), "deltagrad": {"trajectory": path, "n": trajectory.n, "replays": trajectory.replays,
+    info = {**_info(spec, ids), "deltagrad": {"trajectory": trajectories.save(store, trajectory), "n": trajectory.n, "replays": trajectory.replays,
                                               "retrained": retrained, **(extra or {})}}
     return store.put_blob(_dumps(model, weights, info))
 
 
 def _train_gd(spec: dict, model: nets.CertifiedLinear, phi: torch.Tensor, y: torch.Tensor, ids: np.ndarray, *,
               store: ModelStore, retrained: bool, extra: dict | None = None) -> str:
-    schedule = _schedule(Strategy(**spec["strategy"]))
+    schedule = trajectories.schedule(Strategy(**spec["strategy"]))
     weights, trajectory = deltagrad.train(phi, certified.signs(y, spec["num_classes"]), schedule)
     return _save_gd(store, spec, model, weights, trajectory, ids, retrained=retrained, extra=extra)
 
@@ -148,24 +137,17 @@ def _replay_head(plan: Plan, entry: ShardPlan, forget: tuple[torch.Tensor, torch
     model = head_model(spec, store, device)
     phi, y = _features(model, device_data(ds, device), ids)
     parent = checkpoints.loads(store.get_blob(entry.parent_weights))
-    state = parent.info.get("deltagrad")
     strategy = Strategy(**spec["strategy"])
     if strategy.trainer != "gd":
         raise ModelError("deltagrad runs on linear models trained with trainer 'gd'")
-    trained_on = ids_digest(np.union1d(ids, get_ids(store, entry.forget_ids)))
-    if state is None or parent.info.get("manifest_digest") != trained_on:
-        progress("nothing to replay: retraining the linear head by gradient descent")
-        return _train_gd(spec, model, phi, y, ids, store=store, retrained=True, extra={"no_trajectory": True})
-    limit = plan.method.config.get("max_replays", DeltaGradConfig.max_replays)
-    if state.get("replays", 0) >= limit:  # each replay's approximations add up: start again
-        progress(f"{limit} removals replayed since training: retraining the linear head by gradient descent")
-        return _train_gd(spec, model, phi, y, ids, store=store, retrained=True, extra={"replay_limit": limit})
-    blob = st_load(store.get_blob(state["trajectory"]))
-    trajectory = deltagrad.Trajectory(blob["weights"].to(device), blob["gradients"].to(device), state["n"],
-                                      blob["exact"].bool() if "exact" in blob else None, state.get("replays", 0))
+    why = trajectories.must_retrain(plan, entry, parent.info, ids, store=store)
+    if why is not None:
+        progress(f"{why[0]}: retraining the linear head by gradient descent")
+        return _train_gd(spec, model, phi, y, ids, store=store, retrained=True, extra=why[1])
+    trajectory = trajectories.load(store, parent.info["deltagrad"], device)
     k = spec["num_classes"]
     replay = deltagrad.remove(trajectory, phi, certified.signs(y, k), model.phi(forget[0]),
-                              certified.signs(forget[1], k), _schedule(strategy, plan.method.config))
+                              certified.signs(forget[1], k), trajectories.schedule(strategy, plan.method.config))
     progress(f"DeltaGrad removal of {len(forget[1])} samples: {replay.exact_steps} exact and "
              f"{replay.approximate_steps} approximated steps of {len(trajectory.weights)}")
     return _save_gd(store, spec, model, replay.weights, replay.trajectory, ids, retrained=False,
