@@ -63,9 +63,12 @@ class Settings(BaseSettings):
     # Passes when UA and forget-set MIA-efficacy are within these (plus two standard errors
     # of the forget-set estimate) of what a model that never saw the forget set shows on
     # held-out data, and test accuracy fell by at most gate_max_ta_drop. Fractions in [0, 1].
+    # With gate_beat_no_op, also only when its estimated Avg Gap from a retrain is below
+    # the parent's unchanged (doing nothing), measured on the same rows.
     gate_ua_tolerance: float = 0.03
     gate_mia_tolerance: float = 0.05
     gate_max_ta_drop: float = 0.02
+    gate_beat_no_op: bool = True
     # Share of approximate deletions that also get an exact retrain, unpublished, as a
     # reference: the gap between the two is recorded (0 = never, 1 = always).
     spot_check_rate: float = 0.0

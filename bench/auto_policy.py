@@ -1,7 +1,7 @@
 """``method: auto`` end to end: what it publishes, how long a request takes, and how far
-its version is from an exact one, on Fashion-MNIST through the real service.
+its version is from an exact one, on Fashion-MNIST (or digits) through the real service.
 
-    .venv/bin/python bench/auto_policy.py [--owners 3] [--share 0.1] [--epochs 5]
+    .venv/bin/python bench/auto_policy.py [--dataset fashion-mnist|digits] [--owners 3] [--share 0.1] [--epochs 5]
 
 Starts ``lethe serve`` on a fresh data directory (SQLite, one worker, default gate),
 imports Fashion-MNIST twice with the same seed (the same owners; a deletion erases rows
@@ -10,7 +10,9 @@ each. Then, for single random owners and for a batch of the largest owners holdi
 least ``--share`` of the rows (one job), it sends the same deletions with ``method:
 auto`` to one model and ``method: exact`` to the other, and reports the time from POST
 to ``completed``, the method auto published (and what it tried first), and the gap of
-auto's version to the exact one (UA, RA, TA, MIA-efficacy, percentage points).
+auto's version to the exact one (UA, RA, TA, MIA-efficacy, percentage points), beside
+doing nothing's (the parent, measured by the first attempt on the same rows) and the
+gate's estimates of both, which it makes without the exact version.
 """
 from __future__ import annotations
 
@@ -35,8 +37,10 @@ def main() -> int:
     p.add_argument("--owners", type=int, default=3, help="single-owner deletions")
     p.add_argument("--share", type=float, default=0.1, help="the batch: largest owners until this share of rows")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "auto_policy.json"))
+    p.add_argument("--dataset", choices=("fashion-mnist", "digits"), default="fashion-mnist")
+    p.add_argument("--out", help="default: bench/out/auto_policy_<dataset>.json")
     args = p.parse_args()
+    args.out = args.out or str(ROOT / "bench" / "out" / f"auto_policy_{args.dataset}.json")
     with lethe_serve("lethe-auto-", "--no-demo") as (url, admin, client, _):
         http = httpx.Client(base_url=url, timeout=600)
 
@@ -48,7 +52,7 @@ def main() -> int:
 
         wait_for(ready, 120, every=0.2)
         for ds in ("fm-auto", "fm-exact"):
-            r = http.post("/v1/datasets", json={"name": ds, "source": "fashion-mnist", "seed": 0}, headers=admin)
+            r = http.post("/v1/datasets", json={"name": ds, "source": args.dataset, "seed": 0}, headers=admin)
             assert r.status_code == 201, r.text
             r = http.post("/v1/models", headers=admin, json={
                 "name": ds.replace("fm-", ""), "dataset": ds, "architecture": "cnn", "strategy": {"kind": "monolithic"},
@@ -84,26 +88,38 @@ def main() -> int:
             seconds = time.perf_counter() - t0
             assert all(d["status"] == "completed" for d in done), done
             version = http.get(f"/v1/models/{model}/versions/{done[-1]['outcomes'][0]['version']}", headers=admin).json()
+            events = http.get("/v1/audit", params={"request_id": ids[-1], "limit": 200}, headers=admin).json()["events"]
+            version["attempts"] = [e["data"] for e in events if e["kind"] == "unlearning.attempt"]
             return seconds, version
+
+        def avg_gap(a: dict, e: dict) -> tuple[dict, float | None]:
+            gaps = {k: round(100 * abs(a[k] - e[k]), 2) for k in GAP_KEYS if a.get(k) is not None and e.get(k) is not None}
+            return gaps, (round(float(np.mean(list(gaps.values()))), 2) if gaps else None)
 
         rows = []
         for label, people in scenarios:
             auto_s, auto_v = delete("auto", people, "auto")
             exact_s, exact_v = delete("exact", people, "exact")
             a, e = auto_v["metrics"], exact_v["metrics"]
-            gaps = {k: round(100 * abs(a[k] - e[k]), 2) for k in GAP_KEYS if a.get(k) is not None and e.get(k) is not None}
+            gaps, gap = avg_gap(a, e)
+            first = auto_v["attempts"][0]["metrics"] if auto_v["attempts"] else {}
+            _, no_op_gap = avg_gap(first.get("no_op") or {}, e)
+            estimates = [(t["method"], (t["metrics"].get("gate") or {}).get("estimated_gap")) for t in auto_v["attempts"]]
             row = {"scenario": label, "forget_size": a.get("forget_size"), "auto_published": auto_v["method"],
                    "auto_tried": [t["method"] for t in a.get("auto_tried", [])], "auto_s": round(auto_s, 1),
-                   "exact_s": round(exact_s, 1), "gaps_to_exact": gaps,
-                   "avg_gap": round(float(np.mean(list(gaps.values()))), 2) if gaps else None}
+                   "exact_s": round(exact_s, 1), "gaps_to_exact": gaps, "avg_gap": gap, "no_op_avg_gap": no_op_gap,
+                   "gate_estimates": estimates,
+                   "no_op_estimate": (first.get("gate") or {}).get("no_op_estimated_gap")}
             rows.append(row)
             print(row, flush=True)
-        print("\n| deletion | rows | auto published (tried before) | auto s | exact s | auto's Avg Gap to exact |")
-        print("|---|---|---|---|---|---|")
+        print("\n| deletion | rows | auto published (tried before) | auto s | exact s | auto's Avg Gap to exact "
+              "| doing nothing's | gate's estimates (each try; doing nothing) |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             tried = ", ".join(r["auto_tried"]) or "—"
+            estimates = ", ".join(f"{m} {g}" for m, g in r["gate_estimates"])
             print(f"| {r['scenario']} | {r['forget_size']} | {r['auto_published']} ({tried}) | {r['auto_s']} | "
-                  f"{r['exact_s']} | {r['avg_gap']} |")
+                  f"{r['exact_s']} | {r['avg_gap']} | {r['no_op_avg_gap']} | {estimates}; {r['no_op_estimate']} |")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"rows": rows, "args": vars(args), "cpus": os.cpu_count()}, indent=1))
         return 0

@@ -2,3 +2,10 @@
 from workers.engine.training import TrainConfig
 
 FAST = TrainConfig(epochs=3, batch_size=64, seed=0)
+
+
+def pytest_unconfigure(config):
+    """Stop the throwaway PostgreSQL and Redis the session started, if any (never others)."""
+    from tests.servers import stop_started
+
+    stop_started()

@@ -263,11 +263,12 @@ class JobFlow:
 
     def _passes_gate(self, job_id: str, plan: Plan, record: dict) -> bool:
         s = self.settings
-        thresholds = gate.Thresholds(s.gate_ua_tolerance, s.gate_mia_tolerance, s.gate_max_ta_drop)
+        thresholds = gate.Thresholds(s.gate_ua_tolerance, s.gate_mia_tolerance, s.gate_max_ta_drop,
+                                     s.gate_beat_no_op)
         parent = self.engine.version(plan.model, plan.parent)
         failures = gate.check(record["metrics"], parent["metrics"].get("test_accuracy"), thresholds,
                               method=plan.method.name)
-        record["metrics"]["gate"] = {"passed": not failures, "failures": failures}
+        record["metrics"]["gate"] = {"passed": not failures, "failures": failures, **gate.estimates(record["metrics"])}
         with session_scope(self.sessions) as session:
             jobs.record_attempt(session, job_id, method=dataclasses.asdict(plan.method), parent=plan.parent,
                                 metrics=record["metrics"], failures=failures)

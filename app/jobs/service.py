@@ -261,8 +261,10 @@ def record_attempt(session: Session, job_id: str, *, method: dict, parent: int |
 
 
 def numbers(metrics: dict) -> dict:
-    """Only numbers and short ids go to the audit log."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, list)) and k != "test_predictions"}
+    """Only numbers and short ids go to the audit log (nested: the parent's ``no_op``
+    metrics, the ``gate``'s verdict and estimates)."""
+    return {k: numbers(v) if isinstance(v, dict) else v for k, v in metrics.items()
+            if isinstance(v, (int, float, str, list, dict)) and k != "test_predictions"}
 
 
 def stalled_models(session: Session) -> list[str]:

@@ -4,53 +4,23 @@ that the tests stop, restart and flush. No test touches a server it did not star
 PostgreSQL faults terminate only the connections to the suite's own database."""
 from __future__ import annotations
 
-import subprocess
-import time
 import uuid
 
 import httpx
 import pytest
 
-from tests.integration.conftest import APP_PASSWORD, Stack, _admin_conn, _free_port, poll, require_postgres
+from tests.integration.conftest import APP_PASSWORD, Stack, _admin_conn, poll, require_postgres
+from tests.servers import RedisServer
 from tests.service_helpers import A
 
 TINY = {"dataset": "digits", "architecture": "mlp", "strategy": {"kind": "sisa", "shards": 3, "slices": 1},
         "training": {"epochs": 2, "batch_size": 64}}
 
 
-class Redis:
-    """A throwaway redis-server (append-only file on, as in docker-compose.yml)."""
-
-    def __init__(self, tmp):
-        self.dir, self.port = tmp, _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            if subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True,
-                              text=True).stdout.strip() == "PONG":
-                return
-            time.sleep(0.1)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def flushall(self) -> None:
-        subprocess.run(["redis-cli", "-p", str(self.port), "flushall"], capture_output=True, timeout=10)
-
-
 class FaultStack(Stack):
     def __init__(self, tmp):
         super().__init__(tmp)
-        self.redis = Redis(tmp)
+        self.redis = RedisServer(tmp, appendonly=True)
         self.env["LETHE_BROKER_URL"] = self.redis.url
         self.env["LETHE_LEASE_SECONDS"] = "6"
 

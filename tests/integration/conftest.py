@@ -1,10 +1,10 @@
 """A real stack for integration tests: a fresh PostgreSQL database, Redis, a ``celery
-worker`` process and a ``uvicorn`` process, all talking over real connections."""
+worker`` process and a ``uvicorn`` process, all talking over real connections. The
+PostgreSQL and Redis are the configured ones, or throwaway ones (``tests.servers``)."""
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,10 +17,10 @@ import httpx
 import psycopg
 import pytest
 
+from tests.servers import free_port as _free_port
+from tests.servers import postgres_url, redis_url
 from tests.service_helpers import ADMIN, CLIENT, CLIENT2
 
-PG = os.environ.get("LETHE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("LETHE_TEST_BROKER_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[2]
 APP_PASSWORD = "lethe:it%app'pw"  # characters SQL text and URLs treat specially
 
@@ -32,17 +32,11 @@ def _as_role(url: str, role: str, password: str) -> str:
     return f"{scheme}://{role}:{quote(password, safe='')}@{host}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Stack:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.db_name = f"lethe_it_{uuid.uuid4().hex[:10]}"
-        self.db_url = PG.rsplit("/", 1)[0] + "/" + self.db_name  # the owner: migrations, test set-up
+        self.db_url = postgres_url().rsplit("/", 1)[0] + "/" + self.db_name  # the owner: migrations, test set-up
         # The API and the worker connect as the application's role, as in production.
         self.app_db_url = _as_role(self.db_url, "lethe_app", APP_PASSWORD)
         self.port = _free_port()
@@ -51,7 +45,7 @@ class Stack:
             **os.environ,
             "LETHE_DATA_DIR": str(tmp / "data"),
             "LETHE_DATABASE_URL": self.app_db_url,
-            "LETHE_BROKER_URL": REDIS,
+            "LETHE_BROKER_URL": redis_url(),
             "LETHE_ADMIN_KEYS": ADMIN,
             "LETHE_CLIENT_KEYS": f"{CLIENT},{CLIENT2}",
             "LETHE_DEVICE": "cpu",
@@ -112,7 +106,7 @@ class Stack:
 
 
 def _admin_conn():
-    return psycopg.connect(PG, autocommit=True)
+    return psycopg.connect(postgres_url(), autocommit=True)
 
 
 @contextmanager
@@ -123,7 +117,7 @@ def scratch_database(prefix: str):
     with _admin_conn() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield PG.rsplit("/", 1)[0] + "/" + name
+        yield postgres_url().rsplit("/", 1)[0] + "/" + name
     finally:
         with _admin_conn() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -135,7 +129,7 @@ def require_postgres(who: str) -> None:
         with _admin_conn():
             pass
     except psycopg.OperationalError as exc:
-        pytest.fail(f"{who} need PostgreSQL at {PG}: {exc}")
+        pytest.fail(f"{who} need PostgreSQL at {postgres_url()}: {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -363,7 +363,9 @@ def test_an_imported_model_is_served_and_unlearned_through_the_gate(stack, http,
                 lambda d: d["status"] in ("completed", "failed"))
     assert done["status"] == "completed", done
     mine = next(o for o in done["outcomes"] if o["model"] == "imported-cnn")
-    assert mine["version"] == 2 and "gate" in mine["metrics"] and mine["metrics"]["forget_size"] > 0
+    assert mine["version"] == 2 and mine["metrics"]["forget_size"] > 0
+    # published by the method that passed the gate, or retrained after every try failed it
+    assert "gate" in mine["metrics"] or mine["metrics"]["auto_tried"]
     events = http.get(f"/v1/audit?request_id={rid}&limit=200", headers=A).json()["events"]
     assert any(e["kind"] == "unlearning.attempt" and e["model"] == "imported-cnn" for e in events)
 

@@ -16,7 +16,7 @@ from workers.engine.digests import ids_digest, sha256_bytes
 from workers.engine.errors import ModelError
 from workers.engine.ids import get_ids, put_ids
 from workers.engine.ledger import Dataset
-from workers.engine.plans import Plan, ShardStatus
+from workers.engine.plans import Plan, PlanKind, ShardStatus
 from workers.engine.vault import Vault
 
 
@@ -101,8 +101,11 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
     every_id = np.concatenate(every_id)
     every_id.sort()  # in place: the manifest digest then needs no sorted copy of millions of ids
     parent = store.version(plan.model, plan.parent) if plan.parent is not None else None
-    retain = _retain_outputs(plan, constituents, artifacts, parent, every_id, outputs, store=store, ds=ds,
-                             device=device)
+    rows, retain = _retain_outputs(plan, constituents, artifacts, parent, every_id, outputs, store=store, ds=ds,
+                                   device=device)
+    # Doing nothing, measured alike: an approximate candidate must do better than its parent.
+    no_op = (_stored_outputs(parent, rows, test, outputs, store=store)
+             if plan.kind == PlanKind.APPROXIMATE and parent is not None and retain is not None else None)
     record = {
         "kind": plan.kind.value,
         "exact": all(c.get("tainted_from_slice") is None for c in constituents),
@@ -132,17 +135,18 @@ def build(plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] |
     }
     record["metrics"].update(verification.measure(plan, record, every_id, store=store, ds=ds, device=device,
                                                   vault=vault, test_probs=test_probs, retain=retain,
-                                                  outputs=outputs))
+                                                  outputs=outputs, no_op=no_op))
     record["metrics"]["l2_to_parent"] = verification.l2_to_parent(store, record, parent)
     return record
 
 
 def _retain_outputs(plan: Plan, constituents: list[dict], artifacts: dict, parent: dict | None,
                     every_id: np.ndarray, outputs: verification.Outputs, *, store: ModelStore, ds: Dataset,
-                    device: torch.device) -> tuple[np.ndarray, np.ndarray] | None:
-    """The version's probabilities and the labels on its retain sample, aggregated from
-    each constituent's outputs (a reused one's from the parent's stored outputs, run
-    only on rows new to the sample); each constituent's are stored for the next pass."""
+                    device: torch.device) -> tuple[verification.Retain, tuple[np.ndarray, np.ndarray] | None]:
+    """The retain sample's rows, and the version's probabilities and the labels on them,
+    aggregated from each constituent's outputs (a reused one's from the parent's stored
+    outputs, run only on rows new to the sample); each constituent's are stored for the
+    next pass."""
     rows = verification.retain_rows(ds, every_id, device)
     stored_ids = None
     if parent is not None and "retain_sample_ids" in parent["artifacts"]:
@@ -157,5 +161,31 @@ def _retain_outputs(plan: Plan, constituents: list[dict], artifacts: dict, paren
         artifacts[f"shard{entry.shard}.retain_probs"] = constituent["retain_probs"] = store.put_blob(p.tobytes())
         probs.append(torch.as_tensor(p))
     if not probs:
+        return rows, None
+    return rows, (sisa.aggregate(torch.stack(probs), plan.spec["strategy"]["aggregation"]).numpy(), rows.y)
+
+
+def _stored_outputs(parent: dict, rows: verification.Retain, test: tuple | None, outputs: verification.Outputs, *,
+                    store: ModelStore) -> verification.NoOp | None:
+    """The parent version's probabilities on this pass's retain sample and on the test
+    split, from its constituents' stored outputs (run only where a row is missing), and a
+    predictor for the forget set: what publishing the parent unchanged would show."""
+    live = [c for c in parent["constituents"] if c["n_samples"] > 0]
+    if not live or test is None:
         return None
-    return sisa.aggregate(torch.stack(probs), plan.spec["strategy"]["aggregation"]).numpy(), rows.y
+    stored_ids = (get_ids(store, parent["artifacts"]["retain_sample_ids"])
+                  if "retain_sample_ids" in parent["artifacts"] else None)
+    retain, tests = [], []
+    for c in live:
+        retain.append(outputs.cached(c["weights"], rows.x, rows.ids, c.get("retain_probs"), stored_ids))
+        if c.get("test_probs"):
+            tests.append(np.frombuffer(store.get_blob(c["test_probs"]), dtype="<f4").reshape(len(test[1]), -1))
+        else:
+            tests.append(outputs.run(c["weights"], test[0]))
+
+    def aggregate(parts: list[np.ndarray]) -> np.ndarray:
+        return sisa.aggregate(torch.stack([torch.as_tensor(p.copy()) for p in parts]),
+                              parent["strategy"]["aggregation"]).numpy()
+
+    return verification.NoOp(retain=aggregate(retain), test=aggregate(tests),
+                             forget=lambda x: aggregate([outputs.run(c["weights"], x) for c in live]))

@@ -2,7 +2,9 @@
 
 An approximate method's effect is measured, not assumed: the candidate version passes
 only if the forget set looks to it like data it never saw (UA and MIA-efficacy close to
-what it shows on held-out data) and it did not lose more than a bound of test accuracy.
+what it shows on held-out data), it did not lose more than a bound of test accuracy, and
+it is nearer an exact retrain than doing nothing: its estimated Avg Gap from a retrain
+is below the parent's, measured on the same rows.
 """
 from __future__ import annotations
 
@@ -15,6 +17,28 @@ class Thresholds:
     ua_tolerance: float = 0.03
     mia_tolerance: float = 0.05
     max_ta_drop: float = 0.02
+    beat_no_op: bool = True  # the candidate must be nearer a retrain than its parent unchanged
+
+
+def estimated_gap(m: dict, parent: dict) -> float | None:
+    """Avg Gap from an exact retrain (percentage points), estimated without one: the mean
+    of |UA - the UA a model that never saw the forget set is expected to show|,
+    |MIA-efficacy - its value on held-out rows|, and the change of RA and TA from the
+    parent's (a retrain's are taken to be the parent's). ``parent``: the parent's metrics
+    on the same rows (``no_op``); ``estimated_gap(no_op, no_op)`` is doing nothing's."""
+    terms = [(m.get("ua"), m.get("expected_ua")), (m.get("mia_efficacy"), m.get("mia_heldout")),
+             (m.get("ra"), parent.get("ra")), (m.get("ta"), parent.get("ta"))]
+    if any(a is None or b is None for a, b in terms):
+        return None
+    return round(100 * sum(abs(a - b) for a, b in terms) / len(terms), 4)
+
+
+def estimates(metrics: dict) -> dict:
+    """The candidate's and doing nothing's estimated Avg Gap (None without a ``no_op``)."""
+    no_op = metrics.get("no_op")
+    if not no_op:
+        return {"estimated_gap": None, "no_op_estimated_gap": None}
+    return {"estimated_gap": estimated_gap(metrics, no_op), "no_op_estimated_gap": estimated_gap(no_op, no_op)}
 
 
 def _two_se(p: float, n: int) -> float:
@@ -49,6 +73,10 @@ def check(metrics: dict, parent_test_accuracy: float | None, t: Thresholds, *, m
     if parent_test_accuracy is not None and ta is not None and parent_test_accuracy - ta > t.max_ta_drop:
         failures.append(f"test accuracy fell from {parent_test_accuracy:.4f} to {ta:.4f}, "
                         f"more than {t.max_ta_drop:.4f}")
+    mine, before = estimates(metrics).values()
+    if t.beat_no_op and mine is not None and before is not None and mine >= before:
+        failures.append(f"the estimated Avg Gap from a retrain, {mine:.2f} points, is not below doing "
+                        f"nothing's {before:.2f} (the parent unchanged, measured on the same rows)")
     return failures
 
 

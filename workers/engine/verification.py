@@ -6,7 +6,7 @@ the dataset's test split; see ``metrics`` for what each number means.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -134,6 +134,16 @@ def retain_rows(ds: Dataset, every_id: np.ndarray, device: torch.device) -> Reta
 
 
 FORGET_METRICS = ("ua", "mia_efficacy", "loss_auc", "expected_ua")
+NO_OP_METRICS = ("ua", "ra", "ta", "mia_efficacy", "mia_heldout", "expected_ua")
+
+
+class NoOp(NamedTuple):
+    """The parent version's probabilities on the pass's retain sample and test split, and
+    a function from forget inputs (on the device) to its probabilities there: doing
+    nothing, to be measured alike."""
+    retain: np.ndarray
+    test: np.ndarray
+    forget: Callable[[torch.Tensor], np.ndarray]
 
 
 def _forget_rows(plan: Plan, store: ModelStore, vault: Vault) -> tuple[np.ndarray, np.ndarray] | None:
@@ -156,14 +166,17 @@ def forget_kl(plan: Plan, reference: dict, record: dict, *, store: ModelStore, d
 
 def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore, ds: Dataset,
             device: torch.device, vault: Vault, test_probs: np.ndarray | None = None,
-            retain: tuple[np.ndarray, np.ndarray] | None = None, outputs: Outputs | None = None) -> dict:
+            retain: tuple[np.ndarray, np.ndarray] | None = None, outputs: Outputs | None = None,
+            no_op: NoOp | None = None) -> dict:
     """UA, RA, TA, MIA-efficacy (and on held-out rows), loss AUC and the UA a model that
     never saw the forget set is expected to show, for the version ``record`` describes.
 
     ``test_probs`` and ``retain`` (probabilities and labels on the retain sample): the
     version's outputs when the caller has them (the candidate aggregates its
     constituents' stored outputs), so the ensemble is not run over those rows again;
-    without them every constituent is evaluated afresh (what a check of the cache runs)."""
+    without them every constituent is evaluated afresh (what a check of the cache runs).
+    ``no_op``: the parent's outputs; its metrics on the same rows go under ``no_op`` (what
+    publishing it unchanged would show), for the gate to compare with."""
     outputs = outputs or Outputs(store, device)
     probs = outputs.predictor(record, ds.info())
     if probs is None:
@@ -181,6 +194,12 @@ def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore
         arrays = ds.load_arrays(lazy=True)  # ids and labels: the classes the version trained on
         present = np.flatnonzero(np.bincount(arrays.y[np.isin(arrays.sample_ids, every_id, kind="table")]))
         out["expected_ua"] = metrics.expected_ua(forget[1], test, present)
+        if no_op is not None and len(forget[1]):
+            before = metrics.evaluate(forget=(no_op.forget(scaled(rows[0], ds.info().x_scale, outputs.device)),
+                                              forget[1]),
+                                      retain=(no_op.retain, retain[1]), test=(no_op.test, test[1]))
+            before["expected_ua"] = metrics.expected_ua(forget[1], (no_op.test, test[1]), present)
+            out["no_op"] = {k: before[k] for k in NO_OP_METRICS}
     missing = plan.removal.sample_count - len(rows[1]) if rows is not None else 0
     if missing > 0:
         out["forget_rows_missing"] = int(missing)

@@ -10,8 +10,9 @@ VERIFICATION = ("ua", "ra", "ta", "mia_efficacy", "mia_heldout", "loss_auc", "ex
 
 
 
-def _gate(client, ua: float, mia: float, ta_drop: float) -> None:
-    change_settings(client, gate_ua_tolerance=ua, gate_mia_tolerance=mia, gate_max_ta_drop=ta_drop)
+def _gate(client, ua: float, mia: float, ta_drop: float, beat_no_op: bool = False) -> None:
+    change_settings(client, gate_ua_tolerance=ua, gate_mia_tolerance=mia, gate_max_ta_drop=ta_drop,
+                    gate_beat_no_op=beat_no_op)
 
 
 def _delete(client, method: str, owner: str | None = None) -> dict:
@@ -98,6 +99,37 @@ def test_auto_publishes_the_first_candidate_that_passes_the_gate(ready, monkeypa
     attempts = [(e["data"]["method"], e["data"]["passed"]) for e in _audit(ready, req["id"])
                 if e["kind"] == "unlearning.attempt"]
     assert attempts == [("ft", False), ("ssd", True)]  # ga never ran
+
+
+def test_a_candidate_no_nearer_a_retrain_than_doing_nothing_fails_the_gate(ready, monkeypatch):
+    """A method that leaves the model as it was passes wide tolerances but not the no-op
+    check: its estimated Avg Gap is doing nothing's, measured on the same rows."""
+    from workers.engine import unlearning
+
+    monkeypatch.setattr(unlearning.METHODS.get("ft"), "unlearn", lambda model, *a, **k: model)
+    _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0, beat_no_op=True)
+    req = _delete(ready, "ft")
+    v = ready.get("/v1/models/m/versions/latest", headers=C).json()
+    assert req["status"] == "completed" and v["method"] == "exact"
+    (attempt,) = [e["data"] for e in _audit(ready, req["id"]) if e["kind"] == "unlearning.attempt"]
+    m = attempt["metrics"]
+    for key in ("ua", "ra", "ta", "mia_efficacy", "mia_heldout", "expected_ua"):
+        assert m["no_op"][key] == pytest.approx(m[key], abs=1e-6), key  # the parent, measured alike
+    assert attempt["passed"] is False
+    assert len(attempt["failures"]) == 1 and "not below doing nothing" in attempt["failures"][0]
+
+
+def test_the_gate_records_both_estimated_gaps(ready):
+    """With every tolerance open, the no-op check alone decides: GA passes exactly when its
+    estimated Avg Gap is below doing nothing's, and both are recorded."""
+    _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0, beat_no_op=True)
+    req = _delete(ready, "ga")
+    attempt = next(e["data"] for e in _audit(ready, req["id"]) if e["kind"] == "unlearning.attempt")
+    g = attempt["metrics"]["gate"]
+    assert g["estimated_gap"] is not None and g["no_op_estimated_gap"] is not None
+    assert attempt["passed"] is g["passed"] is (g["estimated_gap"] < g["no_op_estimated_gap"])
+    v = ready.get("/v1/models/m/versions/latest", headers=C).json()
+    assert v["method"] == ("ga" if g["passed"] else "exact")
 
 
 def test_a_named_method_that_fails_the_gate_goes_straight_to_exact(ready):

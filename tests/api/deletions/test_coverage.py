@@ -31,7 +31,7 @@ def test_a_request_naming_one_model_covers_every_model_on_its_dataset(ready):
 
 
 def test_an_outcome_shows_the_method_asked_for_and_the_one_that_produced_the_version(ready):
-    change_settings(ready, gate_ua_tolerance=-1.0, gate_mia_tolerance=-1.0, gate_max_ta_drop=-1.0)
+    change_settings(ready, gate_ua_tolerance=-1.0, gate_mia_tolerance=-1.0, gate_max_ta_drop=-1.0, gate_beat_no_op=False)
     rid = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready), "method": "auto"},
                      headers=C).json()["id"]
     run_worker_inline(ready.app_)

@@ -45,7 +45,7 @@ def _sealed(ready, rid: str):
 
 @pytest.mark.parametrize("method", ["exact", "ga"])
 def test_every_model_of_a_request_is_measured_on_the_owners_rows(ready, method):
-    change_settings(ready, gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0)
+    change_settings(ready, gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0, gate_beat_no_op=False)
     _second_model(ready)
     owner = an_owner(ready)
     n_rows = len(build_engine(ready.app_.state.settings).dataset("digits").owner_sample_ids(owner))
@@ -155,7 +155,7 @@ def test_evidence_expiring_during_an_approximate_job_replans_it_exactly(ready, m
     from workers.engine.engine import Engine
 
     change_settings(ready, max_attempts=1, retry_backoff_seconds=0.0,
-                    gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0)
+                    gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0, gate_beat_no_op=False)
     real = Engine.run_shard
 
     def expire_then_run(self, plan, shard, progress=None):

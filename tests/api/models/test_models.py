@@ -230,7 +230,7 @@ def test_a_model_trained_elsewhere_is_imported_served_and_forgets_through_the_ga
     x = [[0] * 64]
     assert ready.post("/v1/models/imported/versions/1/predict", json={"inputs": x}, headers=C).status_code == 200
     assert _import(ready, weights).json()["code"] == "model_exists"
-    change_settings(ready, gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0)
+    change_settings(ready, gate_ua_tolerance=1.0, gate_mia_tolerance=1.0, gate_max_ta_drop=1.0, gate_beat_no_op=False)
     owner = ready.get("/v1/datasets/digits/owners?limit=1", headers=A).json()["owners"][0]["owner_id"]
     rid = ready.post("/v1/deletion-requests", json={"owner_id": owner, "models": ["imported"], "method": "ga"},
                      headers=C).json()["id"]
