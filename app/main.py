@@ -6,16 +6,18 @@ serve``, a test); ``from_environment`` is the factory for running under uvicorn 
 from __future__ import annotations
 
 import gc
-import time
+import hmac
 import logging
+import time
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
+from app import logs, metrics
 from app.audit import anchors
 from app.audit.routes import router as audit_router
 from app.certificates import keys
@@ -36,7 +38,7 @@ from app.models.service import EnsembleCache
 from app.outbox import Relay, prune_sent
 from app.owners.routes import router as owners_router
 from app.settings import Settings
-from app.worker import create_celery
+from app.worker import QUEUE, create_celery
 
 log = logging.getLogger("lethe.api")
 
@@ -150,6 +152,22 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
         return JSONResponse({"code": "not_ready", "detail": "a dependency does not answer", "checks": checks},
                             status_code=503)
 
+    state = metrics.StateCollector(factory, celery=celery, queues=(QUEUE,), store=engine.store)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    def prometheus(request: Request) -> Response:
+        """Prometheus metrics (text format): counts and durations, never personal data.
+        Open unless LETHE_METRICS_KEYS is set; then it takes one of those bearer keys."""
+        keys = request.app.state.settings.metrics_keys
+        if keys:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not any(hmac.compare_digest(given, key) for key in keys):
+                return JSONResponse({"code": "unauthorized", "detail": "GET /metrics takes a metrics key"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return Response(metrics.exposition(metrics.process_registry(), state), media_type=metrics.CONTENT_TYPE)
+
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     app.add_middleware(StorableText)
+    app.add_middleware(metrics.HttpMetrics)  # counts 413s and errors too
+    app.add_middleware(logs.RequestContext, access_log=settings.access_log)  # outermost: every line has the id
     return app

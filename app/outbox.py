@@ -17,6 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryError, Retrying, retry_if_exception_type, wait_exponential
 
+from app import logs
 from app.db import session_scope
 from app.tables import OutboxRow, utcnow
 
@@ -37,8 +38,10 @@ def has_outbox_rows(session: Session) -> bool:
     return bool(session.info.get("outbox"))
 
 
-def enqueue_advance(session: Session, model: str) -> OutboxRow:
-    return enqueue(session, ADVANCE, {"model": model})
+def enqueue_advance(session: Session, model: str, *, trace: list[str] | None = None) -> OutboxRow:
+    """An ``advance`` of ``model``; ``trace``: the request ids (``app.logs``) of the HTTP
+    requests that made the work, so the task's logs carry them."""
+    return enqueue(session, ADVANCE, {"model": model, **({"trace": trace} if trace else {})})
 
 
 def unsent_advances(session: Session) -> set[str]:
@@ -65,10 +68,13 @@ def relay_batch(factory: sessionmaker[Session], send, limit: int = 500) -> int:
         ).all()
         sent_ids, seen, failed = [], set(), None
         for row in rows:
-            key = (row.task, json.dumps(row.payload, sort_keys=True))
+            # the same work once; its trace ids only label logs (the job binds all its requests')
+            key = (row.task, json.dumps({k: v for k, v in row.payload.items() if k != "trace"}, sort_keys=True))
             if key not in seen:
                 try:
-                    send(row.task, row.payload)
+                    with logs.bind(request_ids=row.payload.get("trace")):
+                        send(row.task, row.payload)
+                        log.info("outbox: sent %s #%d", row.task, row.id)
                 except Exception as exc:  # broker down: keep this row and the rest for the next round
                     failed = (row.id, f"{type(exc).__name__}: {exc}"[:500])
                     log.warning("outbox: cannot send %s #%d yet: %s", row.task, row.id, failed[1])

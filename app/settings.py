@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     gate_mia_tolerance: float = 0.05
     gate_max_ta_drop: float = 0.02
     gate_beat_no_op: bool = True
+    # GET /metrics (Prometheus): open when empty (counts and durations only), else it
+    # takes one of these bearer keys. A worker serves its own counters on this port (0: off).
+    metrics_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Log lines as JSON objects or console text, each with its context (app.logs).
+    log_format: Literal["json", "console"] = "console"
+    access_log: bool = True  # one line per HTTP request (method, route template, status, ms)
+    worker_metrics_port: int = 0
     # Share of approximate deletions that also get an exact retrain, unpublished, as a
     # reference: the gap between the two is recorded (0 = never, 1 = always).
     spot_check_rate: float = 0.0
@@ -96,7 +103,7 @@ class Settings(BaseSettings):
     # generated (mode 600) on first start. A key file named here must exist.
     signing_key_file: Path | None = None
 
-    @field_validator("admin_keys", "client_keys", "auto_methods", mode="before")
+    @field_validator("admin_keys", "client_keys", "auto_methods", "metrics_keys", mode="before")
     @classmethod
     def _split_keys(cls, value):
         if isinstance(value, str):

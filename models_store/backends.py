@@ -29,6 +29,9 @@ class Backend(Protocol):
 
     def size(self, key: str) -> int: ...
 
+    def total_size(self, prefix: str) -> int:
+        """Bytes of every key under ``prefix``, recursively (0 when there are none)."""
+
     def delete(self, key: str) -> bool:
         """Remove ``key``; False if it was not there."""
 
@@ -78,6 +81,10 @@ class LocalBackend:
 
     def size(self, key: str) -> int:
         return self._path(key).stat().st_size
+
+    def total_size(self, prefix: str) -> int:
+        path = self._path(prefix)
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
     def delete(self, key: str) -> bool:
         try:
@@ -160,6 +167,12 @@ class FsspecBackend:
 
     def size(self, key: str) -> int:
         return int(self.fs.size(self._path(key)))
+
+    def total_size(self, prefix: str) -> int:
+        try:
+            return int(self.fs.du(self._path(prefix)))
+        except FileNotFoundError:
+            return 0
 
     def delete(self, key: str) -> bool:
         if not self.exists(key):

@@ -57,6 +57,10 @@ class ModelStore:
     def blob_size(self, digest: str) -> int:
         return self.backend.size(_blob_key(digest))
 
+    def bytes_used(self) -> int:
+        """Bytes of every artifact held (for monitoring; walks the whole store)."""
+        return self.backend.total_size("objects")
+
     def delete_blob(self, digest: str) -> bool:
         """Delete an artifact for good (purge); False if it was already gone."""
         return self.backend.delete(_blob_key(digest))

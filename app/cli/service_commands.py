@@ -65,11 +65,16 @@ def api(c: Context, host, port, workers, reuse_port, no_access_log):
     """Run the HTTP API (uvicorn)."""
     import uvicorn
 
+    from app import logs, metrics
     from app.main import create_app
 
     if workers > 1:
         return _api_processes(c.settings, host, port, workers, no_access_log)
-    config = uvicorn.Config(create_app(c.settings), log_level="info", access_log=not no_access_log)
+    metrics.multiprocess_dir(c.settings.data_dir)  # the API processes' counters add up
+    logs.configure(c.settings.log_format)
+    settings = c.settings.model_copy(update={"access_log": not no_access_log})
+    # uvicorn's own access log prints paths (they may carry owner ids): the app logs routes instead
+    config = uvicorn.Config(create_app(settings), log_config=None, access_log=False)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
@@ -111,9 +116,20 @@ def worker(c: Context, concurrency, pool, loglevel, name, supervise):
     if supervise:
         args = ["worker", "--no-supervise", "--pool", pool, "--loglevel", loglevel, "--name", name]
         sys.exit(_supervise(_child(c.settings, *args, *(["--concurrency", str(concurrency)] if concurrency else []))))
+    from celery.signals import setup_logging
+
+    from app import logs, metrics
     from app.worker import QUEUE, create_celery
 
     settings = c.settings.model_copy(update={"worker_concurrency": concurrency}) if concurrency else c.settings
+    metrics.multiprocess_dir(settings.data_dir)  # the pool processes' counters add up
+    # Celery leaves logging to this handler (in the worker and in each pool process)
+    setup_logging.connect(lambda loglevel=None, **_: logs.configure(settings.log_format, loglevel or "INFO"),
+                          weak=False)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, registry=metrics.process_registry())
     argv = ["worker", "-Q", QUEUE, "-c", str(settings.worker_concurrency), "--loglevel", loglevel,
             "--pool", pool, "-n", name]
     if settings.worker_max_tasks_per_child > 0:
@@ -225,8 +241,10 @@ def worker_ping(c: Context, name, timeout):
 @pass_ctx
 def relay(c: Context):
     """Run the outbox relay alone (for deployments that set LETHE_RELAY_IN_API=false)."""
+    from app import logs
     from app.main import create_app
 
+    logs.configure(c.settings.log_format)
     outbox_relay = create_app(c.settings, run_relay=False).state.relay
     outbox_relay.start()
     click.echo("outbox relay running; Ctrl-C stops it")
@@ -259,11 +277,14 @@ def serve(c: Context, host, port, no_demo):
     generated keys are stored and printed."""
     import uvicorn
 
+    from app import logs, metrics
     from app.main import create_app
     from app.migrate import upgrade
 
     settings = c.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    metrics.multiprocess_dir(settings.data_dir)  # the API's /metrics adds up the worker's counters
+    logs.configure(settings.log_format, "WARNING")
     if not settings.admin_keys and not settings.client_keys:
         keys = ensure_keys(settings.data_dir)
         settings = settings.model_copy(update={"admin_keys": [keys["admin"]], "client_keys": [keys["client"]]})
@@ -290,7 +311,8 @@ def serve(c: Context, host, port, no_demo):
                        f"-d '{{\"owner_id\": \"{owner}\"}}'")
             click.echo(f"  curl -s {url}/v1/deletion-requests/<id> -H 'Authorization: Bearer {key}'")
         click.echo()
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(settings.model_copy(update={"access_log": False})), host=host, port=port,
+                    log_config=None, access_log=False)
     finally:
         worker_process.terminate()
         try:

@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
+from app import logs
 from app.deletions import service
 from app.deletions.schemas import DeletionCreate, DeletionOut, Outcome
 from app.deps import AdminDep, CallerDep, SessionDep
@@ -36,7 +37,8 @@ async def create_deletion(
     Send an ``Idempotency-Key`` header to make retries safe: the same key returns the
     same request; the same key with a different body is a 422 ``idempotency_key_reused``.
     """
-    accepted = await request.app.state.intake.submit(service.Submission(caller, body, idempotency_key))
+    sub = service.Submission(caller, body, idempotency_key, trace_id=logs.request_id())
+    accepted = await request.app.state.intake.submit(sub)
     if accepted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return _out(None, accepted.request, accepted.outcomes)

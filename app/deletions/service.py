@@ -36,6 +36,7 @@ class Submission:
     caller: Caller
     body: DeletionCreate
     idempotency_key: str | None = None
+    trace_id: str | None = None  # the HTTP request's X-Request-ID (app.logs): the logs follow it
     body_hash: str = field(init=False)
 
     def __post_init__(self):
@@ -138,6 +139,7 @@ def accept_many(*, session: Session, engine: Engine, subs: list[Submission],
             id=str(uuid.uuid4()), owner_id=sub.body.owner_id, caller=sub.caller.key_id, method=sub.body.method,
             reason=sub.body.reason, status=RequestStatus.QUEUED, idempotency_key=sub.idempotency_key, request_hash=sub.body_hash,
             failure_reason=None, created_at=now, updated_at=now, completed_at=None, due_at=now + deadline,
+            trace_id=sub.trace_id,
         )
         mine = [DeletionOutcomeRow(request_id=request.id, model=m, status=OutcomeStatus.PENDING, method=sub.body.method,
                                    job_id=None, version=None, metrics=None, seconds=None, error=None, updated_at=now,
@@ -173,8 +175,9 @@ def accept_many(*, session: Session, engine: Engine, subs: list[Submission],
         # than the database here. The row objects stay transient; they shape the answers.
         session.execute(insert(DeletionRequestRow), [_columns(r) for r in requests])
         session.execute(insert(DeletionOutcomeRow), [_columns(o) for o in outcomes])
+        traces = sorted({r.trace_id for r in requests if r.trace_id})
         for m in sorted(models_touched):
-            enqueue_advance(session, m)
+            enqueue_advance(session, m, trace=traces)
         append_many(session, events)
     return results
 

@@ -21,17 +21,19 @@ import dataclasses
 import hashlib
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import faults
+from app import faults, logs
 from app.db import session_scope
 from app.deletions import evidence
 from app.jobs import outcomes
 from app.jobs import service as jobs
 from app.jobs.heartbeat import Heartbeat
 from app.jobs.state import Attempt, JobState
+from app.metrics import GATE_CHECKS, JOB_DURATION, SHARD_SECONDS
 from app.models import purge, versions
 from app.settings import Settings
 from app.statuses import JobKind
@@ -87,6 +89,21 @@ class JobFlow:
             claim = jobs.claim(s, model, self.lease_seconds, self.settings.max_job_requests)
         if claim is None:
             return None
+        with self._logging(claim.job_id, claim.request_ids):
+            return self._advance(claim)
+
+    @contextmanager
+    def _logging(self, job_id: str, request_ids: list[str]):
+        """Every log line of the block names the job, the deletions it serves and the
+        X-Request-IDs that accepted them."""
+        with session_scope(self.sessions) as s:
+            traces = jobs.trace_ids(s, request_ids)
+        with logs.bind(job_id=job_id, deletion_ids=list(request_ids) or None, request_ids=traces or None):
+            yield
+
+    def _advance(self, claim: jobs.Claim) -> Dispatch | None:
+        log.info("job %s (%s) %s on model %s for %d deletion requests", claim.job_id, claim.kind.value,
+                 "resumed" if claim.state is not None else "claimed", claim.model, len(claim.request_ids))
         try:
             if claim.state is not None:
                 state = JobState.from_dict(claim.state)
@@ -109,10 +126,14 @@ class JobFlow:
         state = self._state(job_id, attempt)
         if state is None:
             return {"shard": shard, "checkpoints": [], "skipped": True}
-        with Heartbeat(self.sessions, job_id, self.lease_seconds) as heartbeat:
+        with self._logging(job_id, _requests(state.plan)), logs.bind(shard=shard), \
+                Heartbeat(self.sessions, job_id, self.lease_seconds) as heartbeat:
+            log.info("job %s: running shard %d (%s)", job_id, shard, state.plan.kind.value)
             started = time.perf_counter()
             made = self.engine.run_shard(state.plan, shard, progress=heartbeat.report)
-            return {"shard": shard, "checkpoints": made, "seconds": time.perf_counter() - started}
+            seconds = time.perf_counter() - started
+            SHARD_SECONDS.labels(state.plan.kind.value).observe(seconds)
+            return {"shard": shard, "checkpoints": made, "seconds": seconds}
 
     def finish(self, job_id: str, attempt: int, results: list[dict]) -> Dispatch | None:
         """Verify the job's candidate version, publish it (or fall back to exact), complete."""
@@ -121,7 +142,7 @@ class JobFlow:
             return None
         # Measuring the candidate takes a while: keep the lease, or the reconciler would
         # hand the job to another worker meanwhile.
-        with Heartbeat(self.sessions, job_id, self.lease_seconds):
+        with self._logging(job_id, _requests(state.plan)), Heartbeat(self.sessions, job_id, self.lease_seconds):
             if state.attempt.phase == "spot_check":
                 return self._finish_spot_check(job_id, state, results)
             return self._finish(job_id, state, results)
@@ -163,7 +184,7 @@ class JobFlow:
         """Erase the claim's owners, plan the job and save the plan (with the erasures'
         audit events); None when there is nothing to remove (the job completes)."""
         eng = self.engine
-        erasures, dataset = [], None
+        erasures, dataset, skipped = [], None, None
         if claim.kind == JobKind.TRAIN:
             with session_scope(self.sessions) as s:
                 m = s.get(ModelRow, claim.model)
@@ -181,18 +202,40 @@ class JobFlow:
                 erasures = eng.erase_owners(claim.model, claim.owners, reference=",".join(claim.request_ids))
             plan = eng.plan_removal(claim.model, mode=mode, method=method, requests=claim.request_ids,
                                     job=claim.job_id)
+            skipped = self._nothing_to_gain(plan) if requested == "auto" and method != "certified" else None
+            if skipped:
+                log.info("job %s: %s", claim.job_id, skipped)
+                plan = eng.plan_removal(claim.model, mode="sisa", requests=claim.request_ids, job=claim.job_id)
         with session_scope(self.sessions) as s:
             if erasures:
                 jobs.cover_dataset(s, model=claim.model, dataset=dataset, request_ids=claim.request_ids)
             if plan is None:  # the latest version already excludes the owners
                 outcomes.complete(s, claim.job_id, None)
             else:
-                state = JobState(plan, Attempt(requested_method=requested))
+                state = JobState(plan, Attempt(requested_method=requested, skipped=skipped))
                 jobs.record_plan(s, claim.job_id, state.to_dict(), erasures, dataset)
         if plan is None:
             self._sweep_evidence()  # the job's requests may have ended
             return None
         return state
+
+    def _nothing_to_gain(self, plan: Plan | None) -> str | None:
+        """Why ``auto`` should retrain exactly without trying a method, or None: the gate
+        passes a candidate only when its estimated Avg Gap beats doing nothing's by the
+        no-op margin, and where doing nothing is already within that margin of a retrain
+        (a few forget rows, or nothing memorised), no candidate can."""
+        if plan is None or plan.kind != PlanKind.APPROXIMATE or not self.settings.gate_beat_no_op:
+            return None
+        no_op = self.engine.no_op(plan)
+        before = gate.estimated_gap(no_op, no_op) if no_op else None
+        if before is None:
+            return None
+        margin = gate.no_op_margin(plan.removal.sample_count)
+        if before > margin:
+            return None
+        return (f"doing nothing is estimated {before:.2f} points of Avg Gap from a retrain, within the gate's "
+                f"margin of {margin:.2f} for {plan.removal.sample_count} forget rows: no method could pass, "
+                "so auto retrained exactly without trying one")
 
     def _replan(self, job_id: str, state: JobState) -> Dispatch:
         with session_scope(self.sessions) as s:
@@ -223,6 +266,8 @@ class JobFlow:
                     return self._after_gate_failure(job_id, state, record)
                 if state.attempt.tried:
                     record["metrics"]["auto_tried"] = state.attempt.tried
+                if state.attempt.skipped:
+                    record["metrics"]["auto_skipped"] = state.attempt.skipped
                 if state.attempt.fallback_from:
                     record["metrics"]["fallback_gap"] = metrics.gaps(state.attempt.fallback_from["metrics"],
                                                                      record["metrics"])
@@ -246,6 +291,8 @@ class JobFlow:
                 audit(s)
             outcomes.complete(s, job_id, record)
             versions.record_revocations(s, actor=jobs.WORKER, name=plan.model, revocations=revocations)
+        if record["metrics"].get("wall_seconds") is not None:
+            JOB_DURATION.labels(record["kind"], record["method"]["name"]).observe(record["metrics"]["wall_seconds"])
         self._sweep_evidence()
         if revocations and self.settings.purge_after_hours <= 0:
             try:  # the job is done either way; a purge that fails is retried by the next sweep
@@ -269,6 +316,7 @@ class JobFlow:
         failures = gate.check(record["metrics"], parent["metrics"].get("test_accuracy"), thresholds,
                               method=plan.method.name)
         record["metrics"]["gate"] = {"passed": not failures, "failures": failures, **gate.estimates(record["metrics"])}
+        GATE_CHECKS.labels(plan.method.name, "fail" if failures else "pass").inc()
         with session_scope(self.sessions) as session:
             jobs.record_attempt(session, job_id, method=dataclasses.asdict(plan.method), parent=plan.parent,
                                 metrics=record["metrics"], failures=failures)
@@ -329,6 +377,10 @@ class JobFlow:
             s, job_id, method=dataclasses.asdict(plan.method), parent=plan.parent,
             metrics=jobs.numbers(reference["metrics"]) if "error" not in gaps else {},
             failures=[], phase="spot_check", gaps=gaps))
+
+
+def _requests(plan: Plan) -> list[str]:
+    return list(plan.removal.requests) if plan.removal else []
 
 
 def _not_counted(exc: BaseException) -> bool:

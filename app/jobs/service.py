@@ -216,6 +216,14 @@ def request_owners(session: Session, request_ids: list[str]) -> dict[str, str]:
                                 .where(DeletionRequestRow.id.in_(request_ids))).all())
 
 
+def trace_ids(session: Session, request_ids: list[str]) -> list[str]:
+    """The X-Request-IDs of the HTTP requests that accepted these deletions (for logs)."""
+    if not request_ids:
+        return []
+    return sorted({t for t in session.scalars(select(DeletionRequestRow.trace_id).where(
+        DeletionRequestRow.id.in_(list(request_ids)))) if t})
+
+
 def running_state(session: Session, job_id: str) -> dict | None:
     """The saved state of a running job; None once it ended (or before it was planned)."""
     job = session.get(JobRow, job_id)

@@ -19,6 +19,9 @@ class Attempt:
     checked_version: int | None = None  # spot_check: the approximate version it checks
     # ``auto``: the methods tried before this attempt, each {"method", "failures"}
     tried: list[dict] = dataclasses.field(default_factory=list)
+    # ``auto`` went straight to exact retraining: why (doing nothing was already within
+    # the gate's no-op margin of a retrain, so no method could have passed)
+    skipped: str | None = None
 
 
 @dataclass

@@ -10,7 +10,7 @@ import logging
 
 from celery import Celery, chord
 
-from app import faults
+from app import faults, logs
 from app.db import make_sessionmaker
 from app.deletions.evidence import DatabaseKeyring
 from app.engine import build_engine
@@ -63,19 +63,23 @@ def register(app: Celery) -> None:
     """Register Lethe's tasks on ``app`` (each closes over it, so it finds its settings)."""
 
     @app.task(name="lethe.advance", shared=False, bind=True)
-    def advance(self, model: str) -> str:
-        """Start (or resume) the model's next job, if it has one and its dataset is free."""
-        return _retrying(self, lambda: _dispatch(app, job_flow(app).advance(model)))
+    def advance(self, model: str, trace: list[str] | None = None) -> str:
+        """Start (or resume) the model's next job, if it has one and its dataset is free.
+        ``trace``: the request ids of the HTTP requests that made the work (for logs)."""
+        with logs.bind(task=self.name, model=model, request_ids=trace):
+            return _retrying(self, lambda: _dispatch(app, job_flow(app).advance(model)))
 
     @app.task(name="lethe.train_shard", shared=False, bind=True)
     def train_shard(self, job_id: str, shard: int, attempt: int = 1) -> dict:
         """Train (or approximately unlearn) one shard of the job's plan."""
-        return _retrying(self, lambda: job_flow(app).run_shard(job_id, shard, attempt))
+        with logs.bind(task=self.name):
+            return _retrying(self, lambda: job_flow(app).run_shard(job_id, shard, attempt))
 
     @app.task(name="lethe.finish_job", shared=False, bind=True)
     def finish_job(self, results: list[dict], job_id: str, attempt: int = 1) -> str:
         """Verify the candidate, publish it or fall back to exact, complete the job."""
-        return _retrying(self, lambda: _dispatch(app, job_flow(app).finish(job_id, attempt, results)))
+        with logs.bind(task=self.name):
+            return _retrying(self, lambda: _dispatch(app, job_flow(app).finish(job_id, attempt, results)))
 
     @app.task(name="lethe.job_failed", shared=False)
     def job_failed(request, exc, traceback, job_id: str) -> None:

@@ -67,3 +67,35 @@ def test_the_api_and_workers_connect_as_the_application_role_and_only_migrate_as
         assert services[name]["environment"]["LETHE_DATABASE_URL"].startswith("postgresql://lethe_app:")
     migrate = services["migrate"]["environment"]
     assert migrate["LETHE_DATABASE_URL"].startswith("postgresql://lethe:") and "LETHE_APP_DB_PASSWORD" in migrate
+
+
+def test_monitoring_is_optional_and_scrapes_the_api_and_the_worker(compose):
+    services = compose["services"]
+    assert services["prometheus"]["profiles"] == ["monitoring"] and "prometheusdata" in compose["volumes"]
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["scrape_configs"]
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in scrape}
+    assert targets == {"lethe-api": ["api:8000"], "lethe-worker": ["worker:9101"]}
+    assert services["worker"]["environment"]["LETHE_WORKER_METRICS_PORT"] == "9101"
+    # each container counts in its own directory: PIDs of two containers may be equal
+    assert services["api"]["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
+    assert services["worker"]["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
+
+
+def test_the_grafana_dashboard_plots_only_metrics_the_service_exports():
+    import json
+    import re
+
+    from app import metrics
+
+    exported = {m.describe()[0].name for m in (metrics.HTTP_REQUESTS, metrics.HTTP_SECONDS, metrics.JOB_DURATION,
+                                                metrics.SHARD_SECONDS, metrics.GATE_CHECKS)}
+    exported |= set(re.findall(r'"(lethe_[a-z_]+)"', (ROOT / "app" / "metrics.py").read_text()))
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= set(re.findall(r"lethe_[a-z_]+", target["expr"]))
+    suffixes = ("_total", "_bucket", "_count", "_sum")
+    unknown = {u for u in used if u not in exported and not any(u.endswith(s) and u[: -len(s)] in exported
+                                                                  for s in suffixes)}
+    assert used and not unknown, unknown

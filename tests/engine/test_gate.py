@@ -25,7 +25,7 @@ def test_the_estimated_gap_charges_lost_accuracy():
 def test_a_candidate_equal_to_its_parent_fails_only_the_no_op_check():
     loose = gate.Thresholds(ua_tolerance=1.0, mia_tolerance=1.0, max_ta_drop=1.0)
     (failure,) = gate.check(candidate(), 0.90, loose)
-    assert "not below doing nothing's 4.50" in failure
+    assert "not below doing nothing's 4.50" in failure and "by more than 0.12" in failure  # 50 / 400 rows
     assert gate.check(candidate(), 0.90, gate.Thresholds(1.0, 1.0, 1.0, beat_no_op=False)) == []
 
 
@@ -34,6 +34,16 @@ def test_a_candidate_nearer_a_retrain_passes_and_one_further_fails():
     assert gate.check(candidate(ua=0.09, mia_efficacy=0.14, ta=0.895), 0.90, loose) == []
     # forgets as well, but pays 20 points of RA for it: worse than doing nothing
     assert gate.check(candidate(ua=0.10, mia_efficacy=0.15, ra=0.79), 0.90, loose)
+
+
+def test_beating_doing_nothing_by_less_than_a_forget_row_is_not_enough():
+    loose = gate.Thresholds(ua_tolerance=1.0, mia_tolerance=1.0, max_ta_drop=1.0)
+    # one row of 400 more forgotten, on UA alone: 0.25 points of UA, 0.0625 of Avg Gap
+    assert gate.check(candidate(ua=0.0225), 0.90, loose)
+    # one row on UA and one on MIA-efficacy: 0.125, just the margin, still not more than it
+    assert gate.check(candidate(ua=0.0225, mia_efficacy=0.0525), 0.90, loose)
+    assert gate.check(candidate(ua=0.025, mia_efficacy=0.055), 0.90, loose) == []  # two rows each
+    assert gate.no_op_margin(10) == 5.0  # on a 10-row owner only a clear change counts
 
 
 def test_without_the_parents_metrics_there_is_nothing_to_compare():

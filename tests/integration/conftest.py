@@ -52,6 +52,8 @@ class Stack:
             "LETHE_LEASE_SECONDS": "4",
             "LETHE_RECONCILE_INTERVAL": "1",
             "LETHE_RETRY_BACKOFF_SECONDS": "1",
+            "LETHE_WORKER_METRICS_PORT": str(_free_port()),
+            "LETHE_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }
         self.worker: subprocess.Popen | None = None
@@ -77,7 +79,7 @@ class Stack:
 
     def start_api(self) -> None:
         self.api = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "api", "--port", str(self.port), "--no-access-log"],
+            [sys.executable, "-m", "app.cli", "api", "--port", str(self.port)],
             env=self.env, cwd=ROOT, stdout=(self.tmp / "api.log").open("w"), stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.time() + 60

@@ -189,3 +189,20 @@ def _stored_outputs(parent: dict, rows: verification.Retain, test: tuple | None,
 
     return verification.NoOp(retain=aggregate(retain), test=aggregate(tests),
                              forget=lambda x: aggregate([outputs.run(c["weights"], x) for c in live]))
+
+
+def no_op_before(plan: Plan, *, store: ModelStore, ds: Dataset, device: torch.device, vault: Vault) -> dict | None:
+    """The parent measured on the plan's forget set before any method runs, from its
+    stored outputs on its retain sample (less the rows removed) and the test split, and
+    one run over the forget rows (``verification.measure_no_op``); None where it cannot be."""
+    if plan.parent is None:
+        return None
+    parent = store.version(plan.model, plan.parent)
+    if "retain_sample_ids" not in parent["artifacts"]:
+        return None
+    rows = verification.held_rows(ds, get_ids(store, parent["artifacts"]["retain_sample_ids"]), device)
+    no_op = _stored_outputs(parent, rows, test_tensors(ds, device), verification.Outputs(store, device), store=store)
+    if no_op is None:
+        return None
+    return verification.measure_no_op(plan, no_op, rows, store=store, ds=ds, device=device, vault=vault)
+

@@ -126,6 +126,11 @@ class Engine:
         return shards.run_shard(plan, shard, store=self.store, ds=self.dataset(plan.spec["dataset"]),
                                 device=self.device, vault=self.vault, progress=progress or self.progress)
 
+    def no_op(self, plan: Plan) -> dict | None:
+        """The parent's metrics on ``plan``'s forget set, before any method runs."""
+        return candidate.no_op_before(plan, store=self.store, ds=self.dataset(plan.spec["dataset"]),
+                                      device=self.device, vault=self.vault)
+
     def candidate(self, plan: Plan, results: dict[int, list[str]], seconds: dict[int, float] | None = None) -> dict:
         return candidate.build(plan, results, seconds, store=self.store, ds=self.dataset(plan.spec["dataset"]),
                                device=self.device, vault=self.vault)

@@ -125,8 +125,12 @@ class Retain(NamedTuple):
 
 def retain_rows(ds: Dataset, every_id: np.ndarray, device: torch.device) -> Retain:
     """The retain sample's rows still held (an erasure may race a pass; its rows drop out)."""
-    arrays = ds.load_arrays(lazy=True)  # only the sample's rows are read
-    ids = retain_sample(every_id)
+    return held_rows(ds, retain_sample(every_id), device)
+
+
+def held_rows(ds: Dataset, ids: np.ndarray, device: torch.device) -> Retain:
+    """The rows of ``ids`` (ascending) that the dataset still holds."""
+    arrays = ds.load_arrays(lazy=True)  # only these rows are read
     at = np.minimum(np.searchsorted(arrays.sample_ids, ids), max(len(arrays.sample_ids) - 1, 0))
     held = arrays.sample_ids[at] == ids if len(arrays.sample_ids) else np.zeros(len(ids), bool)
     ids, at = ids[held], at[held]
@@ -195,11 +199,7 @@ def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore
         present = np.flatnonzero(np.bincount(arrays.y[np.isin(arrays.sample_ids, every_id, kind="table")]))
         out["expected_ua"] = metrics.expected_ua(forget[1], test, present)
         if no_op is not None and len(forget[1]):
-            before = metrics.evaluate(forget=(no_op.forget(scaled(rows[0], ds.info().x_scale, outputs.device)),
-                                              forget[1]),
-                                      retain=(no_op.retain, retain[1]), test=(no_op.test, test[1]))
-            before["expected_ua"] = metrics.expected_ua(forget[1], (no_op.test, test[1]), present)
-            out["no_op"] = {k: before[k] for k in NO_OP_METRICS}
+            out["no_op"] = _no_op_metrics(no_op, rows, retain[1], test[1], present, ds, outputs.device)
     missing = plan.removal.sample_count - len(rows[1]) if rows is not None else 0
     if missing > 0:
         out["forget_rows_missing"] = int(missing)
@@ -211,3 +211,25 @@ def measure(plan: Plan, record: dict, every_id: np.ndarray, *, store: ModelStore
             f"the forget set ({missing} removed samples) is no longer held: the evidence of "
             f"{', '.join(plan.removal.requests) or 'its requests'} was destroyed before this version was measured")
     return out
+
+
+def _no_op_metrics(no_op: NoOp, forget: tuple[np.ndarray, np.ndarray], retain_y: np.ndarray, test_y: np.ndarray,
+                   present: np.ndarray, ds: Dataset, device: torch.device) -> dict:
+    """The parent's metrics (``NO_OP_METRICS``) on the forget rows (raw inputs, labels)."""
+    probs = no_op.forget(scaled(forget[0], ds.info().x_scale, device))
+    before = metrics.evaluate(forget=(probs, forget[1]), retain=(no_op.retain, retain_y), test=(no_op.test, test_y))
+    before["expected_ua"] = metrics.expected_ua(forget[1], (no_op.test, test_y), present)
+    return {k: before[k] for k in NO_OP_METRICS}
+
+
+def measure_no_op(plan: Plan, no_op: NoOp, rows: Retain, *, store: ModelStore, ds: Dataset, device: torch.device,
+                  vault: Vault) -> dict | None:
+    """The parent's metrics on the plan's forget set before any method runs (what
+    ``measure`` reports as ``no_op``, on the parent's retain sample less the rows
+    removed); None without forget rows or a test split."""
+    forget, test = _forget_rows(plan, store, vault), ds.load_test()
+    if forget is None or not len(forget[1]) or test is None:
+        return None
+    present = np.unique(ds.load_arrays(lazy=True).y)
+    return _no_op_metrics(no_op, forget, rows.y, test[1].astype(np.int64), present, ds, device)
+

@@ -132,6 +132,44 @@ def test_the_gate_records_both_estimated_gaps(ready):
     assert v["method"] == ("ga" if g["passed"] else "exact")
 
 
+@pytest.mark.parametrize("margin,skips", [(1000.0, True), (0.0, False)])
+def test_auto_retrains_exactly_without_trying_when_doing_nothing_is_within_the_margin(ready, monkeypatch, margin,
+                                                                                    skips):
+    """Before any method runs, the parent is measured on the forget set: when its
+    estimated gap is within the no-op margin, no candidate could pass, and auto goes
+    straight to exact (saying why); otherwise it tries the candidates."""
+    from workers.engine import gate
+
+    monkeypatch.setattr(gate, "no_op_margin", lambda n: margin)
+    _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0, beat_no_op=True)
+    req = _delete(ready, "auto")
+    v = ready.get("/v1/models/m/versions/latest", headers=C).json()
+    attempts = [e for e in _audit(ready, req["id"]) if e["kind"] == "unlearning.attempt"]
+    assert req["status"] == "completed"
+    if skips:
+        assert v["method"] == "exact" and not attempts
+        assert "no method could pass" in v["metrics"]["auto_skipped"]
+    else:
+        assert attempts and "auto_skipped" not in v["metrics"]
+
+
+def test_the_parent_measured_before_a_method_runs_matches_the_gates_measure(ready):
+    """``Engine.no_op`` (before the method) and the candidate's ``no_op`` (after it) see
+    the same forget set, test split and parent outputs."""
+    from app.engine import build_engine
+
+    _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0)
+    engine = build_engine(ready.app_.state.settings)
+    owner = an_owner(ready)
+    plan = engine.plan_unlearn("m", [owner], mode="approximate", method="ssd")
+    before = engine.no_op(plan)
+    record = engine.candidate(plan, {s: engine.run_shard(plan, s) for s in plan.to_run})
+    after = record["metrics"]["no_op"]
+    for key in ("ua", "ta", "expected_ua"):
+        assert before[key] == pytest.approx(after[key], abs=1e-6), key
+    assert abs(before["ra"] - after["ra"]) < 0.01  # the retain sample differs by the rows replaced
+
+
 def test_a_named_method_that_fails_the_gate_goes_straight_to_exact(ready):
     _gate(ready, ua=-1.0, mia=-1.0, ta_drop=-1.0)
     req = _delete(ready, "ssd")

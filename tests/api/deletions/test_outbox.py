@@ -11,12 +11,13 @@ def test_accepting_a_request_writes_audit_and_outbox_in_one_transaction(ready):
     factory = ready.app_.state.sessionmaker
     with factory() as s:
         before = s.scalar(select(OutboxRow.id).order_by(OutboxRow.id.desc()).limit(1))
-    r = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers=C)
+    r = ready.post("/v1/deletion-requests", json={"owner_id": an_owner(ready)}, headers={**C, "X-Request-ID": "t-1"})
     rid = r.json()["id"]
     with factory() as s:
         rows = s.scalars(select(OutboxRow).where(OutboxRow.id > before)).all()
         events = s.scalars(select(AuditEventRow).where(AuditEventRow.request_id == rid)).all()
-    assert [(o.task, o.payload) for o in rows] == [("lethe.advance", {"model": "m"})]
+    # the message carries the accepting request's id for the worker's logs, nothing personal
+    assert [(o.task, o.payload) for o in rows] == [("lethe.advance", {"model": "m", "trace": ["t-1"]})]
     assert [e.kind for e in events] == ["request.accepted"]
 
 
