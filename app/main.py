@@ -30,6 +30,7 @@ from app.deletions.routes import router as deletions_router
 from app.engine import build_engine
 from app.http import BodyLimit, StorableText, install_error_handlers
 from app.jobs.flow import check_settings
+from app.jobs.routes import router as jobs_router
 from app.jobs.service import requeue_stalled
 from app.models.routes import architectures_router, backbones as backbones_router
 from app.models.routes import router as models_router
@@ -122,7 +123,7 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
     app.state.intake = Intake(factory, app.state.engine, on_commit=app.state.poke_relay,
                               deadline=timedelta(days=settings.deadline_days))
     install_error_handlers(app)
-    for router in (datasets_router, models_router, architectures_router, backbones_router, deletions_router,
+    for router in (datasets_router, models_router, architectures_router, backbones_router, deletions_router, jobs_router,
                    owners_router, audit_router, certificates_router):
         app.include_router(router)
 

@@ -122,6 +122,7 @@ class JobRow(Base):
     heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     transient_failures: Mapped[int] = mapped_column(default=0, server_default="0")  # a train job queued again (0008)
+    shard_progress: Mapped[dict | None]  # shard -> its phase, slice, epoch, samples/s, ETA (0010)
 
 
 class DeletionRequestRow(Base):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -110,6 +111,9 @@ def main() -> int:
                    "exact_s": round(exact_s, 1), "gaps_to_exact": gaps, "avg_gap": gap, "no_op_avg_gap": no_op_gap,
                    "gate_estimates": estimates,
                    "no_op_estimate": (first.get("gate") or {}).get("no_op_estimated_gap")}
+            if a.get("auto_skipped"):  # no method was tried: the estimate is in the reason
+                row["no_op_estimate"] = float(re.search(r"estimated ([\d.]+) points", a["auto_skipped"]).group(1))
+                row["auto_tried"] = ["skipped"]
             rows.append(row)
             print(row, flush=True)
         print("\n| deletion | rows | auto published (tried before) | auto s | exact s | auto's Avg Gap to exact "

@@ -19,7 +19,7 @@ class Context:
     quiet: bool
 
     def engine(self):
-        progress = None if self.quiet else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+        progress = None if self.quiet else (lambda m, state=None: m and print(f"  {m}", file=sys.stderr, flush=True))
         return build_engine(self.settings, progress=progress)
 
     def print(self, obj, text: str) -> None:

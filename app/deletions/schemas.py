@@ -37,6 +37,7 @@ class Outcome(BaseModel):
                                          "(``method`` is the one asked for; exact when the gate fell back)")
     attempts: int = Field(0, description="failed tries so far; retried up to LETHE_MAX_ATTEMPTS")
     retry_at: datetime | None = Field(None, description="when a pending retry runs")
+    job_id: str | None = Field(None, description="the job serving it: live progress at GET /v1/jobs/{job_id}")
 
 
 class DeletionOut(BaseModel):

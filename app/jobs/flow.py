@@ -127,12 +127,14 @@ class JobFlow:
         if state is None:
             return {"shard": shard, "checkpoints": [], "skipped": True}
         with self._logging(job_id, _requests(state.plan)), logs.bind(shard=shard), \
-                Heartbeat(self.sessions, job_id, self.lease_seconds) as heartbeat:
+                Heartbeat(self.sessions, job_id, self.lease_seconds, shard=shard) as heartbeat:
             log.info("job %s: running shard %d (%s)", job_id, shard, state.plan.kind.value)
+            heartbeat.report(None, {"phase": "running", "attempt": attempt})
             started = time.perf_counter()
             made = self.engine.run_shard(state.plan, shard, progress=heartbeat.report)
             seconds = time.perf_counter() - started
             SHARD_SECONDS.labels(state.plan.kind.value).observe(seconds)
+            heartbeat.report(None, {"phase": "done", "attempt": attempt, "seconds": round(seconds, 3)})
             return {"shard": shard, "checkpoints": made, "seconds": seconds}
 
     def finish(self, job_id: str, attempt: int, results: list[dict]) -> Dispatch | None:

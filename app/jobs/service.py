@@ -19,6 +19,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.audit.service import Event, append, append_many
+from app.errors import not_found
 from app.outbox import enqueue_advance, unsent_advances
 from app.statuses import JobKind, JobStatus, ModelStatus, OutcomeStatus, RequestStatus
 from app.tables import (
@@ -189,14 +190,19 @@ def cover_dataset(session: Session, *, model: str, dataset: str, request_ids: li
     return sorted(touched)
 
 
-def renew_lease(session: Session, job_id: str, lease_seconds: float, progress: str | None = None) -> bool:
-    """Extend the job's dataset lease; False if the job no longer holds it."""
-    job = session.get(JobRow, job_id)
+def renew_lease(session: Session, job_id: str, lease_seconds: float, progress: str | None = None,
+                shard: int | None = None, state: dict | None = None) -> bool:
+    """Extend the job's dataset lease; False if the job no longer holds it. ``state``:
+    shard ``shard``'s progress, merged into the job's ``shard_progress`` (the row is
+    locked: the shards' heartbeats run in several workers at once)."""
+    job = session.get(JobRow, job_id, with_for_update=state is not None)
     if job is None or job.status != JobStatus.RUNNING:
         return False
     now = utcnow()
     if progress is not None:
         job.progress = progress[:500]
+    if state is not None and shard is not None:
+        job.shard_progress = {**(job.shard_progress or {}), str(shard): {**state, "updated_at": now.isoformat()}}
     job.heartbeat_at = now
     return bool(session.execute(
         update(DatasetRow).where(DatasetRow.busy_job == job_id).values(busy_until=now + timedelta(seconds=lease_seconds))
@@ -294,3 +300,41 @@ def requeue_stalled(session: Session) -> None:
     for model in stalled_models(session):
         if model not in unsent:
             enqueue_advance(session, model)
+
+
+def view(session: Session, *, caller, job_id: str) -> dict:
+    """A job as ``GET /v1/jobs/{id}`` shows it: status, phase, each shard's progress and
+    the ETA. An admin sees every job; a client only the jobs serving its own requests
+    (another's is 404, as if it did not exist)."""
+    job = session.get(JobRow, job_id)
+    if job is not None and not caller.is_admin:
+        mine = session.scalar(select(func.count()).select_from(DeletionOutcomeRow).join(
+            DeletionRequestRow, DeletionRequestRow.id == DeletionOutcomeRow.request_id).where(
+            DeletionOutcomeRow.job_id == job_id, DeletionRequestRow.caller == caller.key_id))
+        job = job if mine else None
+    if job is None:
+        raise not_found("job_not_found", f"no job {job_id!r}")
+    saved = job.plan or {}
+    plan = saved.get("plan", saved)  # the typed state, or one saved before it (a flat plan)
+    planned = [s["shard"] for s in plan.get("shards", []) if s.get("status") in ("trained", "retrained", "approximate")]
+    shards = {int(k): v for k, v in (job.shard_progress or {}).items()}
+    attempt = (saved.get("attempt") or {}).get("number", 1)
+    current = {k: v for k, v in shards.items() if v.get("attempt", attempt) == attempt}
+    done = sum(1 for v in current.values() if v.get("phase") == "done")
+    etas = [v["eta_s"] for v in current.values() if v.get("phase") == "training" and "eta_s" in v]
+    if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+        phase = str(job.status)
+    elif job.status == JobStatus.QUEUED or not saved:
+        phase = "queued" if job.status == JobStatus.QUEUED else "planning"
+    elif planned and done == len(planned):
+        phase = "verifying"  # measuring the candidate, the gate, publishing
+    else:
+        phase = "running"
+    return {
+        "id": job.id, "kind": job.kind, "model": job.model, "status": job.status, "phase": phase,
+        "attempt": attempt, "progress": job.progress, "shards_total": len(planned), "shards_done": done,
+        "shards": [{"shard": k, **v} for k, v in sorted(current.items())],
+        "eta_s": max(etas) if etas else None, "error": job.error, "created_at": job.created_at,
+        "started_at": job.started_at, "finished_at": job.finished_at,
+    }
+

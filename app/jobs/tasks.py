@@ -26,7 +26,8 @@ def job_flow(app: Celery) -> JobFlow:
     if flow is None:
         s = app.lethe_settings
         sessions = make_sessionmaker(s.db_url, s.db_pool_size)
-        engine = build_engine(s, progress=log.info, keyring=DatabaseKeyring(sessions))
+        engine = build_engine(s, progress=lambda msg, state=None: msg and log.info(msg),
+                              keyring=DatabaseKeyring(sessions))
         flow = app.lethe_flow = JobFlow(s, sessions, engine)
     return flow
 

@@ -493,3 +493,36 @@ def test_an_uploaded_image_folder_trains_as_sisa_and_forgets_an_owner(stack, htt
     assert done["status"] == "completed", done
     mine = next(o for o in done["outcomes"] if o["model"] == "shapes-cnn")
     assert mine["version"] == 2 and mine["metrics"]["forget_size"] == 6
+
+
+def test_a_training_job_streams_its_progress_as_server_sent_events(stack, http, trained):
+    """Over real HTTP while the real worker trains: progress events with each shard's
+    epoch, samples/s and ETA, then ``end`` when the job completes. Last in the module:
+    its dataset shares the owner ids of ``digits``, so a later deletion would reach it."""
+    import json
+
+    # a dataset of its own: the other tests' deletions must not reach this model
+    assert http.post("/v1/datasets", json={"name": "digits-sse", "source": "digits"}, headers=A).status_code == 201
+    r = http.post("/v1/models", headers=A, json={
+        "name": "digits-progress", "dataset": "digits-sse", "architecture": "cnn",
+        "strategy": {"kind": "sisa", "shards": 2, "slices": 2}, "training": {"epochs": 40, "batch_size": 16}})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job"]["id"]
+    docs, ended = [], None
+    with httpx.Client(base_url=stack.url, timeout=120) as sse:
+        with sse.stream("GET", f"/v1/jobs/{job_id}/events", headers=A) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            kind = None
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind == "progress":
+                    docs.append(json.loads(line[6:]))
+                elif line.startswith("data: ") and kind == "end":
+                    ended = json.loads(line[6:])
+                    break
+    assert ended == {"status": "completed"} and docs[-1]["phase"] == "completed"
+    training = [s for d in docs for s in d["shards"] if s["phase"] == "training"]
+    assert training, [d["phase"] for d in docs]  # seen while it trained, not only at the end
+    assert all(s["epochs"] == 40 and 1 <= s["epoch"] <= 40 and s["samples_per_s"] > 0 for s in training)
+    assert docs[-1]["shards_done"] == docs[-1]["shards_total"] == 2

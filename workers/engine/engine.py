@@ -57,7 +57,7 @@ class Engine:
         self.device = torch.device(device) if device else nets.default_device()
         self.source_paths = dict(source_paths or {})
         self.max_classes = max_classes
-        self.progress = progress or (lambda msg: None)
+        self.progress = progress or (lambda msg, state=None: None)
         self._ledgers: dict[str, Dataset] = {}
         make_deterministic()
 

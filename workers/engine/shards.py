@@ -28,7 +28,7 @@ def _init_state(store: ModelStore, spec: dict) -> dict | None:
 
 
 def run_shard(plan: Plan, shard: int, *, store: ModelStore, ds: Dataset, device: torch.device, vault: Vault,
-              progress=lambda msg: None) -> list[str]:
+              progress=lambda msg, state=None: None) -> list[str]:
     """Train (or unlearn) one planned shard; return its new checkpoints' digests."""
     entry = plan.shards[shard]
     if entry.status == ShardStatus.REUSED:

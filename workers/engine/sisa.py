@@ -12,8 +12,9 @@ A monolithic model is the case S = R = 1.
 """
 from __future__ import annotations
 
-import heapq
 import dataclasses
+import heapq
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,7 +35,7 @@ from workers.engine.training import (
     train_epochs,
 )
 
-Progress = Callable[[str], None]
+Progress = Callable[..., None]  # progress(message, state=None): a line, and/or a shard's structured state
 # constituents x rows x classes -> rows x classes
 Aggregation = Callable[[torch.Tensor], torch.Tensor]
 AGGREGATIONS: Registry[Aggregation] = Registry("aggregation")
@@ -230,12 +231,14 @@ def train_constituent(
         model.load_state_dict(ckpt.model_state)
         optimizer.load_state_dict(ckpt.optim_state)
     out = []
+    epochs = cfg.step_epochs(len(slice_ids))
+    clock = _Clock(slice_ids, start_slice, epochs, shard, progress)
     for r in range(start_slice, len(slice_ids)):
         seen = slice_ids[0] if r == 0 else np.concatenate(slice_ids[: r + 1])
         if len(seen):
             loss = train_epochs(
                 model, optimizer, data, data.rows(seen), cfg,
-                epochs=cfg.step_epochs(len(slice_ids)), seed=derive_seed(cfg.seed, shard, r),
+                epochs=epochs, seed=derive_seed(cfg.seed, shard, r), on_epoch=clock.at(r, len(seen)),
             )
         else:
             loss = float("nan")
@@ -254,6 +257,31 @@ def train_constituent(
         }
         out.append(checkpoints.dumps(model, optimizer, info))
     return out
+
+
+class _Clock:
+    """A shard's structured progress after each epoch: slice and epoch, samples/s so far
+    (host time: on a GPU it runs ahead of the device by the queued work) and the ETA of
+    the samples left in this shard's remaining slices."""
+
+    def __init__(self, slice_ids: list[np.ndarray], start: int, epochs: int, shard: int, progress: Progress | None):
+        self.sizes = np.cumsum([len(s) for s in slice_ids])  # slice r trains on sizes[r] rows
+        self.start, self.epochs, self.shard, self.progress = start, epochs, shard, progress
+        self.total = int(self.sizes[start:].sum()) * epochs
+        self.done, self.began = 0, time.perf_counter()
+
+    def at(self, r: int, rows: int):
+        if self.progress is None:
+            return None
+
+        def on_epoch(epoch: int) -> None:
+            self.done += rows
+            rate = self.done / max(time.perf_counter() - self.began, 1e-9)
+            self.progress(None, {"phase": "training", "shard": self.shard, "slice": r, "slices": len(self.sizes),
+                                 "epoch": epoch, "epochs": self.epochs, "samples_done": self.done,
+                                 "samples_total": self.total, "samples_per_s": round(rate, 1),
+                                 "eta_s": round((self.total - self.done) / rate, 1)})
+        return on_epoch
 
 
 def first_touched_slices(slice_ids: list[list[np.ndarray]], removed: np.ndarray) -> dict[int, int]:

@@ -17,6 +17,7 @@ import math
 import os
 import re
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -327,8 +328,10 @@ def train_epochs(
     *,
     epochs: int,
     seed: int,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> float:
     """Train for ``epochs`` passes over ``rows`` in a seeded order; return the last batch's loss.
+    ``on_epoch(e)`` is called after epoch ``e`` (1-based), without waiting for the device.
 
     The same model, optimiser state, rows, recipe and seed give the same weights (on one
     device, with :func:`make_deterministic`): the order and augmentation come from
@@ -354,7 +357,7 @@ def train_epochs(
     loss = None
     step = 0
     index_device = torch.device("cpu") if data.lazy else device  # lazy rows are read on the host
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = rows[torch.randperm(n, generator=gen, dtype=rows.dtype)].to(index_device)
         shifts, flips = _augment_draws(cfg, aug_gen, n, device) if aug_gen is not None else (None, None)
         for start in range(0, n, cfg.batch_size):
@@ -379,6 +382,8 @@ def train_epochs(
             if scheduler is not None and step < last_step:
                 scheduler.step()
             step += 1
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     return float(loss.detach())  # the one wait for the device
 
 
