@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -17,12 +17,19 @@ class Context:
     settings: Settings
     as_json: bool
     quiet: bool
+    stop_progress: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def engine(self):
-        progress = None if self.quiet else (lambda m, state=None: m and print(f"  {m}", file=sys.stderr, flush=True))
+        """The engine, reporting progress to stderr: a bar per training shard on a terminal."""
+        from app.cli.progress import for_terminal
+
+        progress, done = for_terminal(self.quiet)
+        click.get_current_context().call_on_close(done)
+        self.stop_progress = done
         return build_engine(self.settings, progress=progress)
 
     def print(self, obj, text: str) -> None:
+        self.stop_progress()  # the bars end before the result is printed
         click.echo(json.dumps(obj, indent=1, default=str) if self.as_json else text)
 
 
