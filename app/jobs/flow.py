@@ -228,7 +228,13 @@ class JobFlow:
         (a few forget rows, or nothing memorised), no candidate can."""
         if plan is None or plan.kind != PlanKind.APPROXIMATE or not self.settings.gate_beat_no_op:
             return None
-        no_op = self.engine.no_op(plan)
+        try:
+            no_op = self.engine.no_op(plan)
+        except ForgetSetUnavailable:
+            return None  # the tries say so, and fall back as they always did
+        except Exception:  # a shortcut only: if it cannot be measured, the candidates are tried
+            log.exception("measuring the parent before trying a method failed; trying the methods")
+            return None
         before = gate.estimated_gap(no_op, no_op) if no_op else None
         if before is None:
             return None

@@ -153,6 +153,19 @@ def test_auto_retrains_exactly_without_trying_when_doing_nothing_is_within_the_m
         assert attempts and "auto_skipped" not in v["metrics"]
 
 
+def test_a_failing_check_before_trying_is_only_a_missed_shortcut(ready, monkeypatch):
+    from workers.engine.engine import Engine
+
+    def broken(self, plan):
+        raise RuntimeError("the parent could not be measured")
+
+    monkeypatch.setattr(Engine, "no_op", broken)
+    _gate(ready, ua=1.0, mia=1.0, ta_drop=1.0, beat_no_op=True)
+    req = _delete(ready, "auto")
+    assert req["status"] == "completed"
+    assert [e for e in _audit(ready, req["id"]) if e["kind"] == "unlearning.attempt"]  # the methods were tried
+
+
 def test_the_parent_measured_before_a_method_runs_matches_the_gates_measure(ready):
     """``Engine.no_op`` (before the method) and the candidate's ``no_op`` (after it) see
     the same forget set, test split and parent outputs."""
