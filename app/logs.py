@@ -101,6 +101,12 @@ def configure(fmt: str = "console", level: str | int = "INFO") -> None:
     logging.getLogger("uvicorn.access").disabled = True  # paths may carry owner ids: RequestContext logs routes
 
 
+def route_template(scope) -> str:
+    """The matched route's template (``/v1/owners/{owner_id}``), never the path, which may
+    carry an owner id; ``unmatched`` when no route matched."""
+    return getattr(scope.get("route"), "path", None) or "unmatched"
+
+
 class RequestContext:
     """ASGI middleware: binds ``request_id`` (the caller's ``X-Request-ID`` when it is a
     plain token of at most 64 characters, else a new one), returns it as
@@ -127,7 +133,7 @@ class RequestContext:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
-                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                route = route_template(scope)
                 if self.access_log:
                         log.info("%s %s %d %.1f ms", scope["method"], route, status[0],
                              1000 * (time.perf_counter() - started))

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 
+from app.logs import route_template
 from app.statuses import RequestStatus
 from app.tables import AuditEventRow, DeletionRequestRow, JobRow, OutboxRow, utcnow
 
@@ -190,7 +191,7 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = route_template(scope)
             if route != "/metrics":
                 HTTP_REQUESTS.labels(route, scope["method"], str(status[0])).inc()
                 HTTP_SECONDS.labels(route, scope["method"]).observe(time.perf_counter() - started)
