@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -110,7 +111,7 @@ class MemoryGroup:
 def run_step(group: MemoryGroup, name: str, argv: list[str], env: dict) -> dict:
     group.reset_peak()
     failcnt = int(group.read("memory.failcnt"))
-    rss_file = Path(group.path.name + ".rss")
+    rss_file = Path(tempfile.gettempdir()) / (group.path.name + ".rss")
     started = time.perf_counter()
     proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv], env=env,
                             preexec_fn=group.join, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
