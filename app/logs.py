@@ -103,8 +103,10 @@ def configure(fmt: str = "console", level: str | int = "INFO") -> None:
 
 def route_template(scope) -> str:
     """The matched route's template (``/v1/owners/{owner_id}``), never the path, which may
-    carry an owner id; ``unmatched`` when no route matched."""
-    return getattr(scope.get("route"), "path", None) or "unmatched"
+    carry an owner id, without path converters (``{owner_id:path}``); ``unmatched`` when
+    no route matched."""
+    path = getattr(scope.get("route"), "path", None)
+    return re.sub(r"\{(\w+):\w+\}", r"{\1}", path) if path else "unmatched"
 
 
 class RequestContext:

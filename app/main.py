@@ -25,6 +25,7 @@ from app.certificates.routes import router as certificates_router
 from app.datasets.routes import router as datasets_router
 from app.db import make_db_engine, session_scope
 from app.deletions import evidence
+from app.deletions.service import mark_overdue
 from app.deletions.intake import Intake
 from app.deletions.routes import router as deletions_router
 from app.engine import build_engine
@@ -39,6 +40,8 @@ from app.models.service import EnsembleCache
 from app.outbox import Relay, prune_sent
 from app.owners.routes import router as owners_router
 from app.settings import Settings
+from app.webhooks.routes import router as webhooks_router
+from app.webhooks.sender import Sender
 from app.worker import QUEUE, create_celery
 
 log = logging.getLogger("lethe.api")
@@ -67,6 +70,7 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
         with session_scope(factory) as session:
             requeue_stalled(session)
             prune_sent(session, timedelta(days=7))  # sent rows are only history
+            mark_overdue(session, actor="lethe-api")  # audited, and the request.overdue webhook
         try:  # sign the audit chain's head where the database cannot change it
             with session_scope(factory) as session:
                 anchors.anchor(session, engine.store, app.state.signing_key)
@@ -87,6 +91,9 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
 
     relay = Relay(factory, send, interval=settings.relay_interval, reconcile=reconcile,
                   reconcile_interval=settings.reconcile_interval)
+    webhooks = Sender(factory, allow_private=settings.webhook_allow_private,
+                      timeout=settings.webhook_timeout_seconds, retry_seconds=settings.webhook_retry_seconds,
+                      give_up_hours=settings.webhook_give_up_hours, interval=settings.webhook_interval)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -99,9 +106,11 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
         await app.state.intake.start()
         if run_relay:
             relay.start()
+            webhooks.start()
         yield
         await app.state.intake.stop()
         relay.stop()
+        webhooks.stop()
         db.dispose()
 
     app = FastAPI(
@@ -119,12 +128,13 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
     app.state.ensembles = EnsembleCache()
     app.state.celery = celery
     app.state.relay = relay
+    app.state.webhooks = webhooks
     app.state.poke_relay = relay.poke if run_relay else (lambda: None)
     app.state.intake = Intake(factory, app.state.engine, on_commit=app.state.poke_relay,
                               deadline=timedelta(days=settings.deadline_days))
     install_error_handlers(app)
     for router in (datasets_router, models_router, architectures_router, backbones_router, deletions_router, jobs_router,
-                   owners_router, audit_router, certificates_router):
+                   owners_router, audit_router, certificates_router, webhooks_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -49,7 +49,13 @@ class Settings(BaseSettings):
     lease_seconds: float = 300.0  # a job's dataset lease; its worker renews it every quarter
     relay_interval: float = 0.2  # seconds between outbox scans when nothing pokes the relay
     reconcile_interval: float = 30.0  # seconds between scans for stuck jobs and unsent work
-    relay_in_api: bool = True  # run the outbox relay inside the API process
+    relay_in_api: bool = True  # run the outbox relay (and the webhook sender) inside the API process
+    # Webhooks: deliveries to private, loopback or link-local addresses are refused unless set.
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = 10.0  # per attempt
+    webhook_retry_seconds: float = 5.0  # the first retry's wait, doubling to at most an hour
+    webhook_give_up_hours: float = 24.0  # after the event: no more attempts, the delivery is failed
+    webhook_interval: float = 1.0  # seconds between scans for due deliveries
     worker_concurrency: int = 1
     worker_max_tasks_per_child: int = 0  # 1 on GPU workers: a fresh process per task frees GPU memory
     torch_threads: int = 0  # per worker process; 0: the cores divided among the pool's processes

@@ -150,6 +150,7 @@ class DeletionRequestRow(Base):
     evidence_held_at: Mapped[datetime | None]
     evidence_destroyed_at: Mapped[datetime | None]
     evidence_destroyed_reason: Mapped[str | None] = mapped_column(String(200))
+    overdue_at: Mapped[datetime | None]  # when it was first seen past due_at, not completed (0011)
 
 
 class DeletionOutcomeRow(Base):
@@ -207,6 +208,40 @@ class OutboxRow(Base):
     sent_at: Mapped[datetime | None] = mapped_column(index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookRow(Base):
+    """A subscriber: events of these types are POSTed to ``url``, signed with ``secret``
+    (Standard Webhooks). Removing one keeps its row (``deleted_at``) and its deliveries."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list]
+    secret: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+
+
+class WebhookDeliveryRow(Base):
+    """One event for one webhook: written in the transaction of the change it reports
+    (an outbox), sent by the webhook sender until it is delivered or a day has passed."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the webhook-id header
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id"), index=True)
+    event: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)  # the exact body that is signed and sent
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed | cancelled
+    attempts: Mapped[int] = mapped_column(default=0)
+    attempt_log: Mapped[list] = mapped_column(default=list)  # [{at, status_code, error, ms}]
+    next_attempt_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
 
 
 class SigningKeyRow(Base):

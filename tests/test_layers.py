@@ -95,3 +95,14 @@ def test_the_check_catches_an_upward_import():
     source = "import numpy\n\ndef f():\n    from app.jobs import flow\n    from workers.engine import plans\n"
     assert upward("workers.engine.engine", source) == ["app.jobs.flow (services)"]
     assert upward("app.jobs.tasks", source) == []
+
+
+def test_the_client_imports_none_of_the_server():
+    """``lethe.client`` runs where the server's code is not installed: httpx, pydantic
+    and PyJWT only."""
+    paths = sorted((ROOT / "lethe").rglob("*.py"))
+    assert paths
+    for path in paths:
+        used = sorted(n for n in imports(path.read_text())
+                      if n.split(".")[0] in (*PACKAGES, *FRAMEWORKS, "torch", "numpy"))
+        assert not used, f"{path.name} imports {used}"

@@ -18,15 +18,33 @@ class Context:
     as_json: bool
     quiet: bool
     stop_progress: Callable[[], None] = field(default=lambda: None, repr=False)
+    url: str | None = None  # a remote server (--url, LETHE_URL): train and unlearn go there
+    key: str | None = field(default=None, repr=False)
 
-    def engine(self):
-        """The engine, reporting progress to stderr: a bar per training shard on a terminal."""
+    def client(self):
+        """The API client for --url (default http://127.0.0.1:8000) and --key (default: the
+        admin key ``lethe serve`` stored in this data directory, if there is one)."""
+        from lethe.client import Client
+
+        key = self.key
+        stored = self.settings.data_dir / "api-keys.json"
+        if key is None and stored.exists():
+            key = json.loads(stored.read_text()).get("admin")
+        return Client(self.url or DEFAULT_URL, key, timeout=60)
+
+    def progress(self):
+        """The progress callback for this process's stderr (bars on a terminal), closed
+        with the command."""
         from app.cli.progress import for_terminal
 
         progress, done = for_terminal(self.quiet)
         click.get_current_context().call_on_close(done)
         self.stop_progress = done
-        return build_engine(self.settings, progress=progress)
+        return progress
+
+    def engine(self):
+        """The engine, reporting progress to stderr: a bar per training shard on a terminal."""
+        return build_engine(self.settings, progress=self.progress())
 
     def print(self, obj, text: str) -> None:
         self.stop_progress()  # the bars end before the result is printed
@@ -34,6 +52,7 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,9 +64,15 @@ pass_ctx = click.make_pass_decorator(Context)
               help="torch device (env LETHE_DEVICE, default: cuda if present, else cpu)")
 @click.option("--json", "as_json", is_flag=True, help="print results as JSON")
 @click.option("--quiet", is_flag=True, help="no progress lines")
+@click.option("--url", envvar="LETHE_URL", default=None,
+              help="a Lethe server (env LETHE_URL): train and unlearn run there, and delete, status, watch and "
+                   "certificate get ask it (default for those: http://127.0.0.1:8000)")
+@click.option("--key", envvar="LETHE_API_KEY", default=None,
+              help="the API key for --url (env LETHE_API_KEY; default: the admin key `lethe serve` stored)")
 @click.pass_context
-def cli(ctx, data_dir: Path, store: str | None, device: str | None, as_json: bool, quiet: bool):
+def cli(ctx, data_dir: Path, store: str | None, device: str | None, as_json: bool, quiet: bool, url: str | None,
+        key: str | None):
     """Lethe: machine unlearning for owner-keyed data."""
     # The rest of the settings (database, broker, keys, ...) come from LETHE_* variables.
     settings = Settings(data_dir=data_dir.resolve(), store_url=store, device=device)
-    ctx.obj = Context(settings, as_json, quiet)
+    ctx.obj = Context(settings, as_json, quiet, url=url, key=key)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from app.cli import remote_commands
 from app.cli.base import Context, cli, pass_ctx
 from workers.engine.nets import ARCHITECTURES
 from workers.engine.sisa import AGGREGATIONS, PARTITIONS
@@ -115,6 +116,8 @@ def train(c: Context, name, dataset, arch, strategy, epsilon, delta, noise, l2, 
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     config = _recipe(recipe_json, epochs=epochs, slice_epochs=slice_epochs, batch_size=batch_size, lr=lr, seed=seed)
+    if c.url:
+        return remote_commands.train(c, name, dataset, arch, strat, config, _key_values(arch_params), init_weights)
     v = c.engine().train(name, dataset=dataset, architecture=arch, strategy=strat, config=config,
                          architecture_params=_key_values(arch_params),
                          init_weights=init_weights.read_bytes() if init_weights else None)
@@ -203,6 +206,10 @@ def unlearn(c: Context, model, owner_ids, requests, full, method):
     """Erase owners and retrain the touched shards (exact), or unlearn them with --method."""
     if method and full:
         raise click.UsageError("--full and --method exclude each other")
+    if c.url:
+        if full or requests:
+            raise click.UsageError("--full and --request are local only: the server files its own requests")
+        return remote_commands.unlearn(c, model, list(owner_ids), method)
     mode = "full" if full else "approximate" if method else "sisa"
     v = c.engine().unlearn(model, list(owner_ids), requests=list(requests) or None, mode=mode, method=method)
     if v is None:
@@ -216,6 +223,8 @@ def unlearn(c: Context, model, owner_ids, requests, full, method):
 @pass_ctx
 def retrain(c: Context, model):
     """Full retrain of every shard on the current data (the reference)."""
+    if c.url:
+        raise click.UsageError("retrain is local only: the API retrains through deletions (method exact)")
     v = c.engine().retrain_full(model)
     c.print(v, summary(v))
 

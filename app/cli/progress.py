@@ -55,3 +55,24 @@ def for_terminal(quiet: bool):
         return plain, lambda: None
     bars = ShardBars()
     return bars, bars.stop
+
+
+def follow(events, progress) -> str:
+    """Feed a remote job's Server-Sent Events (``lethe.client.JobEvent``) to ``progress``
+    as the engine would: its progress line when it changes, each training shard's state.
+    The job's last status."""
+    line, status = None, "unknown"
+    for event in events:
+        if event.event == "end":
+            return event.data.get("status", status)
+        doc = event.data
+        status = doc.get("status", status)
+        if progress is None:
+            continue
+        if doc.get("progress") and doc["progress"] != line:
+            line = doc["progress"]
+            progress(line)
+        for shard in doc.get("shards", []):
+            if shard.get("phase") == "training":
+                progress(None, shard)
+    return status

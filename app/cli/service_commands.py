@@ -240,18 +240,21 @@ def worker_ping(c: Context, name, timeout):
 @cli.command()
 @pass_ctx
 def relay(c: Context):
-    """Run the outbox relay alone (for deployments that set LETHE_RELAY_IN_API=false)."""
+    """Run the outbox relay and the webhook sender alone (for deployments that set
+    LETHE_RELAY_IN_API=false)."""
     from app import logs
     from app.main import create_app
 
     logs.configure(c.settings.log_format)
-    outbox_relay = create_app(c.settings, run_relay=False).state.relay
-    outbox_relay.start()
-    click.echo("outbox relay running; Ctrl-C stops it")
+    state = create_app(c.settings, run_relay=False).state
+    state.relay.start()
+    state.webhooks.start()
+    click.echo("outbox relay and webhook sender running; Ctrl-C stops them")
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
-        outbox_relay.stop()
+        state.relay.stop()
+        state.webhooks.stop()
 
 
 def ensure_keys(data_dir: Path) -> dict:

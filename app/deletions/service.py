@@ -15,13 +15,14 @@ from datetime import timedelta
 from sqlalchemy import insert, select, tuple_
 from sqlalchemy.orm import Session
 
-from app.audit.service import Event, append_many
+from app.audit.service import Event, append, append_many
 from app.callers import Caller
 from app.deletions.schemas import DeletionCreate
 from app.errors import ApiError, not_found
 from app.outbox import enqueue_advance
 from app.statuses import ModelStatus, OutcomeStatus, RequestStatus
 from app.tables import DeletionOutcomeRow, DeletionRequestRow, ModelRow, ModelVersionRow, utcnow
+from app.webhooks.service import emit
 from workers.engine.engine import Engine
 from workers.engine.errors import MethodNotSupported
 from workers.engine.planning import check_kind
@@ -217,6 +218,22 @@ def outcomes(*, session: Session, request_id: str) -> list[DeletionOutcomeRow]:
 
 def is_overdue(row: DeletionRequestRow) -> bool:
     return row.due_at is not None and row.status != RequestStatus.COMPLETED and row.due_at < utcnow()
+
+
+def mark_overdue(session: Session, *, actor: str, limit: int = 500) -> int:
+    """Note each request newly past its due time and not completed, once: ``overdue_at``,
+    a ``request.overdue`` audit event and webhook. How many were marked."""
+    now = utcnow()
+    rows = session.scalars(select(DeletionRequestRow).where(
+        DeletionRequestRow.overdue_at.is_(None), DeletionRequestRow.due_at < now,
+        DeletionRequestRow.status != RequestStatus.COMPLETED).limit(limit).with_for_update(skip_locked=True)).all()
+    for row in rows:
+        row.overdue_at = now
+        append(session, "request.overdue", actor=actor, owner_id=row.owner_id, request_id=row.id,
+               data={"due_at": row.due_at.isoformat(), "status": row.status})
+        emit(session, "request.overdue", {"request_id": row.id, "status": row.status,
+                                          "due_at": row.due_at, "created_at": row.created_at})
+    return len(rows)
 
 
 def retry(*, session: Session, caller: Caller, request_id: str) -> DeletionRequestRow:

@@ -10,10 +10,12 @@ from sqlalchemy.orm import Session
 
 from app.audit.service import append
 from app.deletions import evidence
+from app.deletions.service import published_methods
 from app.jobs.service import WORKER, numbers
 from app.outbox import enqueue_advance
 from app.statuses import JobKind, JobStatus, ModelStatus, OutcomeStatus, RequestStatus
 from app.tables import DatasetRow, DeletionOutcomeRow, DeletionRequestRow, JobRow, ModelRow, ModelVersionRow, utcnow
+from app.webhooks.service import emit
 
 
 def _release(session: Session, job: JobRow) -> None:
@@ -83,6 +85,10 @@ def record_version(session: Session, job: JobRow, record: dict) -> None:
                  "removed_sample_count": record["removed"]["sample_count"],
                  "removed_sample_ids_digest": record["removed"].get("sample_ids_digest"),
                  "metrics": numbers(record["metrics"])})
+    emit(session, "model.version_published", {
+        "model": job.model, "version": record["version"], "parent": record["parent"], "kind": record["kind"],
+        "method": record.get("method", {}).get("name", "exact"), "exact": record.get("exact", True),
+        "requests": requests, "test_accuracy": record["metrics"].get("test_accuracy")})
 
 
 TRANSIENT_BACKOFF_CAP = 3600.0  # a transient retry waits at most an hour
@@ -172,5 +178,18 @@ def refresh_request(session: Session, request: DeletionRequestRow) -> None:
         data["reason"] = request.failure_reason
     append(session, f"request.{new}", actor=WORKER, owner_id=request.owner_id, request_id=request.id, data=data)
     if new in (RequestStatus.COMPLETED, RequestStatus.FAILED):
+        emit(session, f"request.{new}", _request_event(session, request))
+    if new in (RequestStatus.COMPLETED, RequestStatus.FAILED):
         # Every outcome has ended: the forget set is needed no more.
         evidence.destroy(session, request, f"request {new}", actor=WORKER)
+
+
+def _request_event(session: Session, request: DeletionRequestRow) -> dict:
+    """A finished request as its webhook tells it: ids, versions and methods; no owner id."""
+    outcomes = session.scalars(select(DeletionOutcomeRow).where(DeletionOutcomeRow.request_id == request.id)
+                               .order_by(DeletionOutcomeRow.model)).all()
+    produced = published_methods(session=session, outcomes=list(outcomes))
+    return {"request_id": request.id, "status": str(request.status), "completed_at": request.completed_at,
+            "failure_reason": request.failure_reason,
+            "models": [{"model": o.model, "status": o.status, "version": o.version, "method": o.method,
+                        "published_method": produced.get((o.model, o.version))} for o in outcomes]}

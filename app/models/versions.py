@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.audit.service import append
 from app.errors import ApiError, not_found
 from app.tables import ModelAliasRow, ModelVersionRow, utcnow
+from app.webhooks.service import emit
 from workers.engine.engine import Engine
 
 ALIAS_PATTERN = r"[a-z][a-z0-9_.-]{0,63}"
@@ -117,6 +118,8 @@ def record_revocations(session: Session, *, actor: str, name: str, revocations: 
         row.revoked_for, row.replaced_by = r["requests"], r["replaced_by"]
         append(session, "model.version_revoked", actor=actor, model=name, version=row.version,
                data={"replaced_by": row.replaced_by, "requests": row.revoked_for})
+        emit(session, "model.version_revoked", {"model": name, "version": row.version, "revoked_at": row.revoked_at,
+                                                "replaced_by": row.replaced_by, "requests": row.revoked_for})
         for alias in session.scalars(select(ModelAliasRow).where(
                 ModelAliasRow.model == name, ModelAliasRow.version == row.version)):
             if row.replaced_by is None:  # withdrawn: the alias answers 410 until it is pointed elsewhere

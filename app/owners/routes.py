@@ -10,7 +10,7 @@ from app.owners.schemas import OwnerLineage
 router = APIRouter(prefix="/v1/owners", tags=["owners"])
 
 
-@router.get("/{owner_id}", response_model=OwnerLineage)
+@router.get("/{owner_id:path}", response_model=OwnerLineage)
 def get_owner(owner_id: str, session: SessionDep, engine: EngineDep, _: AdminDep) -> OwnerLineage:
     """Datasets with the owner's remaining sample count (0 after erasure), the model
     versions trained on the owner's data (checked against each stored manifest), and

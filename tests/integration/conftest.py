@@ -54,6 +54,9 @@ class Stack:
             "LETHE_RETRY_BACKOFF_SECONDS": "1",
             "LETHE_WORKER_METRICS_PORT": str(_free_port()),
             "LETHE_LOG_FORMAT": "json",
+            "LETHE_WEBHOOK_ALLOW_PRIVATE": "true",  # the tests' receiver listens on loopback
+            "LETHE_WEBHOOK_RETRY_SECONDS": "1",
+            "LETHE_WEBHOOK_INTERVAL": "0.2",
             "PYTHONUNBUFFERED": "1",
         }
         self.worker: subprocess.Popen | None = None
@@ -80,7 +83,7 @@ class Stack:
     def start_api(self) -> None:
         self.api = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "api", "--port", str(self.port)],
-            env=self.env, cwd=ROOT, stdout=(self.tmp / "api.log").open("w"), stderr=subprocess.STDOUT,
+            env=self.env, cwd=ROOT, stdout=(self.tmp / "api.log").open("a"), stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -93,6 +96,11 @@ class Stack:
                 raise RuntimeError("uvicorn exited:\n" + (self.tmp / "api.log").read_text())
             time.sleep(0.3)
         raise RuntimeError("uvicorn did not become ready:\n" + (self.tmp / "api.log").read_text())
+
+    def kill_api(self) -> None:
+        """SIGKILL the API process: a crash, not a shutdown."""
+        os.killpg(self.api.pid, signal.SIGKILL)
+        self.api.wait(timeout=10)
 
     def stop(self) -> None:
         for proc in (self.api, self.worker):

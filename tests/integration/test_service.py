@@ -7,8 +7,9 @@ import psycopg
 import pytest
 import torch
 
+from lethe.client import Client
 from tests.integration.conftest import poll
-from tests.service_helpers import A, C
+from tests.service_helpers import ADMIN, CLIENT, A, C
 from workers.engine.engine import Engine
 from workers.engine.purge import learned
 
@@ -22,79 +23,89 @@ def http(stack):
 
 
 @pytest.fixture(scope="module")
-def trained(stack, http):
-    r = http.post("/v1/datasets", json={"name": "digits", "source": "digits"}, headers=A)
-    assert r.status_code == 201, r.text
-    r = http.post("/v1/models", headers=A, json={
-        "name": "digits-sisa", "dataset": "digits", "architecture": "cnn",
-        "strategy": {"kind": "sisa", "shards": 3, "slices": 2}, "training": {"epochs": 3, "batch_size": 64}})
-    assert r.status_code == 202, r.text
-    model = poll(lambda: http.get("/v1/models/digits-sisa", headers=A).json(),
-                 lambda m: m["status"] in ("ready", "failed"))
-    assert model["status"] == "ready", model
+def admin(stack):
+    """The Python client (``lethe.client``) with the admin key: most of these tests talk
+    to the stack through it, as a user's code would."""
+    with Client(stack.url, ADMIN, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def lethe(stack):
+    """The Python client with a client key (the company's deletion intake)."""
+    with Client(stack.url, CLIENT, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def trained(stack, admin):
+    assert admin.import_dataset("digits", "digits").n_samples > 0
+    admin.create_model("digits-sisa", "digits", architecture="cnn", strategy={"kind": "sisa", "shards": 3, "slices": 2},
+                       training={"epochs": 3, "batch_size": 64})
+    model = admin.wait_model("digits-sisa", timeout=180, every=0.3)
+    assert model.status == "ready", model
     return model
 
 
-def owners(http, n):
-    return [o["owner_id"] for o in http.get(f"/v1/datasets/digits/owners?limit={n}", headers=A).json()["owners"]]
+def owners(admin, n):
+    return [o.owner_id for o in admin.owners("digits", limit=n)]
+
+
+def finished(lethe, request_id):
+    return lethe.wait(request_id, timeout=180, every=0.3)
 
 
 def test_training_fans_out_one_task_per_shard(stack, trained):
-    assert trained["latest_version"] == 1
+    assert trained.latest_version == 1
     assert stack.worker_log().count("Task lethe.train_shard[") >= 3
 
 
-def test_deletion_request_end_to_end(stack, http, trained):
-    owner = owners(http, 5)[2]
+def test_deletion_request_end_to_end(stack, admin, lethe, trained):
+    owner = owners(admin, 5)[2]
     engine = Engine(stack.env["LETHE_DATA_DIR"], device="cpu")
     owner_ids = engine.dataset("digits").owner_sample_ids(owner)
     assert len(owner_ids) > 0
 
-    headers = {**C, "Idempotency-Key": f"it-{owner}"}
-    first = http.post("/v1/deletion-requests", json={"owner_id": owner, "reason": "GDPR art. 17"}, headers=headers)
-    assert first.status_code == 202 and first.json()["status"] == "queued"
-    rid = first.json()["id"]
-    again = http.post("/v1/deletion-requests", json={"owner_id": owner, "reason": "GDPR art. 17"}, headers=headers)
-    assert again.json()["id"] == rid
+    first = lethe.delete(owner, reason="GDPR art. 17", idempotency_key=f"it-{owner}")
+    assert first.status == "queued"
+    again = lethe.delete(owner, reason="GDPR art. 17", idempotency_key=f"it-{owner}")
+    assert again.id == first.id
 
-    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
-                lambda r: r["status"] in ("completed", "failed"))
-    assert done["status"] == "completed", done
-    (outcome,) = done["outcomes"]
-    number = outcome["version"]
-    assert number >= 2 and outcome["method"] == "exact"
+    done = finished(lethe, first.id)
+    assert done.status == "completed", done
+    (outcome,) = done.outcomes
+    number = outcome.version
+    assert number >= 2 and outcome.method == "exact"
 
-    version = http.get(f"/v1/models/digits-sisa/versions/{number}", headers=C).json()
-    assert rid in version["requests"] and version["parent"] == number - 1
+    version = lethe.version("digits-sisa", number)
+    assert first.id in version.requests and version.parent == number - 1
     # The manifest of the new version, read back from the model store, has none of the owner's ids.
     record = engine.version("digits-sisa", number)
-    assert record["manifest_digest"] == version["manifest_digest"]
+    assert record["manifest_digest"] == version.manifest_digest
     manifest = np.concatenate([np.concatenate(s) for s in engine.slice_ids(record)])
     assert not np.isin(owner_ids, manifest).any()
     old = np.concatenate([np.concatenate(s) for s in engine.slice_ids(engine.version("digits-sisa", 1))])
     assert np.isin(owner_ids, old).all()
 
-    lineage = http.get(f"/v1/owners/{owner}", headers=A).json()
+    lineage = admin.owner(owner)
     assert lineage["datasets"][0]["remaining_samples"] == 0
     assert lineage["models"][0]["latest_excludes_owner"] is True
 
-    chain = http.get("/v1/audit/verify", headers=A).json()
-    assert chain["ok"] is True, chain
-    kinds = [e["kind"] for e in http.get(f"/v1/audit?request_id={rid}", headers=A).json()["events"]]
+    assert admin.verify_audit().ok is True
+    kinds = [e.kind for e in admin.audit(request_id=first.id)]
     assert kinds == ["request.accepted", "request.running", "request.model_unlearned", "request.completed",
                      "request.evidence_destroyed"]
 
 
-def test_a_revoked_version_is_gone_for_admin_and_client_and_its_alias_moves(stack, http, trained):
+def test_a_revoked_version_is_gone_for_admin_and_client_and_its_alias_moves(stack, http, admin, lethe, trained):
     latest = http.get("/v1/models/digits-sisa", headers=A).json()["latest_version"]
     r = http.put("/v1/models/digits-sisa/aliases/production", json={"version": latest}, headers=A)
     assert r.status_code == 200, r.text
     x = {"inputs": np.zeros((1, 64)).tolist()}
     assert http.post("/v1/models/digits-sisa/versions/production/predict", json=x, headers=C).status_code == 200
-    owner = owners(http, 20)[15]
+    owner = owners(admin, 20)[15]
     rid = http.post("/v1/deletion-requests", json={"owner_id": owner}, headers=C).json()["id"]
-    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
-                lambda r: r["status"] in ("completed", "failed"))
+    done = finished(lethe, rid).model_dump(mode="json")
     assert done["status"] == "completed", done
     new = done["outcomes"][0]["version"]
     for headers in (A, C):
@@ -124,16 +135,15 @@ def test_a_revoked_version_is_gone_for_admin_and_client_and_its_alias_moves(stac
     assert p.json()["probabilities"] == local
 
 
-def test_auto_deletion_is_verified_published_and_audited(stack, http, trained):
+def test_auto_deletion_is_verified_published_and_audited(stack, http, admin, lethe, trained):
     """method=auto: the approximate candidate is measured and gated; whichever attempt is
     published, the version carries the metrics and the request's audit trail shows the gate."""
-    owner = owners(http, 12)[9]
+    owner = owners(admin, 12)[9]
     engine = Engine(stack.env["LETHE_DATA_DIR"], device="cpu")
     owner_ids = engine.dataset("digits").owner_sample_ids(owner)
     r = http.post("/v1/deletion-requests", json={"owner_id": owner, "method": "auto"}, headers=C)
     assert r.status_code == 202 and r.json()["method"] == "auto"
-    done = poll(lambda: http.get(f"/v1/deletion-requests/{r.json()['id']}", headers=C).json(),
-                lambda d: d["status"] in ("completed", "failed"))
+    done = finished(lethe, r.json()['id']).model_dump(mode="json")
     assert done["status"] == "completed", done
     (outcome,) = done["outcomes"]
     version = http.get(f"/v1/models/digits-sisa/versions/{outcome['version']}", headers=C).json()
@@ -229,18 +239,17 @@ def test_metrics_over_http_add_up_the_api_and_worker_processes(stack, http, trai
     assert sample(worker, "lethe_job_duration_seconds_count", kind="train", method="train") >= 1
 
 
-def test_json_logs_follow_a_deletion_by_its_request_id_and_never_name_the_owner(stack, http, trained):
+def test_json_logs_follow_a_deletion_by_its_request_id_and_never_name_the_owner(stack, http, admin, lethe, trained):
     """The API process and the worker process log JSON lines; the POST's X-Request-ID is
     on the access line, the outbox relay's send, the advance task, and every line of the
     job that served the deletion (its shards, its finish)."""
     import json
 
-    owner = owners(http, 30)[21]
+    owner = owners(admin, 30)[21]
     r = http.post("/v1/deletion-requests", json={"owner_id": owner, "reason": "a private reason"},
                   headers={**C, "X-Request-ID": "it-trace-0001"})
     assert r.status_code == 202 and r.headers["x-request-id"] == "it-trace-0001"
-    done = poll(lambda: http.get(f"/v1/deletion-requests/{r.json()['id']}", headers=C).json(),
-                lambda d: d["status"] in ("completed", "failed"))
+    done = finished(lethe, r.json()['id']).model_dump(mode="json")
     assert done["status"] == "completed", done
     api_text, worker_text = (stack.tmp / "api.log").read_text(), stack.worker_log()
     api = [json.loads(line) for line in api_text.splitlines() if line.startswith("{")]
@@ -265,7 +274,7 @@ def test_readyz_reports_database_and_broker(http):
     assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "broker": "ok"}
 
 
-def test_a_failing_deletion_is_retried_then_fails_then_an_admin_retry_completes_it(stack, http, trained):
+def test_a_failing_deletion_is_retried_then_fails_then_an_admin_retry_completes_it(stack, http, admin, lethe, trained):
     """The store loses the test-set outputs the next version needs: each try fails, is
     retried with back-off, and the request fails after the last; restored, an admin
     retry completes it. Every request carries its deadline."""
@@ -274,11 +283,10 @@ def test_a_failing_deletion_is_retried_then_fails_then_an_admin_retry_completes_
     lost = {c["test_probs"]: engine.store.get_blob(c["test_probs"]) for c in latest["constituents"] if c["test_probs"]}
     for digest in lost:
         engine.store.delete_blob(digest)
-    owner = owners(http, 30)[25]
+    owner = owners(admin, 30)[25]
     req = http.post("/v1/deletion-requests", json={"owner_id": owner}, headers=C).json()
     assert req["overdue"] is False and req["due_at"] > req["created_at"]
-    failed = poll(lambda: http.get(f"/v1/deletion-requests/{req['id']}", headers=C).json(),
-                  lambda r: r["status"] in ("completed", "failed"))
+    failed = finished(lethe, req['id']).model_dump(mode="json")
     assert failed["status"] == "failed" and failed["outcomes"][0]["attempts"] == 3, failed
     assert "missing from the store" in failed["failure_reason"]
     kinds = [e["kind"] for e in http.get(f"/v1/audit?request_id={req['id']}", headers=A).json()["events"]]
@@ -288,37 +296,47 @@ def test_a_failing_deletion_is_retried_then_fails_then_an_admin_retry_completes_
         engine.store.put_blob(blob)
     r = http.post(f"/v1/deletion-requests/{req['id']}/retry", headers=A)
     assert r.status_code == 200 and r.json()["status"] == "queued"
-    done = poll(lambda: http.get(f"/v1/deletion-requests/{req['id']}", headers=C).json(),
-                lambda r: r["status"] in ("completed", "failed"))
+    done = finished(lethe, req['id']).model_dump(mode="json")
     assert done["status"] == "completed", done
     # Its evidence was destroyed when it failed: the retried outcome says so, not nulls.
     assert "no longer held" in done["outcomes"][0]["metrics"]["forget_metrics_unavailable"]
     assert http.get("/v1/deletion-requests?overdue=true", headers=A).json() == []
 
 
-def test_a_completed_request_has_a_certificate_that_pyjwt_and_the_cli_verify(stack, http, trained, tmp_path):
+def test_a_completed_request_has_a_certificate_that_pyjwt_and_the_cli_verify(stack, admin, lethe, trained, tmp_path):
+    """Filed, followed and fetched with the CLI against the server (``--url``), checked by
+    the client (against the server's JWKS) and by the CLI offline."""
     import json
 
     import jwt
 
-    owner = owners(http, 40)[35]
-    rid = http.post("/v1/deletion-requests", json={"owner_id": owner}, headers=C).json()["id"]
-    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
-                lambda r: r["status"] in ("completed", "failed"))
-    assert done["status"] == "completed", done
-    token = http.get(f"/v1/deletion-requests/{rid}/certificate", headers=C).json()["certificate"]
-    keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(http.get("/.well-known/jwks.json").json()).keys}
-    claims = jwt.decode(token, keys[jwt.get_unverified_header(token)["kid"]].key, algorithms=["EdDSA"])
-    versions = {o["model"]: o["version"] for o in done["outcomes"]}
+    owner = owners(admin, 40)[35]
+    remote = {"LETHE_URL": stack.url, "LETHE_API_KEY": CLIENT}
+    filed = stack.run("--json", "delete", "--owner", owner, "--wait", **remote)
+    assert filed.returncode == 0, filed.stderr
+    rid = json.loads(filed.stdout)["id"]
+    status = stack.run("status", rid, **remote)
+    assert status.returncode == 0 and f"request {rid}: completed" in status.stdout, status.stderr
+    done = lethe.deletion(rid)
+    assert done.status == "completed", done
+    got = stack.run("certificate", "get", rid, "--output", str(tmp_path / "cert.json"), **remote)
+    assert got.returncode == 0, got.stderr
+    token = json.loads((tmp_path / "cert.json").read_text())["certificate"]
+    claims = lethe.verify_certificate(token)
+    versions = {o.model: o.version for o in done.outcomes}
     assert claims["request_id"] == rid and {m["model"]: m["version"] for m in claims["models"]} == versions
     (model,) = [m for m in claims["models"] if m["model"] == "digits-sisa"]
     assert model["revoked_versions"] and model["revoked_versions"][0]["purged_at"]
-    (tmp_path / "cert.json").write_text(json.dumps({"certificate": token}))
+    with pytest.raises(jwt.InvalidSignatureError):
+        lethe.verify_certificate(token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"))
     checked = stack.run("certificate", "verify", str(tmp_path / "cert.json"), "--jwks", f"{stack.url}/.well-known/jwks.json")
     assert checked.returncode == 0 and "certificate OK" in checked.stdout, checked.stderr
+    # Another client's key sees no such request: the CLI says so with the server's code.
+    other = stack.run("status", rid, LETHE_URL=stack.url, LETHE_API_KEY="client-key-2")
+    assert other.returncode == 2 and "error [request_not_found]" in other.stderr
 
 
-def test_two_models_on_one_dataset_are_both_measured_and_nothing_keeps_the_owner(stack, http, trained):
+def test_two_models_on_one_dataset_are_both_measured_and_nothing_keeps_the_owner(stack, http, admin, lethe, trained):
     """A request naming one of two models on a dataset covers both; each outcome is
     measured on the owner's real rows (sealed evidence); afterwards neither the data
     directory, nor Redis (broker and results), nor a log holds the owner's rows, id or
@@ -333,7 +351,7 @@ def test_two_models_on_one_dataset_are_both_measured_and_nothing_keeps_the_owner
             "strategy": {"kind": "sisa", "shards": 2, "slices": 2}, "training": {"epochs": 2, "batch_size": 64}})
         assert r.status_code == 202, r.text
     for name in ("d2-a", "d2-b"):
-        m = poll(lambda: http.get(f"/v1/models/{name}", headers=A).json(), lambda m: m["status"] in ("ready", "failed"))
+        m = admin.wait_model(name, timeout=180, every=0.3).model_dump(mode="json")
         assert m["status"] == "ready", m
     owner = http.get("/v1/datasets/digits2/owners?limit=1", headers=A).json()["owners"][0]["owner_id"]
     engine = Engine(stack.env["LETHE_DATA_DIR"], device="cpu")
@@ -346,8 +364,7 @@ def test_two_models_on_one_dataset_are_both_measured_and_nothing_keeps_the_owner
     reason = "integration-reason-please-forget-5550100"
     rid = http.post("/v1/deletion-requests", json={"owner_id": owner, "models": ["d2-a"], "method": "auto",
                                                    "reason": reason}, headers=C).json()["id"]
-    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
-                lambda d: d["status"] in ("completed", "failed"))
+    done = finished(lethe, rid).model_dump(mode="json")
     assert done["status"] == "completed" and done["models"] == ["d2-a", "d2-b"], done
     for outcome in done["outcomes"]:
         assert outcome["metrics"]["forget_size"] == int(mine.sum()), outcome
@@ -378,7 +395,7 @@ def test_two_models_on_one_dataset_are_both_measured_and_nothing_keeps_the_owner
 
 
 @pytest.mark.parametrize("architecture,params", [("mobilenet_v3_small", {}), ("acme_tabular", {"hidden": 32})])
-def test_a_torchvision_and_a_plugin_model_train_as_sisa_and_forget(stack, http, trained, architecture, params):
+def test_a_torchvision_and_a_plugin_model_train_as_sisa_and_forget(stack, http, admin, lethe, trained, architecture, params):
     """The worker process builds them by name: torchvision's get_model, and the example
     plugin installed from examples/lethe-plugin-example."""
     name = f"arch-{architecture.replace('_', '-')}"
@@ -386,34 +403,33 @@ def test_a_torchvision_and_a_plugin_model_train_as_sisa_and_forget(stack, http, 
         "name": name, "dataset": "digits", "architecture": architecture, "architecture_params": params,
         "strategy": {"kind": "sisa", "shards": 2, "slices": 1}, "training": {"epochs": 1, "batch_size": 64}})
     assert r.status_code == 202, r.text
-    m = poll(lambda: http.get(f"/v1/models/{name}", headers=A).json(), lambda m: m["status"] in ("ready", "failed"))
+    m = admin.wait_model(name, timeout=180, every=0.3).model_dump(mode="json")
     assert m["status"] == "ready", m
-    owner = owners(http, 70)[55 if architecture == "acme_tabular" else 60]
+    owner = owners(admin, 70)[55 if architecture == "acme_tabular" else 60]
     rid = http.post("/v1/deletion-requests", json={"owner_id": owner, "models": [name]},
                     headers=C).json()["id"]
-    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
-                lambda d: d["status"] in ("completed", "failed"))
+    done = finished(lethe, rid).model_dump(mode="json")
     assert done["status"] == "completed", done
     mine = next(o for o in done["outcomes"] if o["model"] == name)
     assert mine["version"] == 2 and mine["metrics"]["forget_size"] > 0
 
 
-def test_an_imported_model_is_served_and_unlearned_through_the_gate(stack, http, trained):
+def test_an_imported_model_is_served_and_unlearned_through_the_gate(stack, http, admin, lethe, trained):
+    import io
+
     from safetensors.torch import save as st_save
 
     engine = Engine(stack.env["LETHE_DATA_DIR"], device="cpu")
     net = engine.load("digits-sisa", "latest").models[0]  # "trained elsewhere": a cnn on digits
     weights = st_save({k: v.contiguous() for k, v in net.state_dict().items()})
-    r = http.post("/v1/models/import", headers=A, files={"weights": ("acme.safetensors", weights)},
-                  data={"name": "imported-cnn", "dataset": "digits", "architecture": "cnn",
-                        "training": '{"epochs": 1, "batch_size": 64}'})
-    assert r.status_code == 201, r.text
-    v1 = http.get("/v1/models/imported-cnn/versions/1", headers=C).json()
-    assert v1["kind"] == "imported" and v1["metrics"]["test_accuracy"] is not None
-    rid = http.post("/v1/deletion-requests", json={"owner_id": owners(http, 70)[50], "models": ["imported-cnn"],
+    imported = admin.import_model("imported-cnn", "digits", "cnn", io.BytesIO(weights),
+                                  training={"epochs": 1, "batch_size": 64})
+    assert imported.latest_version == 1
+    v1 = lethe.version("imported-cnn", 1)
+    assert v1.kind == "imported" and v1.metrics["test_accuracy"] is not None
+    rid = http.post("/v1/deletion-requests", json={"owner_id": owners(admin, 70)[50], "models": ["imported-cnn"],
                                                    "method": "auto"}, headers=C).json()["id"]
-    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
-                lambda d: d["status"] in ("completed", "failed"))
+    done = finished(lethe, rid).model_dump(mode="json")
     assert done["status"] == "completed", done
     mine = next(o for o in done["outcomes"] if o["model"] == "imported-cnn")
     assert mine["version"] == 2 and mine["metrics"]["forget_size"] > 0
@@ -424,32 +440,30 @@ def test_an_imported_model_is_served_and_unlearned_through_the_gate(stack, http,
     assert tried or mine["metrics"].get("auto_skipped")  # gated, or nothing could have passed the gate
 
 
-def test_an_uploaded_table_trains_as_sisa_and_forgets_an_owner(stack, http):
+def test_an_uploaded_table_trains_as_sisa_and_forgets_an_owner(stack, http, admin, lethe, tmp_path):
     """A CSV with string labels and a categorical column, uploaded over HTTP; the worker
     process trains it from the ledger's chunks and a client's request forgets a customer."""
-    import json
-
     rng = np.random.default_rng(3)
     lines = ["customer,age,spend,plan,label"]
     for i in range(400):
         spend, plan = rng.normal(100, 30), ["basic", "plus", "pro"][i % 3]
         label = "churned" if (spend < 100) != (plan == "pro") else "stayed"
         lines.append(f"cust-{i % 40:03d},{20 + i % 60},{spend:.2f},{plan},{label}")
-    r = http.post("/v1/datasets", headers=A, files={"file": ("churn.csv", "\n".join(lines).encode())},
-                  data={"name": "churn", "source": "table",
-                        "options": json.dumps({"label_column": "label", "owner_column": "customer"})})
-    assert r.status_code == 201, r.text
+    csv = tmp_path / "churn.csv"
+    csv.write_text("\n".join(lines))
+    churn = admin.upload_dataset("churn", csv, source="table",
+                                 options={"label_column": "label", "owner_column": "customer"})
+    assert churn.n_samples == 400 and churn.n_owners == 40
     r = http.post("/v1/models", headers=A, json={
         "name": "churn-mlp", "dataset": "churn", "architecture": "mlp",
         "strategy": {"kind": "sisa", "shards": 2, "slices": 2},
         "training": {"epochs": 2, "batch_size": 32, "optimizer": "adamw", "schedule": "cosine"}})
     assert r.status_code == 202, r.text
-    m = poll(lambda: http.get("/v1/models/churn-mlp", headers=A).json(), lambda m: m["status"] in ("ready", "failed"))
+    m = admin.wait_model("churn-mlp", timeout=180, every=0.3).model_dump(mode="json")
     assert m["status"] == "ready", m
     rid = http.post("/v1/deletion-requests", json={"owner_id": "cust-007", "models": ["churn-mlp"]},
                     headers=C).json()["id"]
-    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
-                lambda d: d["status"] in ("completed", "failed"))
+    done = finished(lethe, rid).model_dump(mode="json")
     assert done["status"] == "completed", done
     mine = next(o for o in done["outcomes"] if o["model"] == "churn-mlp")
     assert mine["version"] == 2 and mine["metrics"]["forget_size"] == 10
@@ -457,11 +471,10 @@ def test_an_uploaded_table_trains_as_sisa_and_forgets_an_owner(stack, http):
     assert "cust-007" not in {o["owner_id"] for o in owners_left} and len(owners_left) == 39
 
 
-def test_an_uploaded_image_folder_trains_as_sisa_and_forgets_an_owner(stack, http):
+def test_an_uploaded_image_folder_trains_as_sisa_and_forgets_an_owner(stack, http, admin, lethe):
     """A zip of <class>/<file> PNGs with owners.csv, uploaded over HTTP, decoded by
     torchvision; the worker trains a cnn on it and a client's request forgets an owner."""
     import io
-    import json
     import zipfile
 
     from torchvision.io import encode_png
@@ -476,30 +489,66 @@ def test_an_uploaded_image_folder_trains_as_sisa_and_forgets_an_owner(stack, htt
                 z.writestr(f"shapes/{name}/{i:02d}.png", encode_png(torch.from_numpy(img)).numpy().tobytes())
                 owners_csv.append(f"{name}/{i:02d}.png,painter-{(i + c) % 15:02d}")
         z.writestr("shapes/owners.csv", "\n".join(owners_csv))
-    r = http.post("/v1/datasets", headers=A, files={"file": ("shapes.zip", buf.getvalue())},
-                  data={"name": "shapes", "source": "image-folder", "options": json.dumps({"channels": 1})})
-    assert r.status_code == 201, r.text
-    assert r.json()["input_shape"] == [1, 12, 12] and r.json()["classes"] == ["circle", "square", "stripe"]
+    buf.seek(0)
+    shapes = admin.upload_dataset("shapes", buf, source="image-folder", options={"channels": 1},
+                                  filename="shapes.zip")
+    assert shapes.input_shape == [1, 12, 12] and shapes.classes == ["circle", "square", "stripe"]
     r = http.post("/v1/models", headers=A, json={
         "name": "shapes-cnn", "dataset": "shapes", "architecture": "cnn",
         "strategy": {"kind": "sisa", "shards": 2, "slices": 1}, "training": {"epochs": 3, "batch_size": 16}})
     assert r.status_code == 202, r.text
-    m = poll(lambda: http.get("/v1/models/shapes-cnn", headers=A).json(), lambda m: m["status"] in ("ready", "failed"))
+    m = admin.wait_model("shapes-cnn", timeout=180, every=0.3).model_dump(mode="json")
     assert m["status"] == "ready", m
     rid = http.post("/v1/deletion-requests", json={"owner_id": "painter-03", "models": ["shapes-cnn"]},
                     headers=C).json()["id"]
-    done = poll(lambda: http.get(f"/v1/deletion-requests/{rid}", headers=C).json(),
-                lambda d: d["status"] in ("completed", "failed"))
+    done = finished(lethe, rid).model_dump(mode="json")
     assert done["status"] == "completed", done
     mine = next(o for o in done["outcomes"] if o["model"] == "shapes-cnn")
     assert mine["version"] == 2 and mine["metrics"]["forget_size"] == 6
 
 
-def test_a_training_job_streams_its_progress_as_server_sent_events(stack, http, trained):
+def test_webhooks_are_signed_and_outlive_an_api_crash(stack, admin, lethe, trained):
+    """A subscriber that is down when the request completes: the delivery waits in the
+    database, the API process is killed and started again, and once the receiver is up
+    the same delivery (same webhook-id) arrives, signed, naming no owner."""
+    import json
+
+    from standardwebhooks import Webhook
+
+    from tests.receiver import Receiver
+
+    with Receiver(statuses=[503] * 1000) as receiver:
+        hook = admin.add_webhook(receiver.url, ["request.completed", "model.version_published"])
+        owner = owners(admin, 50)[44]
+        rid = lethe.delete(owner, reason="webhook reason 5550199").id
+        done = finished(lethe, rid)
+        assert done.status == "completed"
+        expected = 1 + len(done.outcomes)  # the request, and a version of each model it covered
+        poll(lambda: admin.deliveries(hook.id), lambda ds: len(ds) == expected and all(d.attempts >= 1 for d in ds),
+             timeout=60)
+        stack.kill_api()
+        receiver.statuses.clear()  # the receiver is back
+        stack.start_api()
+        delivered = poll(lambda: admin.deliveries(hook.id), lambda ds: all(d.status == "delivered" for d in ds),
+                         timeout=60)
+        admin.remove_webhook(hook.id)
+    assert sorted(d.event for d in delivered) == ["model.version_published"] * (expected - 1) + ["request.completed"]
+    assert {d.payload["data"]["model"] for d in delivered if d.event != "request.completed"} == {
+        o.model for o in done.outcomes}
+    verifier = Webhook(hook.secret)
+    bodies = {json.loads(b)["type"]: verifier.verify(b, h) for h, b in receiver.received}  # every attempt signed
+    assert {h["webhook-id"] for h, _ in receiver.received} == {d.id for d in delivered}
+    assert bodies["request.completed"]["data"]["request_id"] == rid
+    assert all(d.attempt_log[-1]["status_code"] == 200 and d.attempt_log[0]["status_code"] == 503 for d in delivered)
+    for _, body in receiver.received:
+        assert owner.encode() not in body and b"5550199" not in body
+    assert [w.id for w in admin.webhooks()] == []
+
+
+def test_a_training_job_streams_its_progress_as_server_sent_events(stack, http, admin, trained):
     """Over real HTTP while the real worker trains: progress events with each shard's
     epoch, samples/s and ETA, then ``end`` when the job completes. Last in the module:
     its dataset shares the owner ids of ``digits``, so a later deletion would reach it."""
-    import json
 
     # a dataset of its own: the other tests' deletions must not reach this model
     assert http.post("/v1/datasets", json={"name": "digits-sse", "source": "digits"}, headers=A).status_code == 201
@@ -509,20 +558,33 @@ def test_a_training_job_streams_its_progress_as_server_sent_events(stack, http, 
     assert r.status_code == 202, r.text
     job_id = r.json()["job"]["id"]
     docs, ended = [], None
-    with httpx.Client(base_url=stack.url, timeout=120) as sse:
+    with httpx.Client(base_url=stack.url, timeout=120) as sse:  # the stream's media type, over plain HTTP
         with sse.stream("GET", f"/v1/jobs/{job_id}/events", headers=A) as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
-            kind = None
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: ") and kind == "progress":
-                    docs.append(json.loads(line[6:]))
-                elif line.startswith("data: ") and kind == "end":
-                    ended = json.loads(line[6:])
-                    break
+    for event in admin.job_events(job_id, timeout=120):  # the client reads the events
+        if event.event == "progress":
+            docs.append(event.data)
+        else:
+            ended = event.data
     assert ended == {"status": "completed"} and docs[-1]["phase"] == "completed"
     training = [s for d in docs for s in d["shards"] if s["phase"] == "training"]
     assert training, [d["phase"] for d in docs]  # seen while it trained, not only at the end
     assert all(s["epochs"] == 40 and 1 <= s["epoch"] <= 40 and s["samples_per_s"] > 0 for s in training)
     assert docs[-1]["shards_done"] == docs[-1]["shards_total"] == 2
+
+
+def test_the_cli_trains_on_a_remote_server_and_follows_its_job(stack, admin, trained):
+    """``lethe --url U train``: the model is queued on the server and the CLI follows its
+    job's events to the end (off a terminal: progress lines); on the dataset of the test
+    above, so no other test's deletion reaches it."""
+    import json
+
+    run = stack.run("--json", "--url", stack.url, "--key", ADMIN, "train", "remote-mlp", "--dataset", "digits-sse",
+                    "--arch", "mlp", "--shards", "2", "--slices", "1", "--epochs", "2")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["version"] == 1 and "shard" in run.stderr
+    assert admin.model("remote-mlp").status == "ready"
+    again = stack.run("--url", stack.url, "--key", ADMIN, "train", "remote-mlp", "--dataset", "digits-sse")
+    assert again.returncode == 2 and "error [model_exists]" in again.stderr
+    down = stack.run("--url", "http://127.0.0.1:9", "status", "nope")
+    assert down.returncode == 2 and "error [server_unreachable]" in down.stderr

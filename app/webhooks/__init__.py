@@ -1,0 +1,1 @@
+"""Webhooks: subscribers, signed deliveries through an outbox, and the sender."""

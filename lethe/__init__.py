@@ -1,0 +1,1 @@
+"""Lethe's Python client (``lethe.client``): the HTTP API without the server's code."""
