@@ -22,6 +22,7 @@ from app.audit import anchors
 from app.audit.routes import router as audit_router
 from app.certificates import keys
 from app.certificates.routes import router as certificates_router
+from app.console import routes as console
 from app.datasets.routes import router as datasets_router
 from app.db import make_db_engine, session_scope
 from app.deletions import evidence
@@ -136,6 +137,7 @@ def create_app(settings: Settings, *, run_relay: bool | None = None) -> FastAPI:
     for router in (datasets_router, models_router, architectures_router, backbones_router, deletions_router, jobs_router,
                    owners_router, audit_router, certificates_router, webhooks_router):
         app.include_router(router)
+    console.install(app)  # /console: the admin console (pages, not API)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

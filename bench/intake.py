@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -60,6 +61,12 @@ function done(summary, latency, requests)
     for _, id in ipairs(t:get("ids")) do f:write(id, "\n") end
   end
   f:close()
+  local c = io.open("%(cdf_file)s", "w")  -- the latency distribution (microseconds), for the CDF figure
+  for _, p in ipairs({1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95, 97.5, 99, 99.5, 99.9, 99.99}) do
+    c:write(p, " ", latency:percentile(p), "\n")
+  end
+  c:write(100, " ", latency.max, "\n")
+  c:close()
 end
 
 threads_list = {}
@@ -107,6 +114,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "intake.json"))
+    p.add_argument("--no-figure", action="store_true", help="do not write docs/figures/intake_latency_cdf.png")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="lethe-intake-"))
@@ -145,13 +153,16 @@ def main() -> int:
                 continue
             ids_file = tmp / f"accepted_ids_{phase}.txt"
             script = tmp / f"post_{phase}.lua"
+            cdf_file = tmp / f"latency_{phase}.txt"
             script.write_text(LUA % {"owners": ",".join(f'"{o}"' for o in owners), "key": CLIENT,
-                                     "ids_file": str(ids_file)})
+                                     "ids_file": str(ids_file), "cdf_file": str(cdf_file)})
             cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s",
                    "--latency", "--timeout", "10s", "-s", str(script), url]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             accepted |= set(ids_file.read_text().split())
         result = parse_wrk(out)  # the measured phase
+        result["latency_cdf_ms"] = {float(p): float(us) / 1000 for p, us in
+                                    (line.split() for line in cdf_file.read_text().splitlines())}
         time.sleep(1)
         with psycopg.connect(db_url) as conn:
             stored = {r[0] for r in conn.execute("SELECT id FROM deletion_requests")}
@@ -173,6 +184,12 @@ def main() -> int:
         print(json.dumps(result, indent=1))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
+        if not args.no_figure:
+            from figures import latency_cdf
+
+            note = (f"{datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} cores, {args.api_workers} API processes, "
+                    f"{args.connections} connections, {args.duration} s, {result['requests_per_s']:.0f} req/s")
+            print("figure:", latency_cdf(result["latency_cdf_ms"], title="Deletion intake latency (wrk)", note=note))
         return 0 if result["accepted_missing_from_db"] == 0 else 1
     finally:
         if api is not None:

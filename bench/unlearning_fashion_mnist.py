@@ -205,6 +205,8 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true", help="report on the validation split instead of the test set")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=str(OUT / "unlearning_fashion_mnist.json"))
+    ap.add_argument("--no-figure", action="store_true",
+                    help="do not write docs/figures/gap_vs_speedup_<dataset>_<scenario>.png")
     ap.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                     help="override a method's hyper-parameter, e.g. --set ga.lr=0.02 (repeatable)")
     args = ap.parse_args()
@@ -229,6 +231,27 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "tables": report}, indent=1, default=float))
     print(f"wrote {args.out} in {meta['wall_seconds']}s")
+    if not args.no_figure and not args.tune:
+        from figures import gap_vs_speedup
+
+        for scenario in args.scenarios:
+            note = (f"{meta['date'][:10]}, {args.dataset}, seeds {' '.join(map(str, args.seeds))}, "
+                    f"{torch.get_num_threads()} torch threads")
+            path = gap_vs_speedup(points(rows, scenario), title=f"{args.dataset}: {TITLES[scenario]}", note=note,
+                                  name=f"gap_vs_speedup_{args.dataset}_{scenario}.png")
+            print("figure:", path)
+
+
+def points(rows: list[dict], scenario: str) -> list[dict]:
+    """Per method: mean Avg Gap (and its std over seeds) and mean speed-up over Retrain."""
+    retrain_rte = {r["seed"]: r["rte"] for r in rows if r["scenario"] == scenario and r["method"] == "retrain"}
+    out = []
+    for m in dict.fromkeys(r["method"] for r in rows if r["scenario"] == scenario):
+        rs = [r for r in rows if r["scenario"] == scenario and r["method"] == m]
+        gaps = np.array([r["gaps"]["avg_gap"] for r in rs], dtype=float)
+        speed = None if m in ("retrain", "original") else float(np.mean([retrain_rte[r["seed"]] / r["rte"] for r in rs]))
+        out.append({"method": m, "gap": float(gaps.mean()), "gap_std": float(gaps.std()), "speedup": speed})
+    return out
 
 
 if __name__ == "__main__":
