@@ -13,10 +13,12 @@ COPY pyproject.toml README.md ./
 COPY app/__init__.py app/__init__.py
 COPY workers/__init__.py workers/__init__.py
 COPY models_store/__init__.py models_store/__init__.py
+COPY lethe/__init__.py lethe/__init__.py
 RUN pip install --no-cache-dir -e . && python -c "import torch, torchvision, fastapi, celery"
 COPY app app
 COPY workers workers
 COPY models_store models_store
+COPY lethe lethe
 COPY migrations migrations
 
 RUN useradd --create-home --uid 10001 lethe && mkdir -p /data && chown lethe /data

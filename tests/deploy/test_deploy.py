@@ -61,6 +61,21 @@ def test_dockerfile_installs_the_project_and_runs_the_api():
     assert "pip install" in text and 'CMD ["lethe", "api"' in text and "COPY migrations" in text
 
 
+def test_the_image_copies_every_package_the_project_installs():
+    """Each package of pyproject's find-include is in the image: its __init__ before the
+    editable install (so the install maps it) and the whole folder after."""
+    import tomllib
+
+    text = (ROOT / "Dockerfile").read_text()
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [p.rstrip("*") for p in include]
+    assert "lethe" in packages
+    install = text.index("pip install")
+    for package in packages:
+        assert -1 < text.find(f"COPY {package}/__init__.py {package}/__init__.py") < install, package
+        assert text.find(f"COPY {package} {package}\n") > install, package
+
+
 def test_the_api_and_workers_connect_as_the_application_role_and_only_migrate_as_owner(compose):
     services = compose["services"]
     for name in ("api", "worker"):
