@@ -301,7 +301,7 @@ def serve(c: Context, host, port, no_demo):
             except (ApiError, LetheError) as exc:  # e.g. the CLI demo already used this data directory
                 click.echo(f"demo model not set up ({exc.code}: {exc.detail}); serving anyway")
         url = f"http://{host}:{port}"
-        click.echo(f"\nLethe is serving at {url}  (OpenAPI docs: {url}/docs)")
+        click.echo(f"\nLethe is serving at {url}  (OpenAPI docs: {url}/docs, admin console: {url}/console)")
         click.echo(f"admin key:  {settings.admin_keys[0] if settings.admin_keys else '(none)'}")
         click.echo(f"client key: {settings.client_keys[0] if settings.client_keys else '(none)'}")
         if example:
