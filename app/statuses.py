@@ -15,6 +15,7 @@ class ModelStatus(StrEnum):
 class JobKind(StrEnum):
     TRAIN = "train"
     UNLEARN = "unlearn"
+    RETRAIN = "retrain"  # every shard from scratch on the data held now (POST /v1/models/{name}/retrain)
 
 
 class JobStatus(StrEnum):

@@ -251,6 +251,10 @@ class Client:
                 **({"architecture_params": architecture_params} if architecture_params else {})}
         return Job(**self._json("POST", "/v1/models", json=body)["job"])
 
+    def retrain(self, name: str) -> Job:
+        """Queue a full retrain of every shard on the data held now (admin); the job."""
+        return Job(**self._json("POST", f"/v1/models/{_seg(name)}/retrain")["job"])
+
     def import_model(self, name: str, dataset: str, architecture: str, weights: str | Path | BinaryIO, *,
                      architecture_params: dict | None = None, training: dict | None = None,
                      seed: int = 0) -> Model:

@@ -224,7 +224,7 @@ def unlearn(c: Context, model, owner_ids, requests, full, method):
 def retrain(c: Context, model):
     """Full retrain of every shard on the current data (the reference)."""
     if c.url:
-        raise click.UsageError("retrain is local only: the API retrains through deletions (method exact)")
+        return remote_commands.retrain(c, model)
     v = c.engine().retrain_full(model)
     c.print(v, summary(v))
 

@@ -1,6 +1,6 @@
 """Commands that talk to a Lethe server over HTTP (``lethe.client``): ``delete``,
-``status``, ``watch`` and ``certificate get``; ``train`` and ``unlearn`` come here when
-``--url`` is given. The server is ``--url``/``LETHE_URL`` (default
+``status``, ``watch`` and ``certificate get``; ``train``, ``unlearn`` and ``retrain`` come
+here when ``--url`` is given. The server is ``--url``/``LETHE_URL`` (default
 http://127.0.0.1:8000), the key ``--key``/``LETHE_API_KEY``."""
 from __future__ import annotations
 
@@ -122,6 +122,19 @@ def train(c: Context, name: str, dataset: str, architecture: str, strategy, conf
             + (f" ({model.error})" if model.error else ""))
     c.print((version or model).model_dump(mode="json"), text)
     if model.status != "ready":
+        raise SystemExit(1)
+
+
+def retrain(c: Context, name: str) -> None:
+    """``lethe --url U retrain``: queue the full retrain on the server and follow it."""
+    with c.client() as client:
+        job = client.retrain(name)
+        final = follow(client.job_events(job.id), c.progress())
+        model = client.model(name)
+        version = client.version(name) if final == "completed" else None
+    c.print((version or model).model_dump(mode="json"),
+            f"{name}: retrain {final}" + (f", version {version.version}" if version else ""))
+    if final != "completed":
         raise SystemExit(1)
 
 

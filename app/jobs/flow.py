@@ -193,6 +193,8 @@ class JobFlow:
                 spec = dict(dataset=m.dataset, architecture=m.architecture, architecture_params=m.architecture_params,
                             strategy=Strategy(**m.strategy), config=TrainConfig(**m.recipe))
             plan, requested = eng.plan_train(claim.model, job=claim.job_id, **spec), None
+        elif claim.kind == JobKind.RETRAIN:
+            plan, requested = eng.plan_removal(claim.model, mode="full", job=claim.job_id), None
         else:
             requested = jobs.job_method(claim.methods)
             method = self._auto(claim.model)[0] if requested == "auto" else requested

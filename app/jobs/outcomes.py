@@ -107,14 +107,15 @@ def fail(session: Session, job_id: str, reason: str, *, max_attempts: int = 1, b
     failure (the database or broker blinked) does not count as an attempt: it is
     counted apart, with its own growing back-off (at most an hour), and only after
     ``max_transient`` of them in a row does one count. A training job that fails
-    transiently is queued again instead (its model keeps training). Returns the
+    transiently is queued again instead (its model keeps training), and so is a full
+    retrain (the model keeps serving its latest version either way). Returns the
     requests whose outcome failed for good."""
     job = session.get(JobRow, job_id, with_for_update=True)  # serialised with ``claim``
     if job is None or job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
         return []
     reason = reason[:2000]
     now = utcnow()
-    if job.kind == JobKind.TRAIN and transient and (job.transient_failures or 0) < max_transient:
+    if job.kind in (JobKind.TRAIN, JobKind.RETRAIN) and transient and (job.transient_failures or 0) < max_transient:
         job.transient_failures = (job.transient_failures or 0) + 1
         job.status, job.error, job.heartbeat_at = JobStatus.QUEUED, reason, None
         append(session, "job.requeued", actor=WORKER, model=job.model,

@@ -55,6 +55,15 @@ def create_model(body: ModelCreate, session: SessionDep, engine: EngineDep, call
     return ModelAccepted(model=model.name, status=model.status, job=JobOut.model_validate(job))
 
 
+@router.post("/{name}/retrain", status_code=202, response_model=ModelAccepted)
+def retrain_model(name: str, session: SessionDep, caller: AdminDep) -> ModelAccepted:
+    """Queue a full retrain of every shard on the data the dataset holds now (the exact
+    reference), published as a new version; follow it at ``GET /v1/jobs/{id}``. 409
+    ``model_not_ready`` while the model is not ready."""
+    model, job = service.retrain(session=session, actor=caller.key_id, name=name)
+    return ModelAccepted(model=model.name, status=model.status, job=JobOut.model_validate(job))
+
+
 _IMPORT_BODY = {
     "requestBody": {
         "required": True,

@@ -85,6 +85,19 @@ def create(*, session: Session, actor: str, model_in: ModelCreate) -> tuple[Mode
     return model, job
 
 
+def retrain(*, session: Session, actor: str, name: str) -> tuple[ModelRow, JobRow]:
+    """Queue a full retrain of every shard on the data the dataset holds now (the exact
+    reference); it runs after the model's jobs queued before it."""
+    model = get(session=session, name=name)
+    if model.status != ModelStatus.READY:
+        raise ApiError(409, "model_not_ready", f"model {name!r} is {model.status}: it retrains once it is ready")
+    job = JobRow(id=str(uuid.uuid4()), kind=JobKind.RETRAIN, model=model.name, status=JobStatus.QUEUED)
+    session.add(job)
+    enqueue_advance(session, model.name)
+    append(session, "model.retrain_queued", actor=actor, model=model.name, data={"job_id": job.id})
+    return model, job
+
+
 def import_model(*, session: Session, engine: Engine, actor: str, body: ModelImport, weights: bytes) -> ModelRow:
     """Publish weights trained elsewhere as version 1 of a new monolithic model (see
     ``workers.engine.importing``) and record it ready. The dataset's lease is held

@@ -118,7 +118,7 @@ def test_the_cli_files_a_deletion_reads_its_status_and_fetches_its_certificate(r
     assert code == 0 and out.strip() == f"job {job}: completed"
     code, _, err = cli(tmp_path, capsys, "status", "no-such-request")
     assert code == 2 and "error [request_not_found]" in err
-    code, _, err = cli(tmp_path, capsys, "retrain", "m")
+    code, _, err = cli(tmp_path, capsys, "unlearn", "m", "--owner", owner, "--full")
     assert code == 2 and "local only" in err
 
 
@@ -135,3 +135,28 @@ def test_follow_feeds_a_remote_jobs_lines_and_shard_states_to_the_progress_callb
     seen = []
     assert follow(iter(events), lambda msg, state=None: seen.append((msg, state))) == "failed"
     assert seen == [("shard 0", None), (None, training)]
+
+
+def test_the_cli_retrains_on_the_server_and_follows_the_job(remote, tmp_path, capsys, monkeypatch):
+    """``lethe --url U retrain M``: queued through the client, run by the (inline) worker,
+    followed to its end."""
+    from app.cli import remote_commands
+
+    real = remote_commands.follow
+
+    def follow_after_running(events, progress):  # the worker runs when the job is queued
+        run_worker_inline(remote.app_)
+        return real(events, progress)
+
+    monkeypatch.setattr(remote_commands, "follow", follow_after_running)
+    code, out, err = main_admin(tmp_path, capsys, "retrain", "m")
+    assert code == 0, err
+    assert out.strip() == "m: retrain completed, version 2"
+    v2 = connect(remote, ADMIN).version("m", 2)
+    assert v2.parent == 1 and v2.method == "exact"
+
+
+def main_admin(tmp_path, capsys, *args):
+    code = main(["--data-dir", str(tmp_path / "cli"), "--url", "http://testserver", "--key", ADMIN, *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err

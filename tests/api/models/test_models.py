@@ -338,3 +338,24 @@ def test_owners_with_their_own_class_mix_and_a_clustered_sisa_model_through_the_
     wrong = {**model, "name": "m2", "strategy": {**model["strategy"], "partition": "random"}}
     r = client.post("/v1/models", json=wrong, headers=A)
     assert r.status_code == 422 and r.json()["code"] == "invalid_request"
+
+
+def test_a_full_retrain_is_queued_run_and_published_as_a_new_version(ready):
+    """POST /v1/models/{name}/retrain: a job of kind retrain retrains every shard on the
+    data held now; the new version is exact, the old one stays live (it learned nothing
+    the dataset no longer holds)."""
+    assert ready.post("/v1/models/m/retrain", headers=C).status_code == 403
+    assert ready.post("/v1/models/nope/retrain", headers=A).json()["code"] == "model_not_found"
+    r = ready.post("/v1/models/m/retrain", headers=A)
+    assert r.status_code == 202 and r.json()["job"]["kind"] == "retrain", r.text
+    job_id = r.json()["job"]["id"]
+    run_worker_inline(ready.app_)
+    job = ready.get(f"/v1/jobs/{job_id}", headers=A).json()
+    assert job["status"] == "completed" and job["kind"] == "retrain"
+    assert job["shards_done"] == job["shards_total"] == 2
+    v2 = ready.get("/v1/models/m/versions/2", headers=A).json()
+    assert v2["parent"] == 1 and v2["exact"] is True and v2["requests"] == []
+    assert {c["status"] for c in v2["constituents"]} == {"retrained"}
+    assert ready.get("/v1/models/m/versions/1", headers=A).json()["status"] == "published"
+    kinds = [e["kind"] for e in ready.get("/v1/audit?model=m&limit=1000", headers=A).json()["events"]]
+    assert "model.retrain_queued" in kinds and "model.version_published" in kinds
