@@ -22,13 +22,14 @@ class Context:
     key: str | None = field(default=None, repr=False)
 
     def client(self):
-        """The API client for --url (default http://127.0.0.1:8000) and --key (default: the
-        admin key ``lethe serve`` stored in this data directory, if there is one)."""
+        """The API client for --url (default http://127.0.0.1:8000) and --key. Without --key
+        and --url, the admin key ``lethe serve`` stored in this data directory, if there is
+        one: never sent to a server named by --url."""
         from lethe.client import Client
 
         key = self.key
         stored = self.settings.data_dir / "api-keys.json"
-        if key is None and stored.exists():
+        if key is None and self.url is None and stored.exists():
             key = json.loads(stored.read_text()).get("admin")
         return Client(self.url or DEFAULT_URL, key, timeout=60)
 

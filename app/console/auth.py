@@ -66,4 +66,4 @@ def csrf_token(secret: bytes, cookie: str) -> str:
 
 
 def csrf_ok(secret: bytes, cookie: str | None, token: str | None) -> bool:
-    return bool(cookie and token) and hmac.compare_digest(csrf_token(secret, cookie), token)
+    return bool(cookie and token) and hmac.compare_digest(csrf_token(secret, cookie).encode(), token.encode())

@@ -119,11 +119,11 @@ def logout(_: WriterDep) -> RedirectResponse:
 
 @router.get("/requests")
 def requests_page(request: Request, session: SessionDep, admin: AdminDep, status: str = "", owner_id: str = "",
-                  overdue: bool = False, error: str | None = None) -> HTMLResponse:
+                  overdue: bool = False) -> HTMLResponse:
     status = status if status in set(RequestStatus) else ""
     rows = views.requests(session, status=status, owner_id=owner_id.strip(), overdue=overdue)
     return page(request, "requests.html", admin, rows=rows, status=status, owner_id=owner_id, overdue=overdue,
-                statuses=[s.value for s in RequestStatus], methods=DELETION_METHODS, error=error)
+                statuses=[s.value for s in RequestStatus], methods=DELETION_METHODS)
 
 
 @router.post("/requests")

@@ -186,11 +186,11 @@ def refresh_request(session: Session, request: DeletionRequestRow) -> None:
 
 
 def _request_event(session: Session, request: DeletionRequestRow) -> dict:
-    """A finished request as its webhook tells it: ids, versions and methods; no owner id."""
+    """A finished request as its webhook tells it: ids, statuses, versions and methods; no
+    owner id and no failure text (an error's text may name one: the API has it)."""
     outcomes = session.scalars(select(DeletionOutcomeRow).where(DeletionOutcomeRow.request_id == request.id)
                                .order_by(DeletionOutcomeRow.model)).all()
     produced = published_methods(session=session, outcomes=list(outcomes))
     return {"request_id": request.id, "status": str(request.status), "completed_at": request.completed_at,
-            "failure_reason": request.failure_reason,
             "models": [{"model": o.model, "status": o.status, "version": o.version, "method": o.method,
                         "published_method": produced.get((o.model, o.version))} for o in outcomes]}

@@ -32,15 +32,20 @@ MAX_DELAY = 3600.0
 
 class Sender:
     def __init__(self, factory: sessionmaker[Session], *, allow_private: bool, timeout: float = 10.0,
-                 retry_seconds: float = 5.0, give_up_hours: float = 24.0, interval: float = 1.0, batch: int = 50,
-                 parallel: int = 4):
+                 retry_seconds: float = 5.0, give_up_hours: float = 24.0, interval: float = 1.0, parallel: int = 4):
         self.factory, self.allow_private, self.timeout = factory, allow_private, timeout
         self.retry_seconds, self.give_up, self.interval = retry_seconds, timedelta(hours=give_up_hours), interval
-        self.batch, self.parallel = batch, parallel
+        # One post per thread per claim, so a claim's lease covers its slowest post (connect, write
+        # and read each take up to ``timeout``): another sender never takes a row still being sent.
+        self.batch, self.parallel = parallel, parallel
+        self.lease = timedelta(seconds=3 * timeout + 30)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # trust_env off: a proxy from the environment would hide where the post really goes
-        self._http = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+        # trust_env off: a proxy from the environment would hide where the post really goes. No
+        # keep-alive: connections are to addresses, and one kept for one host name must not carry
+        # another name's post past its TLS check.
+        self._http = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False,
+                                  limits=httpx.Limits(max_keepalive_connections=0))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lethe-webhook-sender", daemon=True)
@@ -62,7 +67,7 @@ class Sender:
             self._stop.wait(self.interval)
 
     def round(self) -> int:
-        """Claim and post the due deliveries (at most ``batch``); how many were claimed."""
+        """Claim and post due deliveries (one per thread); how many were claimed."""
         claimed = self._claim()
         if claimed:
             with ThreadPoolExecutor(self.parallel) as pool:  # one slow receiver does not hold up the rest
@@ -78,7 +83,7 @@ class Sender:
                 .where(WebhookDeliveryRow.status == "pending", WebhookDeliveryRow.next_attempt_at <= now)
                 .order_by(WebhookDeliveryRow.next_attempt_at).limit(self.batch)
                 .with_for_update(skip_locked=True, of=WebhookDeliveryRow)).all()
-            lease = now + timedelta(seconds=self.timeout + 30)
+            lease = now + self.lease
             for delivery, _, _ in rows:
                 delivery.next_attempt_at = lease
             return [(d.id, d.payload, url, secret) for d, url, secret in rows]
@@ -92,7 +97,7 @@ class Sender:
                 error = f"HTTP {status_code}"
         except UrlRefused as exc:
             error = exc.detail
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # a refused connection, a timeout, or anything else: logged on the row, retried
             error = f"{type(exc).__name__}: {exc}"[:300]
         self._record(msg_id, status_code, error, (time.perf_counter() - started) * 1000)
 
@@ -104,13 +109,17 @@ class Sender:
         parts = urlsplit(url)
         host = f"[{address}]" if ":" in address else address
         target = urlunsplit((parts.scheme, f"{host}:{port}", parts.path or "/", parts.query, ""))
+        name = parts.hostname.encode("idna").decode()  # a name in Unicode goes out as its ASCII form
+        name = f"[{name}]" if ":" in name else name
         timestamp = int(time.time())
-        headers = {"host": parts.netloc, "content-type": "application/json", "user-agent": "Lethe-Webhooks/1",
-                   "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
+        headers = {"host": f"{name}:{parts.port}" if parts.port else name, "content-type": "application/json",
+                   "user-agent": "Lethe-Webhooks/1", "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
                    "webhook-signature": sign(secret, msg_id, timestamp, payload)}
-        extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
-        response = self._http.post(target, content=payload.encode(), headers=headers, extensions=extensions)
-        return response.status_code
+        extensions = {"sni_hostname": name} if parts.scheme == "https" else {}
+        # The body of the answer is not read: only its status counts (a receiver cannot make us buffer it).
+        with self._http.stream("POST", target, content=payload.encode(), headers=headers,
+                               extensions=extensions) as response:
+            return response.status_code
 
     def _record(self, msg_id: str, status_code: int | None, error: str | None, ms: float) -> None:
         now = utcnow()

@@ -24,7 +24,7 @@ def upgrade() -> None:
         sa.Column('id', sa.String(40), primary_key=True),
         sa.Column('url', sa.Text(), nullable=False),
         sa.Column('events', sa.JSON(), nullable=False),
-        sa.Column('secret', sa.String(64), nullable=False),
+        sa.Column('secret', sa.String(100), nullable=False),
         sa.Column('created_by', sa.String(32), nullable=False),
         sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
         sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),

@@ -160,3 +160,21 @@ def main_admin(tmp_path, capsys, *args):
     code = main(["--data-dir", str(tmp_path / "cli"), "--url", "http://testserver", "--key", ADMIN, *args])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def test_the_stored_admin_key_goes_only_to_the_default_server(tmp_path):
+    """``lethe serve`` keeps its keys in the data directory; the CLI uses the admin key for
+    the local default server, never for one --url names."""
+    from app.cli.base import Context
+    from app.settings import Settings
+
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "api-keys.json").write_text(json.dumps({"admin": "adm_local", "client": "cli_local"}))
+    settings = Settings(data_dir=data)
+    local = Context(settings, False, True).client()
+    assert local.url == "http://127.0.0.1:8000" and local._http.headers["authorization"] == "Bearer adm_local"
+    remote = Context(settings, False, True, url="https://lethe.example.com").client()
+    assert "authorization" not in remote._http.headers
+    given = Context(settings, False, True, url="https://lethe.example.com", key="cli_x").client()
+    assert given._http.headers["authorization"] == "Bearer cli_x"

@@ -579,6 +579,8 @@ def test_the_cli_trains_on_a_remote_server_and_follows_its_job(stack, admin, tra
     above, so no other test's deletion reaches it."""
     import json
 
+    if "digits-sse" not in {d.name for d in admin.datasets()}:  # run alone, without the test above
+        admin.import_dataset("digits-sse", "digits")
     run = stack.run("--json", "--url", stack.url, "--key", ADMIN, "train", "remote-mlp", "--dataset", "digits-sse",
                     "--arch", "mlp", "--shards", "2", "--slices", "1", "--epochs", "2")
     assert run.returncode == 0, run.stderr

@@ -247,3 +247,52 @@ def _age(client, by: timedelta) -> None:
     with session_scope(client.app_.state.sessionmaker) as session:
         for row in session.query(WebhookDeliveryRow):
             row.created_at -= by
+
+
+def test_secrets_are_24_to_64_bytes_of_base64(client):
+    import base64
+
+    for secret in ("whsec_" + "A" * 33, "whsec_" + base64.b64encode(b"x" * 23).decode(),
+                   "whsec_" + base64.b64encode(b"x" * 65).decode(), "plain"):
+        r = client.post("/v1/webhooks", json={"url": "https://93.184.215.14/", "events": ["request.completed"],
+                                              "secret": secret}, headers=A)
+        assert r.status_code == 422 and r.json()["code"] == "invalid_request", secret
+    longest = "whsec_" + base64.b64encode(b"y" * 64).decode()
+    r = client.post("/v1/webhooks", json={"url": "https://93.184.215.14/", "events": ["request.completed"],
+                                          "secret": longest}, headers=A)
+    assert r.status_code == 201 and r.json()["secret"] == longest
+
+
+def test_an_unexpected_error_while_posting_is_logged_on_the_delivery_and_retried(hooked, monkeypatch):
+    """Not only HTTP errors: whatever goes wrong in a post counts as a failed attempt, so
+    the delivery keeps its back-off and its give-up time."""
+    from app.webhooks import sender as sender_module
+
+    with Receiver() as receiver:
+        subscribe(hooked, receiver.url, events=["request.completed"])
+        delete_an_owner(hooked)
+        monkeypatch.setattr(sender_module, "sign", lambda *a: (_ for _ in ()).throw(UnicodeError("bad name")))
+        assert sender(hooked).round() == 1
+    d = _row(hooked)
+    assert receiver.received == [] and d.status == "pending" and d.attempts == 1
+    assert d.attempt_log[0]["error"] == "UnicodeError: bad name" and d.next_attempt_at > utcnow()
+
+
+def test_a_failed_request_is_reported_without_its_failure_text(hooked, monkeypatch):
+    from app.jobs import flow
+
+    with Receiver() as receiver:
+        subscribe(hooked, receiver.url, events=["request.failed"])
+        change = hooked.app_.state.settings.model_copy(update={"max_attempts": 1})
+        hooked.app_.state.settings = change
+        monkeypatch.setattr(flow.JobFlow, "_plan", lambda self, claim: (_ for _ in ()).throw(
+            RuntimeError("owner-secret-name broke it")))
+        owner = an_owner(hooked)
+        r = hooked.post("/v1/deletion-requests", json={"owner_id": owner}, headers=C)
+        run_worker_inline(hooked.app_)
+        assert hooked.get(f"/v1/deletion-requests/{r.json()['id']}", headers=C).json()["status"] == "failed"
+        sender(hooked).round()
+    (headers, body) = receiver.received[0]
+    event = json.loads(body)
+    assert event["type"] == "request.failed" and event["data"]["request_id"] == r.json()["id"]
+    assert b"owner-secret-name" not in body and owner.encode() not in body and "failure_reason" not in event["data"]
