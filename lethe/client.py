@@ -332,13 +332,7 @@ class Client:
     def verify_certificate(self, token: str, jwks: dict | None = None) -> dict:
         """Check the certificate's Ed25519 signature against ``jwks`` (default: the
         server's published keys); its claims. Raises ``jwt.PyJWTError`` when it fails."""
-        import jwt
-
-        kid = jwt.get_unverified_header(token).get("kid")
-        known = {k.key_id: k for k in jwt.PyJWKSet.from_dict(jwks or self.jwks()).keys}
-        if kid not in known:
-            raise jwt.InvalidKeyError(f"no public key with kid {kid!r} in the key set")
-        return jwt.decode(token, known[kid].key, algorithms=["EdDSA"], leeway=300)
+        return verify_token(token, jwks or self.jwks())
 
     # --- jobs ---------------------------------------------------------------------
     def job(self, job_id: str) -> JobProgress:
@@ -399,6 +393,19 @@ class Client:
         """A webhook's deliveries, newest first, each with its attempts."""
         return [WebhookDelivery(**d) for d in
                 self._json("GET", f"/v1/webhooks/{_seg(webhook_id)}/deliveries", params={"limit": limit})]
+
+
+def verify_token(token: str, jwks: dict) -> dict:
+    """A deletion certificate's claims, once its EdDSA signature checks against the key
+    its header names in ``jwks`` (a JWK set); ``jwt.PyJWTError`` otherwise. A little
+    leeway: a verifier's clock may be behind the service's."""
+    import jwt
+
+    kid = jwt.get_unverified_header(token).get("kid")
+    known = {k.key_id: k for k in jwt.PyJWKSet.from_dict(jwks).keys}
+    if kid not in known:
+        raise jwt.InvalidKeyError(f"no public key with kid {kid!r} in the key set")
+    return jwt.decode(token, known[kid].key, algorithms=["EdDSA"], leeway=300)
 
 
 def _error(response: httpx.Response) -> ApiError:

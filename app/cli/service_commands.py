@@ -396,6 +396,7 @@ def certificate_verify(c: Context, file: Path, jwks_from: str | None):
     import jwt
 
     from app.certificates import keys
+    from lethe.client import verify_token
 
     try:
         text = file.read_text().strip()
@@ -409,15 +410,11 @@ def certificate_verify(c: Context, file: Path, jwks_from: str | None):
     except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
         raise click.UsageError(f"cannot read the certificate or the keys: {exc}") from None
     try:
-        kid = jwt.get_unverified_header(token).get("kid")
-        known = {k.key_id: k for k in jwt.PyJWKSet.from_dict(jwk_set).keys}
-        if kid not in known:
-            raise jwt.InvalidKeyError(f"no public key with kid {kid!r} in the key set")
-        # A little leeway: a verifier's clock may be behind the service's.
-        claims = jwt.decode(token, known[kid].key, algorithms=["EdDSA"], leeway=300)
+        claims = verify_token(token, jwk_set)
     except (jwt.PyJWTError, ValueError) as exc:
         click.echo(f"certificate INVALID: {exc}")
         raise SystemExit(1)
+    kid = jwt.get_unverified_header(token)["kid"]
     lines = [f"certificate OK (key {kid}): request {claims['request_id']} completed {claims['completed_at']}"]
     lines += [f"  {m['model']} v{m['version']} ({'exact' if m['exact'] else 'approximate'}, {m['method']}), "
               f"revoked {[r['version'] for r in m['revoked_versions']]}" for m in claims["models"]]

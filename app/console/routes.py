@@ -120,10 +120,17 @@ def logout(_: WriterDep) -> RedirectResponse:
 @router.get("/requests")
 def requests_page(request: Request, session: SessionDep, admin: AdminDep, status: str = "", owner_id: str = "",
                   overdue: bool = False) -> HTMLResponse:
-    status = status if status in set(RequestStatus) else ""
+    return _requests(request, session, admin, status=status if status in set(RequestStatus) else "",
+                     owner_id=owner_id, overdue=overdue)
+
+
+def _requests(request: Request, session, admin: Admin, *, status: str = "", owner_id: str = "",
+              overdue: bool = False, status_code: int = 200, error: str | None = None) -> HTMLResponse:
+    """The requests page, filtered; with ``error`` shown above it (a refused submission)."""
     rows = views.requests(session, status=status, owner_id=owner_id.strip(), overdue=overdue)
-    return page(request, "requests.html", admin, rows=rows, status=status, owner_id=owner_id, overdue=overdue,
-                statuses=[s.value for s in RequestStatus], methods=DELETION_METHODS)
+    return page(request, "requests.html", admin, status_code=status_code, rows=rows, status=status,
+                owner_id=owner_id, overdue=overdue, statuses=[s.value for s in RequestStatus],
+                methods=DELETION_METHODS, error=error)
 
 
 @router.post("/requests")
@@ -148,10 +155,7 @@ def _requests_error(request: Request, admin: Admin, status: int, message: str) -
     from app.db import session_scope
 
     with session_scope(request.app.state.sessionmaker) as session:
-        rows = views.requests(session, status=None, owner_id=None, overdue=False)
-        return page(request, "requests.html", admin, status_code=status, rows=rows, status="", owner_id="",
-                    overdue=False, statuses=[s.value for s in RequestStatus], methods=DELETION_METHODS,
-                    error=message)
+        return _requests(request, session, admin, status_code=status, error=message)
 
 
 @router.get("/requests/{request_id}")
@@ -181,8 +185,8 @@ def model_page(request: Request, name: str, session: SessionDep, admin: AdminDep
 @router.get("/models/{name}/job")
 def model_job(request: Request, name: str, session: SessionDep, admin: AdminDep) -> HTMLResponse:
     """The live job's progress, a fragment the model pages poll (htmx) while one runs."""
-    detail = views.model_detail(session, name)
-    return page(request, "_job.html", admin, row=detail["row"], job=detail["job"])
+    row, job = views.model_job(session, name)
+    return page(request, "_job.html", admin, row=row, job=job)
 
 
 @router.get("/datasets")

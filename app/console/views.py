@@ -71,21 +71,26 @@ def _shown(metrics: dict | None) -> list[tuple[str, str]]:
 
 
 def models_page(session: Session) -> list[dict]:
-    out = []
-    for m in models.list_all(session=session):
-        job = models.current_job(session=session, name=m.name)
-        progress = jobs.view(session, caller=CONSOLE, job_id=job.id) if job is not None else None
-        out.append({"row": m, "job": progress})
-    return out
+    return [{"row": m, "job": _live_job(session, m.name)} for m in models.list_all(session=session)]
+
+
+def _live_job(session: Session, name: str) -> dict | None:
+    """The model's current job as ``GET /v1/jobs/{id}`` shows it, or None."""
+    job = models.current_job(session=session, name=name)
+    return jobs.view(session, caller=CONSOLE, job_id=job.id) if job is not None else None
+
+
+def model_job(session: Session, name: str) -> tuple:
+    """The model and its live job, for the fragment the pages poll."""
+    return models.get(session=session, name=name), _live_job(session, name)
 
 
 def model_detail(session: Session, name: str) -> dict:
     row = models.get(session=session, name=name)
     versions = models.versions(session=session, name=name)
-    job = models.current_job(session=session, name=name)
     return {"row": row, "versions": [{"v": v, "approximate": v.method in METHODS} for v in reversed(versions)],
             "aliases": aliases.aliases(session=session, name=name),
-            "job": jobs.view(session, caller=CONSOLE, job_id=job.id) if job is not None else None,
+            "job": _live_job(session, name),
             "charts": [chart(label, [(v.version, _first(v.metrics or {}, keys)) for v in versions], revoked={
                 v.version for v in versions if v.revoked_at is not None}) for keys, label in CHART_METRICS]}
 
