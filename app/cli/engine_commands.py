@@ -8,11 +8,29 @@ from pathlib import Path
 import click
 
 from app.cli import remote_commands
-from app.cli.base import Context, cli, pass_ctx
-from workers.engine.nets import ARCHITECTURES
-from workers.engine.sisa import AGGREGATIONS, PARTITIONS
+from app.cli.base import Context, LazyChoice, cli, pass_ctx
+from workers.engine.placement import PARTITIONS
 from workers.engine.sources import SOURCES
-from workers.engine.unlearning import METHODS
+
+# The registries below import torch: read when an option that names one is used.
+
+
+def _architectures() -> list[str]:
+    from workers.engine.nets import ARCHITECTURES
+
+    return ARCHITECTURES.names()
+
+
+def _aggregations() -> list[str]:
+    from workers.engine.sisa import AGGREGATIONS
+
+    return AGGREGATIONS.names()
+
+
+def _methods() -> list[str]:
+    from workers.engine.unlearning import METHODS
+
+    return METHODS.names()
 
 
 @cli.command("import")
@@ -31,9 +49,17 @@ from workers.engine.unlearning import METHODS
 @pass_ctx
 def import_(c: Context, name, source, path, options, seed, owners, zipf_a, label_alpha):
     """Import a dataset with its per-sample owner ledger."""
-    info = c.engine().import_dataset(name, source, seed=seed, path=path, owners=owners, zipf_a=zipf_a,
-                                     label_alpha=label_alpha,
-                                     options=_key_values(options, hint="--option") or None)
+    # What Engine.import_dataset does, without building the engine: that imports torch,
+    # which an import never uses (276 MiB of an idle process's memory, the whole margin
+    # of an import of a dataset larger than memory in a 512 MiB worker).
+    from workers.engine.datasets import import_dataset
+    from workers.engine.ledger import DatasetStore
+
+    s = c.settings
+    info = import_dataset(DatasetStore(s.data_dir / "datasets"), name, source, cache_dir=s.data_dir / "cache",
+                          seed=seed, path=path if path is not None else s.source_paths().get(source), owners=owners,
+                          zipf_a=zipf_a, label_alpha=label_alpha, progress=c.progress(), max_classes=s.max_classes,
+                          options=_key_values(options, hint="--option") or None)
     c.print(info.__dict__, f"dataset {info.name}: {info.n_samples} samples, {info.n_owners} owners, "
             f"{info.n_test} test samples, input {info.input_shape}, {info.num_classes} classes")
 
@@ -63,7 +89,7 @@ def owners(c: Context, dataset, limit, after):
 @cli.command()
 @click.argument("name")
 @click.option("--dataset", required=True)
-@click.option("--arch", default="cnn", show_default=True, type=click.Choice(ARCHITECTURES.names()))
+@click.option("--arch", default="cnn", show_default=True, type=LazyChoice(_architectures))
 @click.option("--strategy", default="sisa", show_default=True,
               type=click.Choice(["sisa", "monolithic", "linear", "gd"]),
               help="linear: a logistic-regression head that the certified method removes from, on the raw rows "
@@ -78,9 +104,12 @@ def owners(c: Context, dataset, limit, after):
 @click.option("--gd-lr", type=float, default=None, help="linear gd: step size (4.0); the gd kind: (0.1)")
 @click.option("--shards", type=int, default=4, show_default=True)
 @click.option("--slices", type=int, default=2, show_default=True)
-@click.option("--aggregation", default="mean_softmax", show_default=True, type=click.Choice(AGGREGATIONS.names()))
+@click.option("--aggregation", default="mean_softmax", show_default=True, type=LazyChoice(_aggregations))
 @click.option("--partition", default="balanced", show_default=True, type=click.Choice(PARTITIONS),
               help="sisa: how owners are placed in shards (label, kmeans: similar owners together)")
+@click.option("--holdout", type=float, default=None,
+              help="sisa, monolithic: the share of rows (whole owners) kept out of training for approximate "
+                   "methods' stopping rules (default 0.02 on one shard, else 0)")
 @click.option("--epochs", type=int, default=5, show_default=True)
 @click.option("--slice-epochs", default="each", show_default=True, type=click.Choice(["each", "budget"]),
               help="each: --epochs passes at every slice step; budget: 2*epochs/(R+1) per step "
@@ -98,7 +127,7 @@ def owners(c: Context, dataset, limit, after):
               help="an architecture parameter (VALUE read as JSON when it parses, else text); repeatable")
 @pass_ctx
 def train(c: Context, name, dataset, arch, strategy, epsilon, delta, noise, l2, trainer, iterations, gd_lr, shards,
-          slices, aggregation, partition, epochs,
+          slices, aggregation, partition, holdout, epochs,
           slice_epochs, batch_size, lr, seed, recipe_json, init_weights, arch_params):
     """Train a model and publish version 1 (`lethe architectures` lists the architectures)."""
     from workers.engine.sisa import Strategy
@@ -110,9 +139,9 @@ def train(c: Context, name, dataset, arch, strategy, epsilon, delta, noise, l2, 
         elif strategy == "gd":
             strat = Strategy("gd", l2=l2, iterations=iterations, lr=gd_lr)
         elif strategy == "monolithic":
-            strat = Strategy("monolithic", aggregation=aggregation)
+            strat = Strategy("monolithic", aggregation=aggregation, holdout=holdout)
         else:
-            strat = Strategy("sisa", shards, slices, aggregation, partition=partition)
+            strat = Strategy("sisa", shards, slices, aggregation, partition=partition, holdout=holdout)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     config = _recipe(recipe_json, epochs=epochs, slice_epochs=slice_epochs, batch_size=batch_size, lr=lr, seed=seed)
@@ -198,7 +227,7 @@ def architectures(c: Context):
 @click.option("--owner", "owner_ids", multiple=True, required=True, help="owner id (repeat for a batch)")
 @click.option("--request", "requests", multiple=True, help="request id(s) to record")
 @click.option("--full", is_flag=True, help="retrain every shard from scratch instead")
-@click.option("--method", default=None, type=click.Choice(METHODS.names()),
+@click.option("--method", default=None, type=LazyChoice(_methods),
               help="unlearn the touched constituents approximately with this method (no gate here: the version "
                    "is published with its metrics; the service gates it)")
 @pass_ctx

@@ -16,6 +16,11 @@ from workers.engine.training import OPTIMIZERS, SCHEDULES, TrainConfig
 VersionStatus = Literal["published", "revoked"]
 
 
+HOLDOUT = Field(None, ge=0, lt=0.5, description="the share of rows (whole owners, seeded) kept out of training, "
+               "so approximate methods stop on rows the model never saw rather than on the test split; "
+               "null: 0.02 on one shard, 0 on more (each shard sees the others' rows as unseen)")
+
+
 class SisaStrategy(Input):
     kind: Literal["sisa"]
     shards: int = Field(ge=1, le=256)
@@ -25,10 +30,12 @@ class SisaStrategy(Input):
         "balanced", description="how owners are placed in shards (every owner stays whole in one shard): balanced "
                                 "(a mix, by sample count), label (owners of similar labels together), kmeans (owners "
                                 "clustered on their mean row under a fixed random projection); shards stay balanced")
+    holdout: float | None = HOLDOUT
 
 
 class MonolithicStrategy(Input):
     kind: Literal["monolithic"]
+    holdout: float | None = HOLDOUT
 
 
 class LinearStrategy(Input):

@@ -164,3 +164,29 @@ def test_label_order_from_pairs_matches_the_full_table():
         labels = rng.integers(0, classes, n).astype(np.int32)
         assert np.array_equal(placement.label_order(codes, labels, n_owners, classes),
                               _dense_label_order(codes, labels, n_owners, classes))
+
+
+def test_held_out_takes_whole_owners_up_to_the_share_and_never_every_owner():
+    codes = np.repeat(np.arange(50), np.arange(1, 51))  # owner i holds i + 1 rows: 1,275 rows
+    held = placement.held_out(codes, 50, 0.05, seed=3)
+    rows = np.isin(codes, held).sum()
+    assert 0 < rows <= 0.05 * len(codes) and rows >= 0.05 * len(codes) - 50  # whole owners, near the share
+    assert np.array_equal(held, placement.held_out(codes, 50, 0.05, seed=3))  # the same ledger, the same owners
+    assert not np.array_equal(held, placement.held_out(codes, 50, 0.05, seed=4))
+    assert len(placement.held_out(codes, 50, 0.0, seed=3)) == 0
+    assert len(placement.held_out(np.zeros(10, dtype=np.int64), 1, 0.4, seed=0)) == 0  # one owner: it trains
+    big = np.array([0] * 900 + [1] * 100)
+    assert list(placement.held_out(big, 2, 0.2, seed=0)) == [1]  # the large owner is passed over
+
+
+def test_a_strategy_holds_out_rows_on_one_shard_by_default():
+    from workers.engine.sisa import DEFAULT_HOLDOUT, Strategy
+
+    assert Strategy("monolithic").holdout == DEFAULT_HOLDOUT == Strategy("sisa").holdout
+    assert Strategy("monolithic").to_dict()["holdout"] == DEFAULT_HOLDOUT
+    assert Strategy("sisa", shards=4).holdout == 0 and "holdout" not in Strategy("sisa", shards=4).to_dict()
+    assert Strategy("linear").holdout == 0 and Strategy("gd").holdout == 0
+    assert "holdout" not in Strategy("monolithic", holdout=0.0).to_dict()
+    for bad in (dict(kind="monolithic", holdout=0.5), dict(kind="sisa", holdout=-0.1), dict(kind="linear", holdout=0.1)):
+        with pytest.raises(ValueError, match="holdout"):
+            Strategy(**bad)

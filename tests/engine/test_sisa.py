@@ -295,31 +295,65 @@ def test_the_test_metrics_come_from_the_constituents_cached_outputs_unchanged(si
         assert record["metrics"][key] == fresh[key], key
 
 
-def test_an_approximate_method_stops_on_rows_its_shard_never_saw_not_on_the_test_split(sisa_engine, monkeypatch):
-    """The stopping rule's held-out rows are other shards' training rows (never trained on
-    by the constituent); the test split stands in only where there is one shard."""
+def test_an_approximate_method_stops_on_rows_its_shard_never_saw_never_on_the_test_split(sisa_engine, monkeypatch):
+    """The stopping rule's held-out rows are rows the constituent never trained on: other
+    shards' rows, or on one shard the owners ``strategy.holdout`` kept out of training.
+    Never the test split: a one-shard model that saw every row runs without one."""
     from workers.engine import approximate, checkpoints, unlearning
 
     seen = []
     real = unlearning.run
 
-    def spy(name, model, forget, retain, *, heldout=None, overrides=None):
+    def spy(name, model, forget, retain, *, heldout=None, **kwargs):
         seen.append((heldout, retain))
-        return real(name, model, forget, retain, heldout=heldout, overrides=overrides)
+        return real(name, model, forget, retain, heldout=heldout, **kwargs)
 
     monkeypatch.setattr(approximate.unlearning, "run", spy)
-    owners = [o for o, _ in sisa_engine.dataset("digits").owners(limit=2)]
-    v2 = sisa_engine.unlearn("m", owners[:1], mode="approximate", method="ga")
-    ((heldout, retain),) = seen
-    assert len(heldout) >= approximate.MIN_HELDOUT_ROWS
-    mine = {r.numpy().tobytes() for r in retain.x}
-    assert not any(r.numpy().tobytes() in mine for r in heldout.x)  # none of its own shard's rows
+    ds = sisa_engine.dataset("digits")
+    owners = [o for o, _ in ds.owners(limit=3)]
+
+    def check_unseen(heldout, retain):
+        assert len(heldout) >= approximate.MIN_HELDOUT_ROWS
+        mine = {r.numpy().tobytes() for r in retain.x}
+        assert not any(r.numpy().tobytes() in mine for r in heldout.x)  # none of its own shard's rows
 
     def heldout_from(version):
         touched = next(c for c in version["constituents"] if c["status"] == "approximate")
         return checkpoints.loads(sisa_engine.store.get_blob(touched["weights"])).info["heldout"]
 
+    v2 = sisa_engine.unlearn("m", owners[:1], mode="approximate", method="ga")
+    check_unseen(*seen.pop())
     assert heldout_from(v2) == "other_shards"
-    sisa_engine.train("mono", dataset="digits", architecture="mlp", strategy=Strategy("monolithic"), config=FAST)
-    v = sisa_engine.unlearn("mono", owners[1:], mode="approximate", method="ga")
-    assert heldout_from(v) == "test"  # one shard: every training row was seen
+
+    mono = sisa_engine.train("mono", dataset="digits", architecture="mlp",
+                             strategy=Strategy("monolithic", holdout=0.1), config=FAST)
+    trained = np.concatenate([np.concatenate(s) for s in sisa_engine.slice_ids(mono)])
+    held = np.setdiff1d(ds.sample_ids(), trained)
+    assert 0.05 * len(ds.sample_ids()) <= len(held) <= 0.1 * len(ds.sample_ids())
+    v = sisa_engine.unlearn("mono", owners[1:2], mode="approximate", method="ga")
+    heldout, retain = seen.pop()
+    check_unseen(heldout, retain)
+    assert heldout_from(v) == "held_out_owners"
+
+    sisa_engine.train("all-rows", dataset="digits", architecture="mlp", strategy=Strategy("monolithic", holdout=0.0),
+                      config=FAST)
+    v = sisa_engine.unlearn("all-rows", owners[2:3], mode="approximate", method="ga")
+    assert seen.pop()[0] is None and heldout_from(v) is None  # every row seen: no stopping rule, not the test split
+
+
+def test_held_out_owners_stay_out_of_every_version_and_need_no_retraining(digits_engine):
+    """Owners ``strategy.holdout`` kept out of training are in no shard of version 1 nor of
+    any retrain after it; deleting one erases their rows and plans nothing."""
+    engine = digits_engine
+    v1 = engine.train("mono", dataset="digits", architecture="mlp", strategy=Strategy("monolithic", holdout=0.1),
+                      config=FAST)
+    ds = engine.dataset("digits")
+    trained = np.concatenate([np.concatenate(s) for s in engine.slice_ids(v1)])
+    held = [o for o, _ in ds.owners(limit=1000) if not np.isin(ds.owner_sample_ids(o), trained).any()]
+    assert held
+    trained_owner = next(o for o, _ in ds.owners(limit=1000) if o not in held)
+    v2 = engine.unlearn("mono", [trained_owner], mode="full")
+    again = np.concatenate([np.concatenate(s) for s in engine.slice_ids(v2)])
+    assert not np.isin(again, [i for o in held for i in ds.owner_sample_ids(o)]).any()
+    assert engine.plan_unlearn("mono", [held[0]]) is None
+    assert len(ds.owner_sample_ids(held[0])) == 0  # erased all the same

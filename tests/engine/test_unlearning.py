@@ -23,6 +23,7 @@ CLASS_SETTINGS = {
     "salun": {"retain_epochs": 10, "lr": 0.01},
     "iu": {"scale": 6, "max_norm": 20},
     "scrub": {"lr": 0.02},
+    "distill": {"lr": 2e-3},  # its rate at the reference; relative to digits' small retain set it is 0.8e-3
 }
 
 
@@ -197,11 +198,11 @@ def test_distill_forgets_through_its_influence_weighted_term_and_can_start_fresh
     forget, retain, heldout = class_sets
     start = _acc(original, forget)
     plain = unlearning.run("distill", original, forget, retain, heldout=heldout, overrides={"influence": 0.0})
-    pushed = unlearning.run("distill", original, forget, retain, heldout=heldout)
+    pushed = unlearning.run("distill", original, forget, retain, heldout=heldout, overrides=CLASS_SETTINGS["distill"])
     assert _acc(plain.model, forget) > 0.9 * start  # logit matching alone keeps what the teacher knew
     assert _acc(pushed.model, forget) < 0.5 * start
     fresh = unlearning.run("distill", original, forget, retain, heldout=heldout,
-                           overrides={"init": "fresh", "epochs": 20, "influence": 0.0})
+                           overrides={"init": "fresh", "epochs": 20, "influence": 0.0, "lr": 2e-3})
     assert _acc(fresh.model, retain) > 0.9  # learnt from the teacher's outputs alone
     far = (_flat(fresh.model) - _flat(original)).norm()
     assert far > 5 * (_flat(plain.model) - _flat(original)).norm()  # none of the teacher's weights kept
@@ -215,7 +216,8 @@ def test_a_fresh_distilled_student_stops_where_the_teacher_says_unseen_data_sits
     raw, x, y, test = digits
     mask = np.random.default_rng(1).random(len(y)) < 0.1
     forget, retain = _splits(y, mask, x)
-    fresh = unlearning.run("distill", original, forget, retain, heldout=test, overrides={"init": "fresh", "epochs": 15})
+    fresh = unlearning.run("distill", original, forget, retain, heldout=test, overrides={"init": "fresh", "epochs": 15,
+                                                                                       "lr": 2e-3})
     assert _acc(fresh.model, forget) > 0.7 and _acc(fresh.model, test) > 0.8
 
 
@@ -225,3 +227,38 @@ def test_a_fresh_start_renews_parameters_no_layer_initialises():
     head = nets.build("certified_linear", [1, 8, 8], 10, seed=0)  # its weight sits on the root, zeros
     _reset(head)
     assert head.weight.abs().sum() > 0
+
+
+def test_learning_rates_are_relative_to_the_models_own_recipe_and_the_retain_set():
+    """A method's learning rate, unless given, is its tuned value (at Adam 3e-3, 9,000
+    retain rows) times the model's pace, and less on a smaller retain set; a given one is
+    kept; the plan records the value that runs."""
+    from workers.engine.unlearning import Context, base, ga, resolve
+
+    assert Context.of(None).lr_scale == 1.0 == Context.of({"optimizer": "adam", "lr": 3e-3}).lr_scale
+    assert Context.of({"optimizer": "sgd", "lr": 0.01}).lr_scale == pytest.approx(0.1)
+    assert Context.of(None, retain_rows=60_000).lr_scale == 1.0  # more rows: a longer run, the same rate
+    assert Context.of(None, retain_rows=900).lr_scale == pytest.approx(0.1 ** 0.5)
+    slow = Context.of({"optimizer": "adamw", "lr": 3e-4})
+    assert resolve("ga", unlearning.config("ga"), slow).lr == pytest.approx(ga.LR / 10)
+    assert resolve("ft", unlearning.config("ft"), slow).lr == pytest.approx(unlearning.METHODS.get("ft").LR / 10)
+    assert resolve("ga", unlearning.config("ga", {"lr": 0.5}), slow).lr == 0.5
+    assert resolve("fisher", unlearning.config("fisher"), slow) == unlearning.config("fisher")  # no learning rate
+    assert base.checks(steps=4, every=5) == 1 and base.checks(steps=400, every=5) == 5
+
+
+def test_a_plan_records_the_learning_rate_that_runs(digits_engine):
+    from tests.conftest import FAST
+    from workers.engine.sisa import Strategy
+    from workers.engine.unlearning import Context
+
+    engine = digits_engine
+    v = engine.train("m", dataset="digits", architecture="mlp", strategy=Strategy("monolithic"), config=FAST)
+    trained = np.concatenate([np.concatenate(s) for s in engine.slice_ids(v)])
+    ds = engine.dataset("digits")
+    owner = next(o for o, _ in ds.owners(limit=50) if np.isin(ds.owner_sample_ids(o), trained).all())
+    plan = engine.plan_unlearn("m", [owner], mode="approximate", method="ga")
+    retain_rows = sum(plan.shards[0].slice_sizes)
+    expected = unlearning.METHODS.get("ga").LR * Context.of(FAST.to_dict(), retain_rows).lr_scale
+    assert retain_rows < len(trained) and plan.method.config["lr"] == pytest.approx(expected)
+    assert expected < unlearning.METHODS.get("ga").LR * FAST.lr / 3e-3  # digits' retain set is small

@@ -8,7 +8,7 @@ import torch
 
 from models_store import ModelStore
 from workers.engine import checkpoints, sisa, unlearning
-from workers.engine.datasets import device_data, test_tensors
+from workers.engine.datasets import device_data
 from workers.engine.digests import ids_digest
 from workers.engine.errors import DatasetError, ForgetSetUnavailable
 from workers.engine.ids import get_ids
@@ -32,15 +32,15 @@ def unlearn_constituent(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: 
     except KeyError:
         raise DatasetError(f"dataset {spec['dataset']!r} changed while shard {shard} was planned") from None
     unseen = heldout_rows(data, kept, seed=derive_seed(spec["recipe"].get("seed", 0), "heldout", shard))
-    if unseen is not None:
-        heldout, heldout_from = unlearning.Split(*unseen), "other_shards"
-    else:  # one shard: no training row is unseen by it
-        test = test_tensors(ds, device)
-        heldout, heldout_from = (unlearning.Split(*test), "test") if test is not None else (None, None)
+    # Never the test split: it is what the version's TA reports. A one-shard model trained
+    # with holdout 0 (or imported) saw every row, and its method runs without stopping early.
+    heldout = unlearning.Split(*unseen) if unseen is not None else None
+    heldout_from = None if unseen is None else "other_shards" if len(plan.shards) > 1 else "held_out_owners"
     model = sisa.load_constituent(store.get_blob(entry.parent_weights), device)
     method = plan.method
     progress(f"unlearning {len(forget_ids)} samples from shard {shard} with {method.name}")
-    result = unlearning.run(method.name, model, forget, retain, heldout=heldout, overrides=method.config)
+    result = unlearning.run(method.name, model, forget, retain, heldout=heldout, overrides=method.config,
+                            recipe=spec.get("recipe"))
     info = {
         "architecture": spec["architecture"],
         **({"architecture_params": spec["architecture_params"]} if spec.get("architecture_params") else {}),
@@ -51,7 +51,7 @@ def unlearn_constituent(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: 
         "manifest_digest": ids_digest(kept),
         "unlearned_from": entry.parent_weights,
         "forgot_sample_ids_digest": ids_digest(forget_ids),
-        "method": {"name": method.name, "config": method.config},
+        "method": {"name": method.name, "config": result.config},  # as it ran: relative defaults resolved
         "heldout": heldout_from,  # what the method's stopping rule took as data never trained on
     }
     blob = checkpoints.dumps(result.model, torch.optim.SGD(result.model.parameters(), lr=0.0), info)
@@ -59,14 +59,15 @@ def unlearn_constituent(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: 
 
 
 HELDOUT_ROWS = 4096  # at most this many unseen rows for a method's stopping rule
-MIN_HELDOUT_ROWS = 200  # fewer, and the test split stands in
+MIN_HELDOUT_ROWS = 100  # fewer, and the method does without a stopping rule
 
 
 def heldout_rows(data: DeviceData, kept: np.ndarray, *, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Rows the constituent never trained on, for a method's stopping rule: a seeded
     sample of the dataset's rows held now outside its shard (the other shards' rows, on
-    a SISA model). Training rows, not the test split, so the test accuracy reported for
-    the version is not also what tuned the method. None on a single shard."""
+    a SISA model; the owners ``strategy.holdout`` kept out of training, on one shard).
+    Training rows, not the test split, so the test accuracy reported for the version is
+    not also what tuned the method. None when fewer than MIN_HELDOUT_ROWS."""
     unseen = data.sample_ids[~np.isin(data.sample_ids, kept, kind="table")]
     if len(unseen) < MIN_HELDOUT_ROWS:
         return None

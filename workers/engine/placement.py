@@ -10,6 +10,10 @@ the shards are cut (``strategy.partition``).
   same data gives the same partition), which keeps distances between rows (Johnson-
   Lindenstrauss) at a size k-means runs on for millions of rows.
 
+Before any of that, ``held_out`` may keep whole owners out of training
+(``strategy.holdout``): rows no constituent sees, for the stopping rules of approximate
+methods on a one-shard model.
+
 Either order is then cut into contiguous runs of near-equal sample counts, one per
 shard: every owner stays whole in one shard and the shards stay balanced, but similar
 owners share a shard (seed 001: clustered shards make stronger weak learners). All
@@ -22,6 +26,26 @@ import numpy as np
 PARTITIONS = ("balanced", "label", "kmeans")
 EMBED_DIMS = 32
 BLOCK_ROWS = 8192
+
+
+def held_out(codes: np.ndarray, n_owners: int, share: float, *, seed: int) -> np.ndarray:
+    """Owner codes kept out of training: whole owners, taken in a seeded random order
+    while they fit in ``share`` of the rows (an owner that would overshoot is passed
+    over, so one large owner is never held out for a small share), never every owner."""
+    if share <= 0:
+        return np.zeros(0, dtype=np.int64)
+    counts = np.bincount(codes, minlength=n_owners)
+    order = np.random.default_rng(seed).permutation(n_owners)
+    budget, taken = share * len(codes), []
+    for code in order[counts[order] > 0]:
+        if counts[code] <= budget:
+            taken.append(code)
+            budget -= counts[code]
+            if budget < 1:
+                break
+    if len(taken) == int((counts > 0).sum()):
+        taken.pop()
+    return np.sort(np.asarray(taken, dtype=np.int64))
 
 
 def contiguous_groups(order: np.ndarray, sizes: np.ndarray, k: int, min_owners: int = 1) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ from workers.engine.errors import DatasetError, MethodNotSupported, ModelError
 from workers.engine.ids import put_ids, slice_ids
 from workers.engine.ledger import ChunkedRows, Dataset, check_name
 from workers.engine.plans import MethodSpec, Plan, PlanKind, Removal, ShardPlan, ShardStatus
-from workers.engine.training import TrainConfig
+from workers.engine.training import TrainConfig, derive_seed
 from workers.engine.vault import Vault
 
 MODES = {"sisa": PlanKind.UNLEARN, "full": PlanKind.FULL_RETRAIN, "approximate": PlanKind.APPROXIMATE}
@@ -95,6 +95,10 @@ def plan_train(store: ModelStore, ds: Dataset, name: str, *, architecture: str, 
         nets.build(architecture, info.input_shape, info.num_classes, seed=0, params=architecture_params)
         ids, codes, names = ds.owner_codes()
         order = owner_order(ds, strategy.partition, ids, codes, names, strategy.shards)
+        held = placement.held_out(codes, len(names), strategy.holdout, seed=derive_seed(config.seed, "holdout"))
+        if len(held):  # these owners' rows stay out of every shard, in every later version too
+            training = ~np.isin(codes, held)
+            ids, codes = ids[training], codes[training]
         slices = sisa.partition_owners(ids, codes, names, strategy.shards, strategy.slices, order)
     except ValueError as exc:
         raise ModelError(str(exc)) from None
@@ -181,7 +185,12 @@ def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa
     plan = Plan(name, MODES[mode], parent["version"], job, spec, started, shards,
                 removal=removal, evidence=keys)
     if mode == "approximate":
-        plan.method = MethodSpec(method, dataclasses.asdict(unlearning.config(method, method_config)))
+        # Relative defaults made absolute, so the plan and the version record what runs; the
+        # retain set is the touched constituents' (shards are balanced: their mean).
+        rows = [sum(s.slice_sizes) for s in shards if s.status == ShardStatus.APPROXIMATE]
+        context = unlearning.Context.of(spec["recipe"], int(np.mean(rows)))
+        plan.method = MethodSpec(method, dataclasses.asdict(unlearning.resolve(method, unlearning.config(
+            method, method_config), context)))
     return plan
 
 

@@ -53,6 +53,7 @@ def vote(probs: torch.Tensor) -> torch.Tensor:
 
 
 KINDS = ("sisa", "monolithic", "linear", "gd")
+DEFAULT_HOLDOUT = 0.02
 TRAINERS = ("solver", "gd")  # how a linear head is trained
 
 
@@ -63,6 +64,11 @@ class Strategy:
     slices: int = 1
     aggregation: str = "mean_softmax"
     partition: str = "balanced"  # how owners are placed in shards: placement.PARTITIONS
+    # sisa, monolithic: the share of rows (whole owners) kept out of training, so an
+    # approximate method's stopping rule has rows the model never saw that are not the
+    # test split; None: DEFAULT_HOLDOUT on one shard (more shards see each other's rows
+    # as unseen), else 0
+    holdout: float | None = None
     # linear: certified removal's settings (certified.Budget; its defaults where None)
     epsilon: float | None = None
     delta: float | None = None
@@ -110,6 +116,14 @@ class Strategy:
                              "gd kinds only")
         if self.shards < 1 or self.slices < 1:
             raise ValueError("shards and slices must be >= 1")
+        if self.holdout is None:
+            one_shard = self.kind in ("sisa", "monolithic") and self.shards == 1
+            object.__setattr__(self, "holdout", DEFAULT_HOLDOUT if one_shard else 0.0)
+        if not 0 <= self.holdout < 0.5:
+            raise ValueError(f"holdout must be in [0, 0.5), got {self.holdout}")
+        if self.holdout and self.kind not in ("sisa", "monolithic"):
+            raise ValueError(f"a {self.kind} model keeps no rows out of training: holdout applies to the sisa and "
+                             "monolithic kinds")
         if self.partition not in PARTITIONS:
             raise ValueError(f"partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         if self.partition != "balanced" and self.kind != "sisa":
@@ -128,6 +142,8 @@ class Strategy:
         out = {"kind": self.kind, "shards": self.shards, "slices": self.slices, "aggregation": self.aggregation}
         if self.partition != "balanced":  # records written before partitions existed stay as they were
             out["partition"] = self.partition
+        if self.holdout:  # likewise for records before held-out rows
+            out["holdout"] = self.holdout
         if self.kind == "gd":
             return {**out, "iterations": self.iterations, "lr": self.lr, "l2": self.l2}
         if self.kind != "linear":

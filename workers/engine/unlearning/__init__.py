@@ -16,7 +16,7 @@ import torch
 
 from workers.engine.registry import Registry
 from workers.engine.unlearning import certified, deltagrad, distill, fisher, ft, ga, iu, l1_sparse, rl, salun, scrub, ssd
-from workers.engine.unlearning.base import Split
+from workers.engine.unlearning.base import Context, Split
 
 METHODS: Registry[ModuleType] = Registry("unlearning method")
 for _module in (ft, ga, rl, iu, l1_sparse, fisher, ssd, salun, scrub, distill, certified, deltagrad):
@@ -70,10 +70,20 @@ def general() -> list[str]:
     return [name for name in METHODS if supported_kinds(name) is None]
 
 
+def resolve(name: str, cfg, context: Context):
+    """``cfg`` with its relative defaults made absolute for a model of ``context``: a
+    learning rate not given is the method's tuned ``LR`` times the model's pace."""
+    if getattr(cfg, "lr", 0.0) is None:
+        cfg = dataclasses.replace(cfg, lr=METHODS.get(name).LR * context.lr_scale)
+    return cfg
+
+
 def run(name: str, model: torch.nn.Module, forget: Split, retain: Split, *, heldout: Split | None = None,
-        overrides: dict | None = None) -> Result:
-    """Unlearn ``forget`` from a copy of ``model`` with method ``name``; the original is untouched."""
-    cfg = config(name, overrides)
+        overrides: dict | None = None, recipe: dict | None = None) -> Result:
+    """Unlearn ``forget`` from a copy of ``model`` with method ``name``; the original is
+    untouched. ``recipe`` is the model's training recipe, which defaults are relative to
+    (``Context``, with the retain set's size); the result's config holds the values that ran."""
+    cfg = resolve(name, config(name, overrides), Context.of(recipe, len(retain)))
     student = copy.deepcopy(model)
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -84,4 +94,4 @@ def run(name: str, model: torch.nn.Module, forget: Split, retain: Split, *, held
     return Result(student.eval(), name, dataclasses.asdict(cfg), time.perf_counter() - started)
 
 
-__all__ = ["METHODS", "Result", "Split", "config", "general", "run", "supported_kinds", "unsupported"]
+__all__ = ["METHODS", "Context", "Result", "Split", "config", "general", "resolve", "run", "supported_kinds", "unsupported"]

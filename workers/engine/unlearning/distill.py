@@ -19,13 +19,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from workers.engine.unlearning.base import ForgetMonitor, Split, forget_while_healing, generator, optimizer
+from workers.engine.unlearning.base import ForgetMonitor, Split, checks, forget_while_healing, generator, optimizer
+
+LR = 2e-3  # at the reference recipe (Adam, 3e-3)
 
 
 @dataclass(frozen=True)
 class Config:
     epochs: float = 1.0  # passes over the retain set
-    lr: float = 2e-3
+    lr: float | None = None  # None: LR times the model's training pace (base.Context)
     optimizer: str = "adam"
     batch_size: int = 256
     forget_batch_size: int = 256
@@ -65,7 +67,8 @@ def unlearn(model, forget: Split, retain: Split, cfg: Config, *, heldout: Split 
         p.requires_grad_(False)
     # The stopping target is what the teacher shows on held-out rows (set before a fresh
     # start: a random student's accuracy there would be chance).
-    monitor = ForgetMonitor(model, forget, retain, heldout, gen, every=cfg.check_every)
+    steps = max(1, round(cfg.epochs * len(retain) / cfg.batch_size))
+    monitor = ForgetMonitor(model, forget, retain, heldout, gen, every=checks(steps, cfg.check_every))
     if cfg.init == "fresh":
         _reset(model)
     opt = optimizer(cfg.optimizer, model.parameters(), cfg.lr)
@@ -87,7 +90,6 @@ def unlearn(model, forget: Split, retain: Split, cfg: Config, *, heldout: Split 
             weight = torch.exp(-F.cross_entropy(teacher(x[right]), y[right], reduction="none"))
         return -cfg.influence * (weight * F.cross_entropy(logits[right], y[right], reduction="none")).mean()
 
-    steps = max(1, round(cfg.epochs * len(retain) / cfg.batch_size))
     forget_while_healing(model, opt, forget, retain, monitor, steps=steps, batch_size=cfg.batch_size, gen=gen,
                          forget_loss=forget_loss, retain_loss=retain_loss, forget_batch_size=cfg.forget_batch_size)
     return model

@@ -7,11 +7,13 @@ import torch.nn.functional as F
 
 from workers.engine.unlearning.base import Split, generator, sgd, step
 
+LR = 0.01  # SGD, at the reference recipe (Adam, 3e-3)
+
 
 @dataclass(frozen=True)
 class Config:
     epochs: float = 0.5  # passes over the retain set
-    lr: float = 0.01
+    lr: float | None = None  # None: LR times the model's training pace (base.Context)
     batch_size: int = 128
     seed: int = 0
 

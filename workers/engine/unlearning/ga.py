@@ -7,13 +7,15 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from workers.engine.unlearning.base import ForgetMonitor, Split, forget_while_healing, generator, optimizer
+from workers.engine.unlearning.base import ForgetMonitor, Split, checks, forget_while_healing, generator, optimizer
+
+LR = 2e-3  # at the reference recipe (Adam, 3e-3), chosen on the validation split
 
 
 @dataclass(frozen=True)
 class Config:
     retain_epochs: float = 1.0  # passes over the retain set; forget batches ride along while needed
-    lr: float = 2e-3
+    lr: float | None = None  # None: LR times the model's training pace (base.Context)
     optimizer: str = "adam"  # as the model was trained; SGD from a converged Adam model costs retain accuracy
     momentum: float = 0.0  # SGD only: momentum would carry ascent past the stopping point
     ascent: float = 1.0  # weight of the ascent term
@@ -26,7 +28,8 @@ class Config:
 def unlearn(model, forget: Split, retain: Split, cfg: Config, *, heldout: Split | None = None):
     gen = generator(cfg.seed)
     opt = optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum)
-    monitor = ForgetMonitor(model, forget, retain, heldout, gen, every=cfg.check_every)
+    steps = max(1, round(cfg.retain_epochs * len(retain) / cfg.batch_size))
+    monitor = ForgetMonitor(model, forget, retain, heldout, gen, every=checks(steps, cfg.check_every))
 
     def loss(m, x, y):
         logits = m(x)
@@ -37,7 +40,6 @@ def unlearn(model, forget: Split, retain: Split, cfg: Config, *, heldout: Split 
             return logits.sum() * 0.0
         return -cfg.ascent * F.cross_entropy(logits[right], y[right])
 
-    steps = max(1, round(cfg.retain_epochs * len(retain) / cfg.batch_size))
     forget_while_healing(model, opt, forget, retain, monitor, steps=steps, batch_size=cfg.batch_size,
                          gen=gen, forget_loss=loss, forget_batch_size=cfg.forget_batch_size)
     return model

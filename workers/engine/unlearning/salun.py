@@ -8,13 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from workers.engine.unlearning.base import Split
+
+LR = 2e-3  # at the reference recipe (Adam, 3e-3)
 from workers.engine.unlearning.rl import relabel
 
 @dataclass(frozen=True)
 class Config:
     saliency: float = 0.5  # fraction of weights that may change (the top |gradient|)
     retain_epochs: float = 1.0  # passes over the retain set; forget batches ride along while needed
-    lr: float = 2e-3
+    lr: float | None = None  # None: LR times the model's training pace (base.Context)
     optimizer: str = "sgd"
     batch_size: int = 128
     check_every: int = 5

@@ -10,13 +10,15 @@ import torch.nn.functional as F
 
 from workers.engine.unlearning.base import ForgetMonitor, Split, generator, sgd, step
 
+LR = 0.01  # SGD, at the reference recipe (Adam, 3e-3)
+
 
 @dataclass(frozen=True)
 class Config:
     epochs: int = 3
     max_epochs: int = 2  # epochs that include a max-step pass over the forget set
     retain_batches: int = 40  # min-steps per epoch, each on a retain batch
-    lr: float = 0.01
+    lr: float | None = None  # None: LR times the model's training pace (base.Context)
     temperature: float = 4.0
     alpha: float = 1.0  # weight of the distillation term in min-steps
     gamma: float = 1.0  # weight of the cross-entropy term in min-steps
