@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import click
 
-from app.engine import build_engine
 from app.settings import Settings
 
 
@@ -45,6 +44,8 @@ class Context:
 
     def engine(self):
         """The engine, reporting progress to stderr: a bar per training shard on a terminal."""
+        from app.engine import build_engine  # torch: imported by the commands that use it only
+
         return build_engine(self.settings, progress=self.progress())
 
     def print(self, obj, text: str) -> None:
@@ -53,6 +54,30 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+class LazyChoice(click.Choice):
+    """A choice among the names ``names()`` returns (a registry of architectures,
+    methods, ...), asked for when the option is used or its help shown, not when the CLI
+    starts: those registries import torch, which a command such as ``lethe import``
+    never needs (an idle process with torch holds 276 MiB more)."""
+
+    def __init__(self, names: Callable[[], Sequence[str]], case_sensitive: bool = True):
+        self._names, self._choices = names, None
+        super().__init__((), case_sensitive)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._choices is None:
+            self._choices = tuple(self._names())
+        return self._choices
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ sets it: the names come later
+        if value:
+            self._choices = tuple(value)
+
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 

@@ -193,18 +193,25 @@ class DeviceData:
 
     ``x`` given as a lazy row source (``ledger.ChunkedRows``: memory-mapped chunks) stays
     on the host as :class:`HostRows`, and each batch is read and moved when it is used,
-    so a dataset larger than memory trains (``y`` then stays on the host too)."""
+    so a dataset larger than memory trains (``y`` then stays on the host too).
+    ``sample_ids`` may be lazy too (``ledger.ChunkedIds``: the chunks' memory-mapped id
+    arrays, with a ``positions`` look-up), so the ids of millions of rows are not held."""
 
-    def __init__(self, sample_ids: np.ndarray, x, y: np.ndarray, x_scale: float, device):
-        self.sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    def __init__(self, sample_ids, x, y: np.ndarray, x_scale: float, device):
+        self._ids = sample_ids if hasattr(sample_ids, "positions") else np.asarray(sample_ids, dtype=np.int64)
         self.device = torch.device(device)
         self.lazy = not isinstance(x, np.ndarray)
         self.x = HostRows(x, x_scale, self.device) if self.lazy else scaled(x, x_scale, self.device)
-        # Lazy: labels stay on the host as they came (int32 from the ledger), each batch's
-        # widened to int64 on its way to the device.
+        # Lazy: labels stay on the host as they came (int32 from the ledger, or narrower),
+        # each batch's widened to int64 on its way to the device.
         self.y = torch.as_tensor(np.asarray(y) if self.lazy else np.asarray(y, dtype=np.int64))
         if not self.lazy:
             self.y = self.y.to(self.device)
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        """Every row's sample id, ascending (read into memory here when they are lazy)."""
+        return self._ids if isinstance(self._ids, np.ndarray) else np.asarray(self._ids)
 
     def labels(self, batch: torch.Tensor) -> torch.Tensor:
         """The int64 labels of the rows at positions ``batch``, on the device."""
@@ -213,12 +220,15 @@ class DeviceData:
     def rows(self, ids: np.ndarray) -> torch.Tensor:
         """Row positions of ``ids`` (int32 below 2**31 rows: an index over millions of
         rows is half the size); every id must be present."""
-        dtype = np.int32 if len(self.sample_ids) < 2**31 else np.int64
+        dtype = np.int32 if len(self._ids) < 2**31 else np.int64
         pos = np.empty(len(ids), dtype=dtype)
         for start in range(0, len(ids), ROWS_BLOCK):  # bounded temporaries on millions of ids
             block = ids[start:start + ROWS_BLOCK]
-            found = np.searchsorted(self.sample_ids, block)
-            if found.max() >= len(self.sample_ids) or (self.sample_ids[found] != block).any():
+            if not isinstance(self._ids, np.ndarray):
+                pos[start:start + ROWS_BLOCK] = self._ids.positions(block, dtype)
+                continue
+            found = np.searchsorted(self._ids, block)
+            if found.max() >= len(self._ids) or (self._ids[found] != block).any():
                 raise KeyError("some sample ids are not in the dataset")
             pos[start:start + ROWS_BLOCK] = found
         return torch.from_numpy(pos)
@@ -358,13 +368,19 @@ def train_epochs(
     step = 0
     index_device = torch.device("cpu") if data.lazy else device  # lazy rows are read on the host
     for epoch in range(epochs):
-        order = rows[torch.randperm(n, generator=gen, dtype=rows.dtype)].to(index_device)
+        perm = torch.randperm(n, generator=gen, dtype=rows.dtype)
+        # Lazy rows are read batch by batch on the host: each batch's positions are taken
+        # there too, so no second array of the shard's positions (16 MiB on 3.9 million
+        # rows) is held; on the device the whole order is moved once per epoch.
+        order = None
+        if not data.lazy:
+            order, perm = rows[perm].to(index_device), None
         shifts, flips = _augment_draws(cfg, aug_gen, n, device) if aug_gen is not None else (None, None)
         for start in range(0, n, cfg.batch_size):
-            batch = order[start : start + cfg.batch_size]
+            end = start + cfg.batch_size
+            batch = rows[perm[start:end]] if order is None else order[start:end]
             x = data.x[batch]
             if aug_gen is not None:
-                end = start + cfg.batch_size
                 x = augment_batch(x, padding=cfg.random_crop_padding,
                                   shifts=None if shifts is None else shifts[start:end],
                                   flips=None if flips is None else flips[start:end])
