@@ -7,7 +7,8 @@ Starts ``lethe serve`` on a fresh data directory (SQLite, one worker, default ga
 imports Fashion-MNIST twice with the same seed (the same owners; a deletion erases rows
 dataset-wide, so each method gets its own copy) and trains the same monolithic CNN on
 each. Then, for single random owners and for a batch of the largest owners holding at
-least ``--share`` of the rows (one job), it sends the same deletions with ``method:
+least ``--share`` of the rows (one job), all of them owners the models trained on (a
+one-shard model keeps some owners out of training, ``strategy.holdout``), it sends the same deletions with ``method:
 auto`` to one model and ``method: exact`` to the other, and reports the time from POST
 to ``completed``, the method auto published (and what it tried first), and the gap of
 auto's version to the exact one (UA, RA, TA, MIA-efficacy, percentage points), beside
@@ -69,14 +70,24 @@ def main() -> int:
             after = page.get("next_cursor")
             if not after:
                 break
+        def trained_on(o: dict) -> bool:  # not one of the owners a one-shard model holds out (strategy.holdout)
+            models = http.get(f"/v1/owners/{o['owner_id']}", headers=admin).json()["models"]
+            return all(m["versions_trained_on_owner"] for m in models if m["model"] in ("auto", "exact"))
+
         rng = np.random.default_rng(0)
         by_size = sorted(owners, key=lambda o: -o["sample_count"])
         total, batch = sum(o["sample_count"] for o in owners), []
         for o in by_size:
             if sum(b["sample_count"] for b in batch) >= args.share * total:
                 break
-            batch.append(o)
-        singles = [o["owner_id"] for o in rng.choice([o for o in owners if o not in batch], args.owners, replace=False)]
+            if trained_on(o):
+                batch.append(o)
+        singles = []
+        for o in rng.permutation([o for o in owners if o not in batch]):
+            if len(singles) == args.owners:
+                break
+            if trained_on(o):
+                singles.append(o["owner_id"])
         scenarios = [(f"one owner ({o})", [o]) for o in singles]
         scenarios.append((f"largest {len(batch)} owners, {sum(b['sample_count'] for b in batch)} rows", [b["owner_id"] for b in batch]))
 

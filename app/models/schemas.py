@@ -18,7 +18,8 @@ VersionStatus = Literal["published", "revoked"]
 
 HOLDOUT = Field(None, ge=0, lt=0.5, description="the share of rows (whole owners, seeded) kept out of training, "
                "so approximate methods stop on rows the model never saw rather than on the test split; "
-               "null: 0.02 on one shard, 0 on more (each shard sees the others' rows as unseen)")
+               "null: 0.02 on one shard (at least 100 rows, at most a tenth), 0 on more (each shard "
+               "sees the others' rows as unseen)")
 
 
 class SisaStrategy(Input):

@@ -168,13 +168,17 @@ def test_label_order_from_pairs_matches_the_full_table():
 
 def test_held_out_takes_whole_owners_up_to_the_share_and_never_every_owner():
     codes = np.repeat(np.arange(50), np.arange(1, 51))  # owner i holds i + 1 rows: 1,275 rows
-    held = placement.held_out(codes, 50, 0.05, seed=3)
+    held = placement.held_out(codes, 50, 0.2, seed=3)
     rows = np.isin(codes, held).sum()
-    assert 0 < rows <= 0.05 * len(codes) and rows >= 0.05 * len(codes) - 50  # whole owners, near the share
-    assert np.array_equal(held, placement.held_out(codes, 50, 0.05, seed=3))  # the same ledger, the same owners
-    assert not np.array_equal(held, placement.held_out(codes, 50, 0.05, seed=4))
+    assert 0 < rows <= 0.2 * len(codes) and rows >= 0.2 * len(codes) - 50  # whole owners, near the share
+    assert np.array_equal(held, placement.held_out(codes, 50, 0.2, seed=3))  # the same ledger, the same owners
+    assert not np.array_equal(held, placement.held_out(codes, 50, 0.2, seed=4))
     assert len(placement.held_out(codes, 50, 0.0, seed=3)) == 0
     assert len(placement.held_out(np.zeros(10, dtype=np.int64), 1, 0.4, seed=0)) == 0  # one owner: it trains
+    small = np.repeat(np.arange(300), 5)  # 1,500 rows: 2% is 30, the floor makes it 100
+    assert np.isin(small, placement.held_out(small, 300, 0.02, seed=0)).sum() == placement.HOLDOUT_MIN_ROWS
+    tiny = np.repeat(np.arange(60), 5)  # 300 rows: no more than a tenth
+    assert np.isin(tiny, placement.held_out(tiny, 60, 0.02, seed=0)).sum() == 30
     big = np.array([0] * 900 + [1] * 100)
     assert list(placement.held_out(big, 2, 0.2, seed=0)) == [1]  # the large owner is passed over
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from models_store import ModelStore
-from workers.engine import checkpoints, sisa, unlearning
+from workers.engine import checkpoints, placement, sisa, unlearning
 from workers.engine.datasets import device_data
 from workers.engine.digests import ids_digest
 from workers.engine.errors import DatasetError, ForgetSetUnavailable
@@ -59,7 +59,7 @@ def unlearn_constituent(plan: Plan, entry: ShardPlan, *, store: ModelStore, ds: 
 
 
 HELDOUT_ROWS = 4096  # at most this many unseen rows for a method's stopping rule
-MIN_HELDOUT_ROWS = 100  # fewer, and the method does without a stopping rule
+MIN_HELDOUT_ROWS = placement.HOLDOUT_MIN_ROWS  # fewer, and the method does without a stopping rule
 
 
 def heldout_rows(data: DeviceData, kept: np.ndarray, *, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -28,15 +28,20 @@ EMBED_DIMS = 32
 BLOCK_ROWS = 8192
 
 
+HOLDOUT_MIN_ROWS = 100  # the fewest unseen rows a stopping rule is given (approximate.heldout_rows)
+
+
 def held_out(codes: np.ndarray, n_owners: int, share: float, *, seed: int) -> np.ndarray:
     """Owner codes kept out of training: whole owners, taken in a seeded random order
-    while they fit in ``share`` of the rows (an owner that would overshoot is passed
-    over, so one large owner is never held out for a small share), never every owner."""
+    while they fit in ``share`` of the rows, or in HOLDOUT_MIN_ROWS where that is more
+    and no more than a tenth of the rows (so a small dataset still gets a stopping rule);
+    an owner that would overshoot is passed over, so one large owner is never held out
+    for a small share; never every owner."""
     if share <= 0:
         return np.zeros(0, dtype=np.int64)
     counts = np.bincount(codes, minlength=n_owners)
     order = np.random.default_rng(seed).permutation(n_owners)
-    budget, taken = share * len(codes), []
+    budget, taken = max(share * len(codes), min(HOLDOUT_MIN_ROWS, 0.1 * len(codes))), []
     for code in order[counts[order] > 0]:
         if counts[code] <= budget:
             taken.append(code)
