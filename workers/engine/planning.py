@@ -146,10 +146,14 @@ def plan_unlearn(store: ModelStore, ds: Dataset, name: str, *, mode: str = "sisa
         check_kind(method, spec["strategy"])
     parent = store.version(name)
     parent_slices = slice_ids(store, parent)
-    trained_on = np.concatenate([np.concatenate(s) for s in parent_slices])
-    # A lookup table over the id range, not setdiff1d's sorts: on 7.8 million rows those
-    # took 600 MiB more at their peak (bench/larger_than_memory.py).
-    removed = np.sort(trained_on[~np.isin(trained_on, ds.sample_ids(), kind="table")])
+    # A lookup table over the id range, not setdiff1d's sorts (on 7.8 million rows those
+    # took 600 MiB more at their peak, bench/larger_than_memory.py), slice by slice: the
+    # slices' id lists are memory-mapped, and one list of every trained id with its
+    # temporaries was the unlearn step's peak.
+    held = ds.sample_ids()
+    removed = np.sort(np.concatenate([ids[~np.isin(ids, held, kind="table")]
+                                      for slices in parent_slices for ids in slices] or [np.empty(0, np.int64)]))
+    del held
     tainted_any = any(c.get("tainted_from_slice") is not None for c in parent["constituents"])
     if mode != "full" and not len(removed) and not (mode == "sisa" and tainted_any):
         return None
