@@ -41,7 +41,7 @@ def main() -> None:
     out = Path(args.out)
     data_dir = out / "purge-data"
     shutil.rmtree(data_dir, ignore_errors=True)
-    engine = Engine(data_dir, progress=lambda m: print("  ", m, flush=True))
+    engine = Engine(data_dir, progress=lambda m, state=None: m and print("  ", m, flush=True))
     engine.import_dataset("fmnist", "fashion-mnist", seed=args.seed, path=args.fashion_mnist_dir)
     engine.train("sisa", dataset="fmnist", architecture="cnn", strategy=Strategy("sisa", args.shards, args.slices),
                  config=TrainConfig(epochs=args.epochs, seed=args.seed))

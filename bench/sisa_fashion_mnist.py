@@ -50,7 +50,7 @@ def main() -> None:
     out = Path(args.out)
     data_dir = out / f"sisa-data-{args.slice_epochs}"
     shutil.rmtree(data_dir, ignore_errors=True)
-    engine = Engine(data_dir, progress=lambda m: print("  ", m, flush=True))
+    engine = Engine(data_dir, progress=lambda m, state=None: m and print("  ", m, flush=True))
     info = engine.import_dataset("fmnist", "fashion-mnist", seed=args.seed, path=args.fashion_mnist_dir)
     print(f"imported {info.n_samples} train / {info.n_test} test samples, {info.n_owners} owners")
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed)

@@ -58,7 +58,7 @@ def main() -> None:
     out = Path(args.out)
     data_dir = out / "partition-data"
     shutil.rmtree(data_dir, ignore_errors=True)
-    engine = Engine(data_dir, progress=lambda m: None)
+    engine = Engine(data_dir, progress=lambda m, state=None: None)
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
     owners = {"random mix": None, **({f"Dirichlet({args.label_alpha})": args.label_alpha} if args.label_alpha else {})}
     rows = []
