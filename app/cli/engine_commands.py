@@ -49,17 +49,13 @@ def _methods() -> list[str]:
 @pass_ctx
 def import_(c: Context, name, source, path, options, seed, owners, zipf_a, label_alpha):
     """Import a dataset with its per-sample owner ledger."""
-    # What Engine.import_dataset does, without building the engine: that imports torch,
-    # which an import never uses (276 MiB of an idle process's memory, the whole margin
-    # of an import of a dataset larger than memory in a 512 MiB worker).
-    from workers.engine.datasets import import_dataset
-    from workers.engine.ledger import DatasetStore
+    # Not through the engine: it imports torch, which an import never uses (276 MiB of an
+    # idle process, the whole margin of a larger-than-memory import in a 512 MiB worker).
+    from app.engine import build_importer
 
-    s = c.settings
-    info = import_dataset(DatasetStore(s.data_dir / "datasets"), name, source, cache_dir=s.data_dir / "cache",
-                          seed=seed, path=path if path is not None else s.source_paths().get(source), owners=owners,
-                          zipf_a=zipf_a, label_alpha=label_alpha, progress=c.progress(), max_classes=s.max_classes,
-                          options=_key_values(options, hint="--option") or None)
+    info = build_importer(c.settings, progress=c.progress())(
+        name, source, seed=seed, path=path, owners=owners, zipf_a=zipf_a, label_alpha=label_alpha,
+        options=_key_values(options, hint="--option") or None)
     c.print(info.__dict__, f"dataset {info.name}: {info.n_samples} samples, {info.n_owners} owners, "
             f"{info.n_test} test samples, input {info.input_shape}, {info.num_classes} classes")
 

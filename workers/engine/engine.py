@@ -65,10 +65,10 @@ class Engine:
     def import_dataset(self, name: str, source: str, *, seed: int = 0, path=None, owners: int | None = None,
                        zipf_a: float = 0.75, label_alpha: float | None = None, options: dict | None = None,
                        fingerprint: str | None = None) -> DatasetInfo:
-        return datasets.import_dataset(self.datasets, name, source, cache_dir=self.data_dir / "cache", seed=seed,
-                                       path=path if path is not None else self.source_paths.get(source),
-                                       owners=owners, zipf_a=zipf_a, label_alpha=label_alpha, progress=self.progress,
-                                       max_classes=self.max_classes, options=options, fingerprint=fingerprint)
+        importer = datasets.Importer(self.data_dir, source_paths=self.source_paths, max_classes=self.max_classes,
+                                     progress=self.progress)
+        return importer(name, source, seed=seed, path=path, owners=owners, zipf_a=zipf_a, label_alpha=label_alpha,
+                        options=options, fingerprint=fingerprint)
 
     def dataset(self, name: str) -> Dataset:
         return self.datasets.open(name)
